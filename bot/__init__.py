@@ -1,0 +1,1 @@
+"""The headless bot client, which is also Tickroom's load generator."""

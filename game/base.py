@@ -1,0 +1,79 @@
+"""The small interface through which a game plugs into the room runner.
+
+A game is a plain object driven synchronously with a fixed dt and a seeded RNG; it never
+reads a clock, never awaits and never touches the network.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# A JSON-ready value: what the runner encodes with orjson, once per tick for the whole room.
+Json = Any
+
+
+@dataclass(frozen=True, slots=True)
+class RankEntry:
+    """One line of a final ranking."""
+
+    pid: int
+    rank: int
+    kills: int
+    deaths: int
+    score: int
+
+
+class Game(Protocol):
+    """What the room runner needs from a game.
+
+    Players are named by `pid`, a small integer the runner assigns in join order (1, 2, 3...).
+    A pid is never reused within one game, so a returning player keeps theirs.
+    """
+
+    def add_player(self, pid: int) -> None:
+        """Seat a new player, or reactivate a pid that left earlier (keeping their stats)."""
+
+    def remove_player(self, pid: int) -> None:
+        """The player left: they stop acting and being hit, but stay in the ranking."""
+
+    def start(self) -> None:
+        """Begin the match: reset scores, place every active player, start the match clock.
+
+        Before `start` the game is in warm-up: players move, but fire and scoring are off.
+        """
+
+    def set_input(self, pid: int, seq: int, dx: float, dy: float) -> None:
+        """Latest movement direction for a player; dx, dy already validated to be finite in [-1, 1]."""
+
+    def fire(self, pid: int, seq: int, angle: float) -> None:
+        """A fire request (angle in radians, finite); the game applies its own rate limit."""
+
+    def step(self, dt: float) -> None:
+        """Advance the simulation by dt seconds."""
+
+    def players_state(self) -> list[Json]:
+        """Per active player entry for the `state` message (must include `p` and `seq`)."""
+
+    def projectiles_state(self) -> list[Json]:
+        """Per projectile entry for the `state` message."""
+
+    def drain_events(self) -> list[dict[str, Json]]:
+        """Events produced since the last call (hit, kill, respawn), as `event` message bodies."""
+
+    @property
+    def clock_ms(self) -> int:
+        """Milliseconds of match time elapsed since `start` (0 in warm-up)."""
+
+    @property
+    def end_reason(self) -> str | None:
+        """None while the match goes on; else why it ended ("kills", "time", "last_player")."""
+
+    def ranking(self) -> list[RankEntry]:
+        """Final ranking, best first; ties share a rank."""
+
+
+# Builds a game for one room; the runner passes a seeded RNG.
+GameFactory = Callable[[random.Random], Game]

@@ -1,0 +1,1 @@
+"""Matchmaking and presence on Redis (arrives with the lobby issue)."""

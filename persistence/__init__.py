@@ -1,0 +1,1 @@
+"""Postgres schema and migrations, Redis snapshots, recovery."""
