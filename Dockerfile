@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# A Tickroom node with its runtime dependencies only: Redis and Postgres run elsewhere (see
+# docker-compose.yml) and REDIS_URL, DATABASE_URL and TICKROOM_JWT_SECRET must be set.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+RUN python -m venv /opt/tickroom
+WORKDIR /src
+# Dependencies first, read from pyproject.toml, so that a code change does not reinstall them. The `bot`
+# extra (picows) is in because `tickroom` imports the bot's CLI; the `embedded` and `dev` extras are not.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['bot']))" > /tmp/requirements.txt \
+    && /opt/tickroom/bin/pip install -r /tmp/requirements.txt
+COPY server ./server
+COPY game ./game
+COPY lobby ./lobby
+COPY persistence ./persistence
+COPY bot ./bot
+RUN /opt/tickroom/bin/pip install --no-deps . && /opt/tickroom/bin/pip uninstall -y pip setuptools
+
+FROM python:3.11-slim
+RUN groupadd --system --gid 10001 tickroom \
+    && useradd --system --uid 10001 --gid tickroom --home-dir /home/tickroom --create-home \
+        --shell /usr/sbin/nologin tickroom
+COPY --from=build /opt/tickroom /opt/tickroom
+ENV PATH=/opt/tickroom/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+WORKDIR /home/tickroom
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["tickroom"]
+CMD ["serve", "--host", "0.0.0.0"]

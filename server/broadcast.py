@@ -1,0 +1,38 @@
+"""Encode once, frame once, write the same bytes to every player's transport without awaiting.
+
+Server-to-client WebSocket frames are unmasked, so one framed buffer serves a whole room. We write
+whole frames straight to each connection's transport, which keeps frame boundaries intact next to
+what websockets itself sends (pings, close frames), and we skip connections that are not open.
+A client whose unsent bytes pile up is skipped, then dropped, so it never stalls the room.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+_OPEN = State.OPEN
+_TEXT_FIN = 0x81
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame around UTF-8 JSON `payload` (RFC 6455 section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((_TEXT_FIN, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", _TEXT_FIN, 126, length) + payload
+    return struct.pack("!BBQ", _TEXT_FIN, 127, length) + payload
+
+
+def send_frames(connection: ServerConnection, frames: bytes) -> bool:
+    """Write already framed bytes to one connection if it is open; False if it was not."""
+    if connection.protocol.state is not _OPEN:
+        return False
+    transport = connection.transport
+    if transport.is_closing():
+        return False
+    transport.write(frames)
+    return True

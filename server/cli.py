@@ -1,0 +1,130 @@
+"""The `tickroom` command: serve, bot, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+from game.arena import ArenaConfig, ArenaGame
+from game.base import GameFactory
+from server.auth import DEV_SECRET, mint_token
+from server.settings import Settings, SettingsError, add_arguments
+
+log = logging.getLogger("tickroom")
+
+
+def game_modes(settings: Settings) -> dict[str, GameFactory]:
+    """The games this node offers, configured from the settings."""
+    arena = ArenaConfig(time_limit_s=settings.match_time_s, kill_target=settings.kill_target)
+    return {"arena": functools.partial(ArenaGame, config=arena)}
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    result: int = uvloop.run(main)
+    return result
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+async def serve(settings: Settings) -> int:
+    from server.app import App
+    from server.services import connect_services
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        settings = await connect_services(settings, stack)
+        app = await stack.enter_async_context(App(settings, game_modes(settings)))
+        print(f"tickroom: node {settings.node_id} ready on {app.url} (game: {app.url}/game?room=ID)",
+              file=sys.stderr, flush=True)
+        await stop.wait()
+        log.info("signal received; shutting down")
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from persistence.migrate import migrate_url
+    from server.services import connect_services
+
+    async with AsyncExitStack() as stack:
+        settings = await connect_services(settings, stack, migrate=False)
+        applied = await migrate_url(settings.database_url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(
+        f"{m.version:03d}_{m.name}" for m in applied) if applied else "; the schema is up to date"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tickroom", description="Tickroom real-time game server")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run a node (embedded Redis/Postgres when no URLs are set)",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(serve_parser)
+
+    from bot.cli import add_arguments as add_bot_arguments
+
+    bot_parser = commands.add_parser("bot", help="headless bot players and load generator")
+    add_bot_arguments(bot_parser)
+
+    migrate_parser = commands.add_parser("migrate", help="apply the Postgres schema migrations")
+    add_arguments(migrate_parser)
+
+    token_parser = commands.add_parser("token", help="print a development JWT for a player name")
+    token_parser.add_argument("name", help="the player's display name (1 to 32 characters)")
+    token_parser.add_argument("--id", dest="player_id", default=None,
+                              help="player UUID (default: derived from the name, stable)")
+    token_parser.add_argument("--ttl", type=float, default=86400.0, help="seconds until the token expires")
+    token_parser.add_argument("--secret", default=None,
+                              help="HS256 secret (default: TICKROOM_JWT_SECRET, else the development secret)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bot":
+        from bot.cli import run as run_bot
+
+        return run_bot(args)
+    if args.command == "token":
+        import os
+
+        secret = args.secret or os.environ.get("TICKROOM_JWT_SECRET") or DEV_SECRET
+        if not 1 <= len(args.name) <= 32:
+            parser.error("the name must be 1 to 32 characters")
+        print(mint_token(secret, args.name, player_id=args.player_id, ttl_s=args.ttl))
+        return 0
+    try:
+        settings = Settings.load(args=args)
+    except SettingsError as error:
+        print(f"tickroom: bad setting: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        return run_async(serve(settings))
+    if args.command == "migrate":
+        return run_async(_migrate(settings))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

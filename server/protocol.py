@@ -1,0 +1,217 @@
+"""Protocol v1: client messages parsed from raw frames, error codes, and server message builders.
+
+Pure and synchronous: bytes or str in, a message or a `ProtocolError` out. `docs/protocol.md` is the
+contract; a test keeps the codes here and there in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 4096
+CHAT_MAX_CHARS = 200
+SEQ_MAX = 2**53 - 1
+ANGLE_MAX = 2 * math.pi
+
+
+class ErrorCode(enum.StrEnum):
+    # Handshake refusals (HTTP status with a JSON body).
+    TOKEN_MISSING = "token_missing"
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    ROOM_REQUIRED = "room_required"
+    BAD_ROOM_ID = "bad_room_id"
+    UNKNOWN_MODE = "unknown_mode"
+    NOT_FOUND = "not_found"
+    # In-session `error` messages.
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_FIELD = "bad_field"
+    OUT_OF_RANGE = "out_of_range"
+    TEXT_TOO_LONG = "text_too_long"
+    HELLO_REQUIRED = "hello_required"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    RATE_LIMITED = "rate_limited"
+    ROOM_FULL = "room_full"
+    ROOM_IN_PROGRESS = "room_in_progress"
+    ROOM_CLOSED = "room_closed"
+    ALREADY_CONNECTED = "already_connected"
+    SERVER_FULL = "server_full"
+    ROOM_CRASHED = "room_crashed"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+
+
+class ProtocolError(Exception):
+    """A client message was refused; the connection goes on unless `close` is set."""
+
+    def __init__(self, code: ErrorCode, message: str, close: CloseCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close = close
+
+
+# Client messages, one small frozen class each.
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    v: int
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    seq: int
+    dx: float
+    dy: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    seq: int
+    angle: float
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    t: float
+
+
+ClientMessage = Hello | Input | Fire | Chat | Leave | Ping
+
+_LEAVE = Leave()
+
+
+def _field(msg: dict[str, Any], name: str, kind: str) -> Any:
+    if name not in msg:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}: missing field '{name}'")
+    value = msg[name]
+    # bool is a subclass of int in Python but not a number on the wire.
+    if kind == "int":
+        if type(value) is not int:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}.{name} must be an integer")
+    elif kind == "number":
+        if type(value) is int:
+            value = float(value)
+        elif type(value) is not float:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}.{name} must be a number")
+        elif not math.isfinite(value):
+            raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{msg['type']}.{name} must be finite")
+    elif kind == "str":
+        if type(value) is not str:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}.{name} must be a string")
+    return value
+
+
+def _in_range(msg_type: str, name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{msg_type}.{name} must be in [{low:g}, {high:g}]")
+
+
+def _seq(msg: dict[str, Any]) -> int:
+    seq: int = _field(msg, "seq", "int")
+    _in_range(msg["type"], "seq", seq, 0, SEQ_MAX)
+    return seq
+
+
+def _parse_input(msg: dict[str, Any]) -> Input:
+    seq = _seq(msg)
+    dx: float = _field(msg, "dx", "number")
+    dy: float = _field(msg, "dy", "number")
+    _in_range("input", "dx", dx, -1.0, 1.0)
+    _in_range("input", "dy", dy, -1.0, 1.0)
+    length_sq = dx * dx + dy * dy
+    if length_sq > 1.0 + 1e-9:  # leave unit vectors alone despite rounding
+        length = math.sqrt(length_sq)
+        dx, dy = dx / length, dy / length
+    return Input(seq, dx, dy)
+
+
+def _parse_fire(msg: dict[str, Any]) -> Fire:
+    seq = _seq(msg)
+    angle: float = _field(msg, "angle", "number")
+    _in_range("fire", "angle", angle, -ANGLE_MAX, ANGLE_MAX)
+    return Fire(seq, angle)
+
+
+def _parse_chat(msg: dict[str, Any]) -> Chat:
+    text: str = _field(msg, "text", "str")
+    if not 1 <= len(text) <= CHAT_MAX_CHARS:
+        raise ProtocolError(ErrorCode.TEXT_TOO_LONG, f"chat.text must be 1 to {CHAT_MAX_CHARS} characters")
+    return Chat(text)
+
+
+def _parse_hello(msg: dict[str, Any]) -> Hello:
+    return Hello(_field(msg, "v", "int"))
+
+
+def _parse_ping(msg: dict[str, Any]) -> Ping:
+    return Ping(_field(msg, "t", "number"))
+
+
+_PARSERS = {
+    "input": _parse_input,
+    "fire": _parse_fire,
+    "chat": _parse_chat,
+    "leave": lambda msg: _LEAVE,
+    "ping": _parse_ping,
+    "hello": _parse_hello,
+}
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Parse one text message from a client; raise `ProtocolError` with a stable code if it is refused."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    if type(msg) is not dict:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
+    msg_type = msg.get("type")
+    if type(msg_type) is not str:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'")
+    parser = _PARSERS.get(msg_type)
+    if parser is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type[:40]!r}")
+    result: ClientMessage = parser(msg)
+    return result
+
+
+# Server messages. Each builder returns the encoded JSON bytes.
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return orjson.dumps(message)
+
+
+def error_message(code: ErrorCode, message: str) -> bytes:
+    return encode({"type": "error", "code": code.value, "message": message})
+
+
+def handshake_error_body(code: ErrorCode, message: str) -> bytes:
+    return encode({"error": code.value, "message": message})

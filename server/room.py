@@ -1,0 +1,263 @@
+"""One room: its seats, its phase, the inputs queued since the last tick, and the tick itself.
+
+`Room.tick` is synchronous: apply queued inputs, advance the phase, step the game, encode the state
+once, and write the same bytes to every player. The runner (`server/runner.py`) owns the timing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from game.base import Game
+from server.auth import Identity
+from server.broadcast import send_frames, text_frame
+from server.lifecycle import RoomPhase, check_transition
+from server.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode
+from server.settings import Settings
+from server.tickstats import TickStats
+
+COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
+_OPEN = State.OPEN
+
+
+@dataclass(slots=True, eq=False)
+class Seat:
+    """A player's place in a room; kept after they leave a running match, for the ranking and a rejoin."""
+
+    pid: int
+    player_id: str
+    name: str
+    color: str
+    conn: ServerConnection | None = None
+    slow_since: float | None = None
+    roster: dict[str, object] = field(default_factory=dict)
+
+
+class Room:
+    def __init__(self, room_id: str, mode: str, game: Game, settings: Settings, now: float,
+                 logger: logging.Logger) -> None:
+        self.room_id = room_id
+        self.mode = mode
+        self.game = game
+        self.settings = settings
+        self.log = logger
+        self.phase = RoomPhase.WAITING
+        self.created_at = now
+        self.countdown_ends: float | None = None
+        self.finished_at: float | None = None
+        self.end_reason: str | None = None
+        self.tick_no = 0
+        self.stats = TickStats(now)
+        self._dt = settings.tick_interval
+        self._seats: dict[str, Seat] = {}  # by player id, in join order
+        self._connected: list[Seat] = []
+        self._next_pid = 1
+        # Queued since the last tick: the latest move per player wins, every fire is kept.
+        self._moves: dict[int, tuple[int, float, float]] = {}
+        self._fires: list[tuple[int, int, float]] = []
+        self._frames: list[bytes] = []
+
+    # -- seats -------------------------------------------------------------------------------------
+
+    @property
+    def player_count(self) -> int:
+        return len(self._connected)
+
+    def connections(self) -> list[ServerConnection]:
+        return [seat.conn for seat in self._connected if seat.conn is not None]
+
+    def join(self, identity: Identity, conn: ServerConnection, now: float) -> Seat:
+        """Seat a player (or take a returning one back); raise `ProtocolError` when refused."""
+        if self.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+            raise ProtocolError(ErrorCode.ROOM_CLOSED, f"room {self.room_id} is over", CloseCode.POLICY)
+        seat = self._seats.get(identity.player_id)
+        if seat is not None and seat.conn is not None:
+            raise ProtocolError(ErrorCode.ALREADY_CONNECTED, "you are already in this room", CloseCode.POLICY)
+        if seat is None:
+            if len(self._seats) >= self.settings.max_players:
+                raise ProtocolError(ErrorCode.ROOM_FULL, f"room {self.room_id} is full", CloseCode.POLICY)
+            if self.phase is RoomPhase.RUNNING:
+                raise ProtocolError(ErrorCode.ROOM_IN_PROGRESS,
+                                    f"room {self.room_id} is playing a match you are not in", CloseCode.POLICY)
+            pid = self._next_pid
+            self._next_pid += 1
+            seat = Seat(pid, identity.player_id, identity.name, COLORS[(pid - 1) % len(COLORS)])
+            seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
+            self._seats[identity.player_id] = seat
+        seat.conn = conn
+        seat.slow_since = None
+        self._connected.append(seat)
+        self.game.add_player(seat.pid)
+        self._post({"type": "event", "kind": "join", **seat.roster})
+        self._advance_phase(now)
+        send_frames(conn, text_frame(self._welcome(seat, now)))
+        return seat
+
+    def disconnect(self, seat: Seat, now: float) -> None:
+        """The player's connection is gone (leave, drop or kick)."""
+        if seat.conn is None:
+            return
+        seat.conn = None
+        self._connected.remove(seat)
+        self._moves.pop(seat.pid, None)
+        if self.phase is RoomPhase.CLOSED:
+            return
+        self.game.remove_player(seat.pid)
+        if self.phase in (RoomPhase.WAITING, RoomPhase.COUNTDOWN):
+            # Before the match a seat is only a place in the queue: give it up.
+            del self._seats[seat.player_id]
+        self._post({"type": "event", "kind": "leave", "p": seat.pid})
+        self._advance_phase(now)
+
+    def _welcome(self, seat: Seat, now: float) -> bytes:
+        return encode({
+            "type": "welcome", "v": PROTOCOL_VERSION, "room": self.room_id, "mode": self.mode,
+            "you": seat.pid, "id": seat.player_id, "state": self.phase.value,
+            "tick_ms": self.settings.tick_ms, "arena": {"w": 1000, "h": 1000},
+            "countdown_ms": self._countdown_ms(now),
+            "players": [s.roster for s in self._seats.values() if s.conn is not None],
+        })
+
+    # -- inputs (called by connection handlers between ticks) --------------------------------------
+
+    def queue_move(self, pid: int, seq: int, dx: float, dy: float) -> None:
+        self._moves[pid] = (seq, dx, dy)
+
+    def queue_fire(self, pid: int, seq: int, angle: float) -> None:
+        self._fires.append((pid, seq, angle))
+
+    def post_chat(self, pid: int, text: str) -> None:
+        self._post({"type": "event", "kind": "chat", "p": pid, "text": text})
+
+    def _post(self, event: dict[str, object]) -> None:
+        self._frames.append(text_frame(encode(event)))
+
+    # -- phase -------------------------------------------------------------------------------------
+
+    def _set_phase(self, phase: RoomPhase, now: float) -> None:
+        self.phase = check_transition(self.phase, phase)
+        if phase is not RoomPhase.CLOSED:
+            self._post({"type": "event", "kind": "phase", "state": phase.value,
+                        "countdown_ms": self._countdown_ms(now)})
+
+    def _countdown_ms(self, now: float) -> int | None:
+        if self.phase is not RoomPhase.COUNTDOWN or self.countdown_ends is None:
+            return None
+        return max(0, round((self.countdown_ends - now) * 1000))
+
+    def _advance_phase(self, now: float) -> None:
+        players = len(self._connected)
+        settings = self.settings
+        if self.phase is RoomPhase.WAITING:
+            if players >= settings.max_players:
+                self._start(now)
+            elif players >= settings.min_players:
+                self.countdown_ends = now + settings.countdown_s
+                self._set_phase(RoomPhase.COUNTDOWN, now)
+        elif self.phase is RoomPhase.COUNTDOWN:
+            if players < settings.min_players:
+                self.countdown_ends = None
+                self._set_phase(RoomPhase.WAITING, now)
+            elif players >= settings.max_players or (self.countdown_ends is not None and now >= self.countdown_ends):
+                self._start(now)
+        elif self.phase is RoomPhase.RUNNING:
+            reason = self.game.end_reason
+            if reason is not None:
+                self._finish(reason, now)
+
+    def _start(self, now: float) -> None:
+        self.countdown_ends = None
+        self.game.start()
+        self._set_phase(RoomPhase.RUNNING, now)
+
+    def _finish(self, reason: str, now: float) -> None:
+        self.end_reason = reason
+        self.finished_at = now
+        self._set_phase(RoomPhase.FINISHED, now)
+        seats_by_pid = {seat.pid: seat for seat in self._seats.values()}
+        ranking = []
+        for entry in self.game.ranking():
+            seat = seats_by_pid.get(entry.pid)
+            if seat is None:
+                continue
+            ranking.append({"p": entry.pid, "id": seat.player_id, "name": seat.name, "rank": entry.rank,
+                            "kills": entry.kills, "deaths": entry.deaths, "score": entry.score})
+        self._post({"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms,
+                    "ranking": ranking})
+        self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
+
+    @property
+    def abandoned(self) -> bool:
+        """Nobody is connected any more in a phase where nobody can come back to an unfinished match."""
+        return not self._connected and self.phase is not RoomPhase.FINISHED
+
+    def close(self) -> None:
+        if self.phase is not RoomPhase.CLOSED:
+            self._set_phase(RoomPhase.CLOSED, 0.0)
+
+    # -- the tick ----------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        game = self.game
+        self.tick_no += 1
+        self.stats.ticks += 1
+        if self._moves:
+            for pid, (seq, dx, dy) in self._moves.items():
+                game.set_input(pid, seq, dx, dy)
+            self._moves.clear()
+        if self._fires:
+            for pid, seq, angle in self._fires:
+                game.fire(pid, seq, angle)
+            self._fires.clear()
+        phase = self.phase
+        if phase is RoomPhase.FINISHED or phase is RoomPhase.CLOSED:
+            self._flush(now)
+            return
+        if phase is RoomPhase.COUNTDOWN:
+            self._advance_phase(now)
+        game.step(self._dt)
+        frames = self._frames
+        for event in game.drain_events():
+            frames.append(text_frame(encode({"type": "event", **event})))
+        if self.phase is RoomPhase.RUNNING and game.end_reason is not None:
+            self._finish(game.end_reason, now)
+        state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms,
+                        "players": game.players_state(), "projectiles": game.projectiles_state()})
+        self.stats.encodes += 1
+        frames.append(text_frame(state))
+        self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        """Send every frame queued this tick as one write per connection."""
+        frames = self._frames
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        limit = self.settings.slow_client_bytes
+        for seat in self._connected:
+            conn = seat.conn
+            if conn is None or conn.protocol.state is not _OPEN:
+                continue
+            transport = conn.transport
+            if transport.get_write_buffer_size() > limit:
+                self.stats.skipped_sends += 1
+                if seat.slow_since is None:
+                    seat.slow_since = now
+                elif now - seat.slow_since > self.settings.slow_client_timeout_s:
+                    self.log.warning("room %s: dropping player %s, too slow to read", self.room_id, seat.player_id)
+                    transport.abort()
+                continue
+            seat.slow_since = None
+            transport.write(data)
+
+    def crash_frames(self, message: str) -> bytes:
+        return text_frame(encode({"type": "error", "code": ErrorCode.ROOM_CRASHED.value, "message": message}))
+
+    def describe(self, now: float) -> dict[str, object]:
+        return {"mode": self.mode, "state": self.phase.value, "players": len(self._connected),
+                "seats": len(self._seats), "tick": self.tick_no, "countdown_ms": self._countdown_ms(now)}

@@ -1,0 +1,72 @@
+"""The room runner: one task per room ticking at a fixed period against absolute deadlines.
+
+Deadlines advance by exactly one period per tick, so the rate does not drift; a tick that starts late is
+measured (lateness) and the following ticks run back to back to catch up. A room that falls hopelessly
+behind skips ahead instead of bursting. An exception in the room's game closes that room only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from server.broadcast import send_frames
+from server.lifecycle import RoomPhase
+from server.protocol import CloseCode
+from server.room import Room
+
+# Beyond this many periods behind, stop catching up and start again from now.
+MAX_BEHIND_TICKS = 10
+
+
+class RoomRunner:
+    def __init__(self, room: Room, logger: logging.Logger) -> None:
+        self.room = room
+        self.log = logger
+        self.interval = room.settings.tick_interval
+
+    async def run(self) -> None:
+        room = self.room
+        stats = room.stats
+        loop = asyncio.get_running_loop()
+        clock = loop.time
+        interval = self.interval
+        deadline = clock()
+        linger = room.settings.end_linger_s
+        try:
+            while True:
+                started = clock()
+                stats.lateness.add(started - deadline)
+                try:
+                    room.tick(started)
+                except Exception:
+                    self.log.exception("room %s crashed in tick %d; closing it", room.room_id, room.tick_no)
+                    await self._close_all(CloseCode.INTERNAL, "room crashed",
+                                          room.crash_frames("the room's game failed; the room is closed"))
+                    return
+                finished = clock()
+                stats.duration.add(finished - started)
+                if room.phase is RoomPhase.FINISHED and room.finished_at is not None:
+                    if finished - room.finished_at >= linger:
+                        await self._close_all(CloseCode.NORMAL, "match over")
+                        return
+                elif room.abandoned:
+                    self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
+                    return
+                deadline += interval
+                if finished - deadline > MAX_BEHIND_TICKS * interval:
+                    stats.late_resets += 1
+                    deadline = finished
+                delay = deadline - clock()
+                # Always yield, even when behind, so one room never starves the others.
+                await asyncio.sleep(delay if delay > 0 else 0)
+        finally:
+            room.close()
+
+    async def _close_all(self, code: CloseCode, reason: str, last_frames: bytes | None = None) -> None:
+        connections = self.room.connections()
+        if last_frames is not None:
+            for conn in connections:
+                send_frames(conn, last_frames)
+        self.room.close()
+        await asyncio.gather(*(conn.close(code, reason) for conn in connections), return_exceptions=True)

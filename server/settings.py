@@ -1,0 +1,134 @@
+"""One settings object for a node, built at the edge from environment variables with CLI flags on top.
+
+Each field declares its environment variable and help text; `add_arguments` turns the same table into
+`tickroom serve` flags, and `Settings.load` validates everything once with an error naming the bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.auth import DEV_SECRET
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names it."""
+
+
+def _setting(default: Any, env: str, help: str, *, low: float | None = None, high: float | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "low": low, "high": high})
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "TICKROOM_HOST", "address to listen on")
+    port: int = _setting(8000, "TICKROOM_PORT", "TCP port for WebSocket and HTTP", low=0, high=65535)
+    node_id: str = _setting("", "TICKROOM_NODE_ID", "this node's id (default: hostname plus a random suffix)")
+    redis_url: str = _setting("", "REDIS_URL", "Redis URL; unset: start an embedded Redis")
+    database_url: str = _setting("", "DATABASE_URL", "Postgres URL; unset: start an embedded Postgres")
+    data_dir: Path = _setting(Path(".tickroom"), "TICKROOM_DATA_DIR", "where embedded servers keep their data")
+    jwt_secret: str = _setting(DEV_SECRET, "TICKROOM_JWT_SECRET", "HS256 secret for player tokens")
+    tick_ms: float = _setting(15.0, "TICKROOM_TICK_MS", "tick period in milliseconds", low=1, high=1000)
+    min_players: int = _setting(3, "TICKROOM_MIN_PLAYERS", "players needed to start a countdown", low=1, high=64)
+    max_players: int = _setting(5, "TICKROOM_MAX_PLAYERS", "seats per room; a full room starts at once",
+                                low=1, high=64)
+    countdown_s: float = _setting(10.0, "TICKROOM_COUNTDOWN_S", "countdown before a match starts", low=0, high=600)
+    match_time_s: float = _setting(180.0, "TICKROOM_MATCH_TIME_S", "match time limit in seconds",
+                                   low=1, high=86400)
+    kill_target: int = _setting(10, "TICKROOM_KILL_TARGET", "kills that end a match", low=1, high=10000)
+    end_linger_s: float = _setting(2.0, "TICKROOM_END_LINGER_S", "seconds a finished room stays open",
+                                   low=0, high=60)
+    max_rooms: int = _setting(5000, "TICKROOM_MAX_ROOMS", "rooms this node may host at once", low=1,
+                              high=1_000_000)
+    rate_per_s: float = _setting(60.0, "TICKROOM_RATE_PER_S", "client messages per second (refill)",
+                                 low=1, high=100000)
+    rate_burst: int = _setting(120, "TICKROOM_RATE_BURST", "client message burst allowance", low=1, high=100000)
+    hello_timeout_s: float = _setting(10.0, "TICKROOM_HELLO_TIMEOUT_S", "time allowed before `hello`",
+                                      low=0.1, high=600)
+    slow_client_bytes: int = _setting(65536, "TICKROOM_SLOW_CLIENT_BYTES",
+                                      "unsent bytes beyond which a client's states are skipped",
+                                      low=1024, high=1 << 30)
+    slow_client_timeout_s: float = _setting(5.0, "TICKROOM_SLOW_CLIENT_TIMEOUT_S",
+                                            "seconds of skipped states before a slow client is dropped",
+                                            low=0.1, high=600)
+    log_level: str = _setting("INFO", "TICKROOM_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def tick_interval(self) -> float:
+        return self.tick_ms / 1000.0
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, args: argparse.Namespace | None = None,
+             **overrides: Any) -> Settings:
+        """Environment first, then CLI flags that were given, then explicit overrides; validated once."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw: Any = environ.get(f.metadata["env"])
+            if args is not None and getattr(args, f.name, None) is not None:
+                raw = getattr(args, f.name)
+            if f.name in overrides:
+                raw = overrides[f.name]
+            if raw is None or (raw == "" and f.type not in ("str",)):
+                continue
+            values[f.name] = _convert(f, raw)
+        settings = cls(**values)
+        if not settings.node_id:
+            settings = dataclasses.replace(settings, node_id=_default_node_id())
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            low, high = f.metadata["low"], f.metadata["high"]
+            value = getattr(self, f.name)
+            if low is not None and not low <= value <= high:
+                raise SettingsError(f"{f.name} ({f.metadata['env']}) must be in [{low:g}, {high:g}], got {value!r}")
+        if self.min_players > self.max_players:
+            raise SettingsError(f"min_players ({self.min_players}) must not exceed max_players ({self.max_players})")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"log_level (TICKROOM_LOG_LEVEL) must be DEBUG, INFO, WARNING or ERROR, "
+                                f"got {self.log_level!r}")
+        if not self.jwt_secret:
+            raise SettingsError("jwt_secret (TICKROOM_JWT_SECRET) must not be empty")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url or not self.database_url
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{f.name} ({f.metadata['env']}) must be a{'n' if kind == 'int' else ''} {kind}, "
+                            f"got {raw!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per setting, defaulting to None so that only given flags override the environment."""
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if not isinstance(f.default, Path) else str(f.default)
+        shown = default if default != DEV_SECRET else "(development secret)"
+        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                            help=f"{f.metadata['help']} [env {f.metadata['env']}; default {shown!r}]")

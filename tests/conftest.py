@@ -1,0 +1,62 @@
+"""Shared fixtures: one private Redis and one private Postgres for the whole test session.
+
+They run on free ports from a temporary directory and die with the session, so fault tests can kill them
+without touching anyone's data. TEST_REDIS_URL / TEST_DATABASE_URL point the suite at servers of your own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from server.embedded import LocalPostgres, LocalRedis
+
+
+@dataclass(frozen=True)
+class ExternalServer:
+    """A server given by URL: usable, but not ours to kill or restart."""
+
+    url: str
+
+    def _not_ours(self) -> None:
+        pytest.skip(f"fault injection needs a private server, not the one at {self.url}")
+
+    def stop(self) -> None:
+        self._not_ours()
+
+    def kill(self) -> None:
+        self._not_ours()
+
+    def restart(self) -> None:
+        self._not_ours()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis | ExternalServer]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield ExternalServer(url)
+        return
+    with LocalRedis.start(tmp_path_factory.mktemp("redis"), persist=False, prefer="system") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres | ExternalServer]:
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield ExternalServer(url)
+        return
+    with LocalPostgres.start(tmp_path_factory.mktemp("postgres"), fast=True, prefer="system") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: LocalRedis | ExternalServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: LocalPostgres | ExternalServer) -> str:
+    return postgres_server.url

@@ -1,0 +1,83 @@
+"""Helpers for tests that run a real node in-process and talk to it over real WebSocket connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from game.base import GameFactory
+from server.app import App
+from server.auth import DEV_SECRET, mint_token
+from server.cli import game_modes
+from server.settings import Settings
+
+
+def node_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"node_id": "test-node", "port": 0, "redis_url": "redis://unused",
+                              "database_url": "postgresql://unused"}
+    values.update(overrides)
+    return Settings.load(environ={}, **values)
+
+
+def new_token(name: str | None = None, *, player_id: str | None = None, ttl_s: float = 600.0,
+              secret: str = DEV_SECRET) -> str:
+    return mint_token(secret, name or f"p-{uuid.uuid4().hex[:8]}", player_id=player_id or str(uuid.uuid4()),
+                      ttl_s=ttl_s)
+
+
+async def start_app(modes: Mapping[str, GameFactory] | None = None, **overrides: Any) -> App:
+    settings = node_settings(**overrides)
+    app = App(settings, modes if modes is not None else game_modes(settings))
+    await app.__aenter__()
+    return app
+
+
+async def open_game(app: App, room: str, *, token: str | None = None, mode: str | None = None,
+                    **connect_kwargs: Any) -> ClientConnection:
+    url = f"{app.url}/game?room={room}" + (f"&mode={mode}" if mode else "")
+    return await connect(url, additional_headers={"Authorization": f"Bearer {token or new_token()}"},
+                         compression=None, open_timeout=5, **connect_kwargs)
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    message: dict[str, Any] = orjson.loads(raw)
+    return message
+
+
+async def recv_until(ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool],
+                     timeout: float = 5.0) -> dict[str, Any]:
+    """The first message matching `predicate`, skipping others; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no matching message in time")
+        message = await recv_json(ws, remaining)
+        if predicate(message):
+            return message
+
+
+async def join_game(app: App, room: str, **kwargs: Any) -> tuple[ClientConnection, dict[str, Any]]:
+    ws = await open_game(app, room, **kwargs)
+    await ws.send('{"type":"hello","v":1}')
+    welcome = await recv_until(ws, lambda m: m["type"] in ("welcome", "error"))
+    return ws, welcome
+
+
+def is_type(kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda message: message["type"] == kind
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)

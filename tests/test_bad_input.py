@@ -1,0 +1,169 @@
+"""Bad input over a real connection gets its documented error or close code, and nothing else breaks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from server.app import App
+from tests.serverkit import is_type, join_game, new_token, open_game, recv_json, recv_until, start_app
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    app = await start_app(rate_per_s=60.0, rate_burst=120)
+    yield app
+    await app.__aexit__(None, None, None)
+
+
+async def error_code(ws: ClientConnection) -> str:
+    message = await recv_until(ws, is_type("error"))
+    assert message["message"]
+    code: str = message["code"]
+    return code
+
+
+async def still_alive(ws: ClientConnection) -> None:
+    await ws.send('{"type":"ping","t":42}')
+    pong = await recv_until(ws, is_type("pong"))
+    assert pong["t"] == 42
+
+
+async def closed_with(ws: ClientConnection) -> int:
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await recv_json(ws)
+    assert ws.close_code is not None
+    return ws.close_code
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    ("{oops", "bad_json"),
+    ('{"type":"ping","t":1e999}', "bad_json"),
+    ("[1,2,3]", "bad_message"),
+    ('{"no_type":1}', "bad_message"),
+    ('{"type":"warp"}', "unknown_type"),
+    ('{"type":"input","seq":1,"dx":0}', "bad_field"),
+    ('{"type":"input","seq":"7","dx":0,"dy":0}', "bad_field"),
+    ('{"type":"input","seq":1,"dx":true,"dy":0}', "bad_field"),
+    ('{"type":"input","seq":1,"dx":1.5,"dy":0}', "out_of_range"),
+    ('{"type":"input","seq":-4,"dx":0,"dy":0}', "out_of_range"),
+    ('{"type":"fire","seq":2,"angle":100}', "out_of_range"),
+    ('{"type":"chat","text":"' + "a" * 201 + '"}', "text_too_long"),
+    ('{"type":"hello","v":1}', "bad_message"),
+])
+async def test_a_bad_message_in_a_room_gets_its_error_and_the_connection_goes_on(app: App, raw: str,
+                                                                               code: str) -> None:
+    ws, welcome = await join_game(app, "bad-1")
+    assert welcome["type"] == "welcome"
+    await ws.send(raw)
+    assert await error_code(ws) == code
+    await still_alive(ws)
+    await ws.close()
+
+
+async def test_a_binary_frame_is_a_bad_message(app: App) -> None:
+    ws, _ = await join_game(app, "bad-bin")
+    await ws.send(b'{"type":"ping","t":1}')
+    assert await error_code(ws) == "bad_message"
+    await still_alive(ws)
+    await ws.close()
+
+
+async def test_an_oversized_frame_closes_with_1009_and_the_room_keeps_its_other_players(app: App) -> None:
+    big, _ = await join_game(app, "bad-big")
+    other, _ = await join_game(app, "bad-big")
+    await big.send('{"type":"chat","text":"' + "x" * 5000 + '"}')
+    assert await closed_with(big) == 1009
+    await recv_until(other, lambda m: m["type"] == "event" and m["kind"] == "leave")
+    await still_alive(other)
+    await other.close()
+
+
+async def test_a_flood_gets_rate_limited_then_closed_with_1008(app: App) -> None:
+    ws, _ = await join_game(app, "bad-flood")
+    for seq in range(200):
+        try:
+            await ws.send(f'{{"type":"input","seq":{seq},"dx":0,"dy":0}}')
+        except ConnectionClosed:
+            break
+    assert await error_code(ws) == "rate_limited"
+    assert await closed_with(ws) == 1008
+
+
+async def test_a_steady_stream_under_the_limit_is_not_cut(app: App) -> None:
+    ws, _ = await join_game(app, "bad-steady")
+    for seq in range(100):
+        await ws.send(f'{{"type":"input","seq":{seq},"dx":0.1,"dy":0}}')
+    await still_alive(ws)
+    await ws.close()
+
+
+async def test_messages_before_hello_are_refused_and_close_1008(app: App) -> None:
+    ws = await open_game(app, "bad-nohello")
+    await ws.send('{"type":"input","seq":1,"dx":0,"dy":0}')
+    assert await error_code(ws) == "hello_required"
+    assert await closed_with(ws) == 1008
+
+
+async def test_ping_is_answered_before_hello(app: App) -> None:
+    ws = await open_game(app, "bad-ping-first")
+    await still_alive(ws)
+    await ws.close()
+
+
+async def test_no_hello_in_time_closes_1008() -> None:
+    app = await start_app(hello_timeout_s=0.3)
+    try:
+        ws = await open_game(app, "bad-slow-hello")
+        assert await error_code(ws) == "hello_required"
+        assert await closed_with(ws) == 1008
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_an_unsupported_protocol_version_is_refused(app: App) -> None:
+    ws = await open_game(app, "bad-version")
+    await ws.send('{"type":"hello","v":2}')
+    assert await error_code(ws) == "unsupported_version"
+    assert await closed_with(ws) == 1008
+
+
+async def test_the_same_player_twice_is_refused_while_the_first_connection_plays_on(app: App) -> None:
+    token = new_token("twin")
+    first, _ = await join_game(app, "bad-twin-a", token=token)
+    second = await open_game(app, "bad-twin-b", token=token)
+    assert await error_code(second) == "already_connected"
+    assert await closed_with(second) == 1008
+    await still_alive(first)
+    await first.close()
+
+
+async def test_a_sixth_player_is_refused_as_room_full() -> None:
+    app = await start_app(countdown_s=60.0)
+    try:
+        players = [await join_game(app, "bad-full") for _ in range(5)]
+        sixth, answer = await join_game(app, "bad-full")
+        assert (answer["type"], answer["code"]) == ("error", "room_full")
+        assert await closed_with(sixth) == 1008
+        for ws, _ in players:
+            await ws.close()
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_a_newcomer_cannot_enter_a_running_match_with_free_seats() -> None:
+    app = await start_app(countdown_s=0.0)
+    try:
+        players = [await join_game(app, "bad-running") for _ in range(3)]
+        await recv_until(players[0][0], lambda m: m["type"] == "event" and m.get("state") == "running")
+        late, answer = await join_game(app, "bad-running")
+        assert (answer["type"], answer["code"]) == ("error", "room_in_progress")
+        assert await closed_with(late) == 1008
+        for ws, _ in players:
+            await ws.close()
+    finally:
+        await app.__aexit__(None, None, None)

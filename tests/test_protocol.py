@@ -1,0 +1,116 @@
+"""Protocol v1 parsing, as plain function calls, and the error-code contract with docs/protocol.md."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from server.protocol import (
+    CHAT_MAX_CHARS,
+    Chat,
+    ErrorCode,
+    Fire,
+    Hello,
+    Input,
+    Leave,
+    Ping,
+    ProtocolError,
+    parse_client_message,
+)
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def refused(raw: str | bytes) -> ErrorCode:
+    with pytest.raises(ProtocolError) as info:
+        parse_client_message(raw)
+    return info.value.code
+
+
+def test_each_client_message_type_parses_into_its_class() -> None:
+    assert parse_client_message('{"type":"hello","v":1}') == Hello(1)
+    assert parse_client_message(b'{"type":"hello","v":1}') == Hello(1)
+    assert parse_client_message('{"type":"input","seq":3,"dx":0.6,"dy":-0.8}') == Input(3, 0.6, -0.8)
+    assert parse_client_message('{"type":"fire","seq":4,"angle":1.5}') == Fire(4, 1.5)
+    assert parse_client_message('{"type":"chat","text":"gg"}') == Chat("gg")
+    assert parse_client_message('{"type":"leave"}') == Leave()
+    assert parse_client_message('{"type":"ping","t":12.5}') == Ping(12.5)
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    assert parse_client_message('{"type":"ping","t":1,"extra":[1,2]}') == Ping(1.0)
+
+
+def test_a_diagonal_longer_than_one_is_scaled_to_unit_length() -> None:
+    msg = parse_client_message('{"type":"input","seq":1,"dx":1,"dy":1}')
+    assert isinstance(msg, Input)
+    assert math.isclose(math.hypot(msg.dx, msg.dy), 1.0)
+    assert math.isclose(msg.dx, msg.dy)
+
+
+def test_malformed_json_is_bad_json() -> None:
+    assert refused("{not json") == ErrorCode.BAD_JSON
+    assert refused('{"type":"ping","t":1e999}') == ErrorCode.BAD_JSON
+    assert refused('{"type":"ping","t":NaN}') == ErrorCode.BAD_JSON
+    assert refused(b'{"type":"chat","text":"\xff"}') == ErrorCode.BAD_JSON  # not UTF-8
+
+
+def test_non_objects_and_missing_type_are_bad_messages() -> None:
+    assert refused("[1, 2]") == ErrorCode.BAD_MESSAGE
+    assert refused('"input"') == ErrorCode.BAD_MESSAGE
+    assert refused('{"seq": 1}') == ErrorCode.BAD_MESSAGE
+    assert refused('{"type": 5}') == ErrorCode.BAD_MESSAGE
+
+
+def test_unknown_type_is_refused() -> None:
+    assert refused('{"type":"teleport","x":1}') == ErrorCode.UNKNOWN_TYPE
+
+
+@pytest.mark.parametrize("raw", [
+    '{"type":"input","dx":0,"dy":0}',
+    '{"type":"input","seq":"1","dx":0,"dy":0}',
+    '{"type":"input","seq":true,"dx":0,"dy":0}',
+    '{"type":"input","seq":1.0,"dx":0,"dy":0}',
+    '{"type":"input","seq":1,"dx":"0","dy":0}',
+    '{"type":"input","seq":1,"dx":false,"dy":0}',
+    '{"type":"input","seq":1,"dx":0}',
+    '{"type":"fire","seq":1}',
+    '{"type":"chat","text":5}',
+    '{"type":"hello"}',
+    '{"type":"hello","v":"1"}',
+    '{"type":"ping"}',
+])
+def test_missing_or_wrongly_typed_fields_are_bad_fields(raw: str) -> None:
+    assert refused(raw) == ErrorCode.BAD_FIELD
+
+
+@pytest.mark.parametrize("raw", [
+    '{"type":"input","seq":1,"dx":1.01,"dy":0}',
+    '{"type":"input","seq":1,"dx":0,"dy":-3}',
+    '{"type":"input","seq":-1,"dx":0,"dy":0}',
+    '{"type":"input","seq":9007199254740992,"dx":0,"dy":0}',
+    '{"type":"fire","seq":1,"angle":7}',
+    '{"type":"fire","seq":1,"angle":-100000}',
+])
+def test_numbers_out_of_their_range_are_refused(raw: str) -> None:
+    assert refused(raw) == ErrorCode.OUT_OF_RANGE
+
+
+def test_chat_text_must_be_one_to_the_limit_characters() -> None:
+    assert parse_client_message('{"type":"chat","text":"%s"}' % ("x" * CHAT_MAX_CHARS)) == Chat("x" * CHAT_MAX_CHARS)
+    assert refused('{"type":"chat","text":"%s"}' % ("x" * (CHAT_MAX_CHARS + 1))) == ErrorCode.TEXT_TOO_LONG
+    assert refused('{"type":"chat","text":""}') == ErrorCode.TEXT_TOO_LONG
+
+
+def test_every_error_code_is_documented_and_every_documented_code_exists() -> None:
+    doc = DOC.read_text()
+    handshake = set(re.findall(r"^\| \d{3} \| `([a-z_]+)` \|", doc, flags=re.MULTILINE))
+    error_section = doc.split("### `error`", 1)[1].split("### Close codes", 1)[0]
+    in_session = set(re.findall(r"^\| `([a-z_]+)` \|", error_section, flags=re.MULTILINE))
+    assert handshake and in_session
+    in_code = {code.value for code in ErrorCode}
+    assert in_code - (handshake | in_session) == set(), "codes missing from docs/protocol.md"
+    assert (handshake | in_session) - in_code == set(), "documented codes that the code does not have"
