@@ -39,6 +39,9 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if level.upper() != "DEBUG":
+        # websockets logs every plain HTTP request (/stats, /healthz) at INFO.
+        logging.getLogger("tickroom.ws").setLevel(logging.WARNING)
 
 
 async def serve(settings: Settings) -> int:

@@ -1,0 +1,72 @@
+"""How a bot plays, decided from the latest `state` only: chase and aim at the nearest living player,
+circle them when close, keep off the walls, and wander when alone.
+
+Pure: the decoded `players` entries and the bot's own small memory in, a move and an aim out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+WALL_MARGIN = 50.0  # closer than this to a wall, a bot steers away from it
+CLOSE_RANGE = 150.0  # closer than this to its target, a bot circles instead of closing in
+WALL_PUSH = 2.0  # how hard a wall pushes at zero distance, relative to a unit move
+
+
+def steer(you: int, players: Sequence[Mapping[str, Any]], wander: float, orbit: float,
+          width: float, height: float) -> tuple[float, float, float]:
+    """The move (dx, dy, each in [-1, 1]) and angle (radians, about [-π, π]) for player `you`.
+
+    The angle is the aim at the nearest living player; alone, it is the heading actually taken, which
+    the bot keeps as its next `wander` heading. `orbit` (+1 or -1) is the direction in which to circle
+    a close target. A bot missing from `players` (or dead) stands still.
+    """
+    me = None
+    others = []
+    for entry in players:
+        if entry["p"] == you:
+            me = entry
+        elif entry["alive"]:
+            others.append(entry)
+    if me is None or not me["alive"]:
+        return 0.0, 0.0, wander
+    x: float = me["x"]
+    y: float = me["y"]
+    alone = not others
+    if alone:
+        dx, dy = math.cos(wander), math.sin(wander)
+        angle = wander
+    else:
+        nearest = math.inf
+        tx = ty = 0.0
+        for entry in others:
+            ex = entry["x"] - x
+            ey = entry["y"] - y
+            distance = ex * ex + ey * ey
+            if distance < nearest:
+                nearest, tx, ty = distance, ex, ey
+        angle = math.atan2(ty, tx)
+        distance = math.sqrt(nearest)
+        if distance > 0:
+            tx, ty = tx / distance, ty / distance
+        if distance < CLOSE_RANGE:
+            dx, dy = -ty * orbit, tx * orbit
+        else:
+            dx, dy = tx, ty
+    if x < WALL_MARGIN:
+        dx += WALL_PUSH * (WALL_MARGIN - x) / WALL_MARGIN
+    elif x > width - WALL_MARGIN:
+        dx -= WALL_PUSH * (x - (width - WALL_MARGIN)) / WALL_MARGIN
+    if y < WALL_MARGIN:
+        dy += WALL_PUSH * (WALL_MARGIN - y) / WALL_MARGIN
+    elif y > height - WALL_MARGIN:
+        dy -= WALL_PUSH * (y - (height - WALL_MARGIN)) / WALL_MARGIN
+    length = math.hypot(dx, dy)
+    if length > 1.0:
+        dx, dy = dx / length, dy / length
+    if alone:
+        angle = math.atan2(dy, dx)
+    # Three decimals keep the input frames short; round(v * 1000) is much cheaper than round(v, 3).
+    return round(dx * 1000) / 1000, round(dy * 1000) / 1000, angle

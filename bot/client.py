@@ -1,0 +1,344 @@
+"""One headless bot: its WebSocket sessions over a run (picows), what it sends, and what it counts.
+
+A bot's phase goes IDLE → CONNECTING → JOINING (hello sent) → PLAYING (welcomed) → LEAVING (match_end
+or end of run; `leave` sent) → IDLE. `on_ws_frame` is the hot path: one orjson decode per message and a
+few counters; the move is decided only when the swarm's input task calls `act`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random
+import time
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSHandshakeError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
+
+from bot.behaviour import steer
+from bot.plan import BotSettings, BotSpec, room_id
+
+log = logging.getLogger("tickroom.bot")
+
+FIRE_EVERY = 15  # inputs between two fires: 500 ms at 30 Hz
+PENDING_MAX = 256  # unacknowledged inputs remembered; older ones are dropped unmeasured
+CONNECT_TIMEOUT_S = 5.0
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 5.0
+LEAVE_TIMEOUT_S = 2.0  # after `leave`, how long the server has to close before we close ourselves
+REJOIN_PAUSE_S = 0.05  # after match_end, so that the server has released the old seat first
+WANDER_TURN = 0.25  # radians a lone bot's heading may drift per input
+
+HELLO = b'{"type":"hello","v":1}'
+LEAVE = b'{"type":"leave"}'
+_TEXT = WSMsgType.TEXT
+_CLOSE = WSMsgType.CLOSE
+_loads = orjson.loads
+_dumps = orjson.dumps
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    JOINING = "joining"
+    PLAYING = "playing"
+    LEAVING = "leaving"
+
+
+_PLAYING = Phase.PLAYING
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counters shared by all bots of one process."""
+
+    acks_ms: array[float] = field(default_factory=lambda: array("d"))
+    errors: Counter[str] = field(default_factory=Counter)
+    matches: set[str] = field(default_factory=set)
+    disconnects: int = 0
+    reported_exception: bool = False
+
+
+class Group:
+    """The bots that share one room; after each match they move on to the next room id together."""
+
+    __slots__ = ("generation", "number", "settings")
+
+    def __init__(self, settings: BotSettings, number: int) -> None:
+        self.settings = settings
+        self.number = number
+        self.generation = 0
+
+    def room(self, generation: int) -> str:
+        return room_id(self.settings, self.number, generation)
+
+    def advance(self, generation: int) -> None:
+        """The room of `generation - 1` is over (match_end or room_closed): join later ones from now on."""
+        if generation > self.generation:
+            self.generation = generation
+
+
+def handshake_error_code(exc: WSHandshakeError) -> str:
+    """The protocol code of a refused handshake (`{"error": CODE}` body), else `http_STATUS`."""
+    response = exc.response
+    body = exc.raw_body or (response.body if response is not None else None)
+    if body:
+        try:
+            decoded = _loads(body)
+        except orjson.JSONDecodeError:
+            decoded = None
+        if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+            return str(decoded["error"])
+    if response is not None:
+        return f"http_{int(response.status)}"
+    return "handshake_failed"
+
+
+class BotClient(WSListener):
+    """One bot, the listener of each of its connections in turn."""
+
+    __slots__ = ("clock", "connected_s", "disconnected", "generation", "group", "headers", "height",
+                 "inputs", "orbit", "pending", "phase", "players", "refused", "rng", "room", "seq",
+                 "spec", "states", "tally", "transport", "url", "wander", "welcomed", "width", "window_start",
+                 "you")
+
+    def __init__(self, spec: BotSpec, url: str, token: str, group: Group, tally: Tally, rng: random.Random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.group = group
+        self.tally = tally
+        self.rng = rng
+        self.clock = clock
+        self.phase = Phase.IDLE
+        self.transport: WSTransport | None = None
+        self.disconnected: asyncio.Future[None] | None = None
+        self.room = ""
+        self.generation = 0
+        self.refused = False
+        # Session: who we are in the room, and the latest state.
+        self.you = 0
+        self.width = 1000.0
+        self.height = 1000.0
+        self.players: Sequence[Mapping[str, Any]] = ()
+        # Behaviour memory.
+        self.wander = rng.uniform(-math.pi, math.pi)
+        self.orbit = 1.0 if spec.index % 2 else -1.0
+        # Sending and measuring.
+        self.seq = 0
+        self.inputs = 0
+        self.pending: deque[tuple[int, float]] = deque()
+        self.states = 0
+        self.welcomed = False
+        self.connected_s = 0.0
+        self.window_start = 0.0
+
+    # -- picows callbacks (the hot path) --------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.phase = Phase.JOINING
+        transport.send(_TEXT, HELLO)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is not _TEXT:
+            if msg_type is _CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+            return
+        msg = _loads(frame.get_payload_as_bytes())
+        if msg["type"] == "state":
+            if self.phase is _PLAYING:
+                self.states += 1
+                players = self.players = msg["players"]
+                pending = self.pending
+                if pending:
+                    you = self.you
+                    for entry in players:
+                        if entry["p"] == you:
+                            if entry["seq"] >= pending[0][0]:
+                                self._acknowledge(entry["seq"])
+                            break
+            return
+        self._on_message(transport, msg)
+
+    def _acknowledge(self, seq: int) -> None:
+        now = self.clock()
+        pending = self.pending
+        acks = self.tally.acks_ms
+        while pending and pending[0][0] <= seq:
+            acks.append((now - pending.popleft()[1]) * 1000.0)
+
+    def _on_message(self, transport: WSTransport, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "welcome":
+            arena = msg.get("arena") or {}
+            self.you = msg["you"]
+            self.width = float(arena.get("w", 1000.0))
+            self.height = float(arena.get("h", 1000.0))
+            self.players = ()
+            self.phase = Phase.PLAYING
+            self.welcomed = True
+            self.window_start = self.clock()
+        elif kind == "match_end":
+            self.tally.matches.add(self.room)
+            self.group.advance(self.generation + 1)
+            self._begin_leaving(transport)
+        elif kind == "error":
+            code = str(msg.get("code"))
+            self.tally.errors[code] += 1
+            if self.phase is Phase.JOINING:
+                self.refused = True
+            if code == "room_closed":
+                self.group.advance(self.generation + 1)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.phase is Phase.PLAYING:
+            # Closed by the server without match_end and without our leave.
+            self._close_window()
+            self.tally.disconnects += 1
+        elif self.phase is Phase.JOINING and not self.refused:
+            self.tally.errors["closed_before_welcome"] += 1
+        self.phase = Phase.IDLE
+        self.transport = None
+        self.pending.clear()
+        if self.disconnected is not None and not self.disconnected.done():
+            self.disconnected.set_result(None)
+
+    # -- driven by the swarm ------------------------------------------------------------------------
+
+    def act(self) -> None:
+        """Send this tick's input, and a fire every FIRE_EVERY inputs, decided from the latest state."""
+        transport = self.transport
+        if transport is None:
+            return
+        dx, dy, angle = steer(self.you, self.players, self.wander, self.orbit, self.width, self.height)
+        self.wander = math.remainder(angle + (self.rng.random() - 0.5) * (2 * WANDER_TURN), math.tau)
+        self.seq += 1
+        seq = self.seq
+        transport.send(_TEXT, _dumps({"type": "input", "seq": seq, "dx": dx, "dy": dy}))
+        pending = self.pending
+        if len(pending) >= PENDING_MAX:
+            pending.popleft()
+        pending.append((seq, self.clock()))
+        self.inputs += 1
+        if self.inputs % FIRE_EVERY == 0:
+            self.seq += 1
+            transport.send(_TEXT, _dumps({"type": "fire", "seq": self.seq, "angle": round(angle * 1000) / 1000}))
+
+    def leave(self) -> None:
+        """End of the run: send `leave`; the server answers with a 1000 close."""
+        if self.transport is not None and self.phase in (Phase.JOINING, Phase.PLAYING):
+            self._begin_leaving(self.transport)
+
+    def force_close(self) -> None:
+        """The server did not close in time: close with 1000 ourselves."""
+        transport = self.transport
+        if transport is not None:
+            if self.phase is Phase.PLAYING:
+                self._close_window()
+            self.phase = Phase.LEAVING
+            transport.send_close(WSCloseCode.OK, b"run over")
+            transport.disconnect()
+
+    def _begin_leaving(self, transport: WSTransport) -> None:
+        if self.phase is Phase.PLAYING:
+            self._close_window()
+        self.phase = Phase.LEAVING
+        transport.send(_TEXT, LEAVE)
+        disconnected = self.disconnected
+        if disconnected is not None:
+            disconnected.get_loop().call_later(LEAVE_TIMEOUT_S, self._leave_overdue, disconnected)
+
+    def _leave_overdue(self, disconnected: asyncio.Future[None]) -> None:
+        if disconnected is self.disconnected and not disconnected.done():
+            self.force_close()
+
+    def _close_window(self) -> None:
+        self.connected_s += self.clock() - self.window_start
+
+    # -- the bot's life over the run ----------------------------------------------------------------
+
+    def _self_factory(self) -> WSListener:
+        return self
+
+    async def run(self, start_at: float, stop: asyncio.Event) -> None:
+        """Connect at `start_at` and play, from room to room, until `stop` is set; retry with back-off."""
+        await asyncio.sleep(max(0.0, start_at - self.clock()))
+        loop = asyncio.get_running_loop()
+        backoff = BACKOFF_MIN_S
+        try:
+            while not stop.is_set():
+                self.generation = self.group.generation
+                self.room = self.group.room(self.generation)
+                self.refused = False
+                self.disconnected = loop.create_future()
+                transport = await self._connect()
+                if transport is None:
+                    await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+                    backoff = min(BACKOFF_MAX_S, backoff * 2)
+                    continue
+                if stop.is_set():
+                    self.leave()
+                await self.disconnected
+                await self._check_dropped(transport)
+                if self.refused:
+                    await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+                    backoff = min(BACKOFF_MAX_S, backoff * 2)
+                else:
+                    backoff = BACKOFF_MIN_S
+                    await asyncio.sleep(REJOIN_PAUSE_S * self.rng.uniform(1.0, 2.0))
+        finally:
+            # Cancelled at the hard end of the run while still connected.
+            self.force_close()
+
+    async def _check_dropped(self, transport: WSTransport) -> None:
+        """Count (and report once per process) a connection picows dropped because of an exception,
+        in our own callbacks or in the server's frames."""
+        try:
+            await transport.wait_disconnected()
+        except Exception as exc:
+            self.tally.errors[f"dropped_{type(exc).__name__}"] += 1
+            if not self.tally.reported_exception:
+                self.tally.reported_exception = True
+                log.error("bot %s: connection dropped after an exception: %r", self.spec.name, exc)
+
+    async def _connect(self) -> WSTransport | None:
+        """Open a connection to this bot's room; on failure count an error and return None."""
+        self.phase = Phase.CONNECTING
+        try:
+            # picows bounds the handshake itself; this bounds the TCP connect too.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S + 1.0):
+                transport, _ = await ws_connect(self._self_factory, f"{self.url}/game?room={self.room}",
+                                                extra_headers=self.headers, max_redirects=0,
+                                                websocket_handshake_timeout=CONNECT_TIMEOUT_S,
+                                                logger_name="tickroom-bot")
+        except WSHandshakeError as exc:
+            code = handshake_error_code(exc)
+        except TimeoutError:
+            code = "connect_timeout"
+        except (OSError, WSError) as exc:
+            code = f"connect_{type(exc).__name__}"
+        else:
+            return transport
+        self.phase = Phase.IDLE
+        self.tally.errors[code] += 1
+        return None
