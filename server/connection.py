@@ -32,7 +32,7 @@ class JoinRequest:
 
 class GameConnection(ServerConnection):
     join_request: JoinRequest | None = None
-    on_text: Callable[[bytes], None] | None = None
+    on_text: Callable[[bytes | bytearray | memoryview], None] | None = None
 
     def process_event(self, event: Event) -> None:
         on_text = self.on_text

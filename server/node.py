@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from websockets.asyncio.server import ServerConnection
 
@@ -27,7 +27,7 @@ log = logging.getLogger("tickroom.node")
 
 class Node:
     def __init__(self, settings: Settings, modes: Mapping[str, GameFactory], tasks: asyncio.TaskGroup,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.modes = dict(modes)
         self.rooms: dict[str, Room] = {}
@@ -35,8 +35,8 @@ class Node:
         self._players: dict[str, ServerConnection] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._rng = rng or random.Random()
-        self._loop = asyncio.get_running_loop()
-        self.started_at = self._loop.time()
+        self.clock = clock
+        self.started_at = clock()
         self.accepting = True
 
     @staticmethod
@@ -73,7 +73,7 @@ class Node:
         factory = self.modes[join.mode]
         game = factory(random.Random(self._rng.getrandbits(64)))
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")
-        room = Room(join.room_id, join.mode, game, self.settings, self._loop.time(), room_log)
+        room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log)
         self.rooms[join.room_id] = room
         self._runners[join.room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{join.room_id}")
         log.info("room %s created (mode %s)", join.room_id, join.mode)
@@ -81,7 +81,7 @@ class Node:
 
     async def _run_room(self, room: Room) -> None:
         try:
-            await RoomRunner(room, logging.getLogger("tickroom.runner")).run()
+            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock).run()
         except Exception:
             # The runner handles the game's failures itself; this is the last guard so that a bug in
             # one room never reaches the task group, which would cancel every other room.
@@ -99,7 +99,7 @@ class Node:
     # -- stats -------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
-        now = self._loop.time()
+        now = self.clock()
         rooms: dict[str, object] = {}
         all_lateness: list[float] = []
         all_duration: list[float] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +175,7 @@ def _parse_ping(msg: dict[str, Any]) -> Ping:
     return Ping(_field(msg, "t", "number"))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "input": _parse_input,
     "fire": _parse_fire,
     "chat": _parse_chat,
@@ -184,7 +185,7 @@ _PARSERS = {
 }
 
 
-def parse_client_message(raw: str | bytes) -> ClientMessage:
+def parse_client_message(raw: str | bytes | bytearray | memoryview) -> ClientMessage:
     """Parse one text message from a client; raise `ProtocolError` with a stable code if it is refused."""
     try:
         msg = orjson.loads(raw)
@@ -198,8 +199,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     parser = _PARSERS.get(msg_type)
     if parser is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type[:40]!r}")
-    result: ClientMessage = parser(msg)
-    return result
+    return parser(msg)
 
 
 # Server messages. Each builder returns the encoded JSON bytes.

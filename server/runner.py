@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from server.broadcast import send_frames
 from server.lifecycle import RoomPhase
@@ -20,16 +21,17 @@ MAX_BEHIND_TICKS = 10
 
 
 class RoomRunner:
-    def __init__(self, room: Room, logger: logging.Logger) -> None:
+    def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float]) -> None:
         self.room = room
         self.log = logger
         self.interval = room.settings.tick_interval
+        # A fine-grained clock: uvloop's loop.time() moves in whole milliseconds.
+        self.clock = clock
 
     async def run(self) -> None:
         room = self.room
         stats = room.stats
-        loop = asyncio.get_running_loop()
-        clock = loop.time
+        clock = self.clock
         interval = self.interval
         deadline = clock()
         linger = room.settings.end_linger_s

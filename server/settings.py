@@ -60,6 +60,9 @@ class Settings:
     slow_client_bytes: int = _setting(65536, "TICKROOM_SLOW_CLIENT_BYTES",
                                       "unsent bytes beyond which a client's states are skipped",
                                       low=1024, high=1 << 30)
+    send_buffer_bytes: int = _setting(65536, "TICKROOM_SEND_BUFFER_BYTES",
+                                      "kernel send buffer per player socket (small: stale states do not queue)",
+                                      low=4096, high=1 << 26)
     slow_client_timeout_s: float = _setting(5.0, "TICKROOM_SLOW_CLIENT_TIMEOUT_S",
                                             "seconds of skipped states before a slow client is dropped",
                                             low=0.1, high=600)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import socket
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.serverkit import (
     node_settings,
     recv_until,
     start_app,
+    wait_for,
 )
 
 
@@ -223,3 +225,29 @@ async def test_an_exception_in_one_rooms_game_closes_that_room_only() -> None:
     finally:
         await app.__aexit__(None, None, None)
 
+
+
+async def test_a_client_that_stops_reading_is_skipped_then_dropped_and_never_stalls_the_room() -> None:
+    app = await start_app(slow_client_bytes=1024, slow_client_timeout_s=0.5, send_buffer_bytes=4096)
+    try:
+        reader, _ = await join_game(app, "slow")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.connect(("127.0.0.1", app.port))
+        sleeper, _ = await join_game(app, "slow", sock=sock, max_queue=1)
+        # The sleeper's client stops reading: its socket and then the server's buffers fill up.
+        sleeper.transport.pause_reading()
+        assert app.node is not None
+        await wait_for(lambda: app.node is not None and app.node.rooms["slow"].stats.skipped_sends > 0,
+                       timeout=30.0)
+        await recv_until(reader, is_event("leave"), timeout=30.0)
+        # The room went on at full rate for the player who reads.
+        await collect_states(reader, 0.5)
+        states = await collect_states(reader, 2.0)
+        (t0, first, _), (t1, last, _) = states[0], states[-1]
+        assert 66.67 * 0.95 <= (last - first) / (t1 - t0) <= 66.67 * 1.05
+        assert app.node.rooms["slow"].player_count == 1
+        await reader.close()
+        sleeper.transport.abort()
+    finally:
+        await app.__aexit__(None, None, None)
