@@ -1,0 +1,86 @@
+"""The bot as a person runs it: `tickroom bot ... --json` against a real node, read from its last line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from server.app import App
+from tests.serverkit import start_app
+
+TICKROOM = str(Path(sys.executable).with_name("tickroom"))
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    app = await start_app(countdown_s=1.0)
+    yield app
+    await app.__aexit__(None, None, None)
+
+
+async def run_bot(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "TICKROOM_JWT_SECRET"}
+    process = await asyncio.create_subprocess_exec(TICKROOM, "bot", *args, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def last_json_line(out: str) -> dict[str, Any]:
+    summary: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+    return summary
+
+
+async def test_five_bots_fill_one_room_and_report_a_json_summary(app: App) -> None:
+    code, out, err = await run_bot("--url", app.url, "--bots", "5", "--duration", "4", "--ramp", "0.2", "--json")
+    assert code == 0, err
+    summary = last_json_line(out)
+    for key in ("bots", "duration_s", "states_per_s_p50", "states_per_s_min", "ack_ms_p50", "ack_ms_p99",
+                "errors", "disconnects"):
+        assert key in summary
+    assert summary["bots"] == 5 and summary["connected"] == 5
+    assert summary["duration_s"] == 4
+    assert 60 <= summary["states_per_s_min"] <= summary["states_per_s_p50"] <= 70
+    assert 0 < summary["ack_ms_p50"] <= summary["ack_ms_p99"] < 200
+    assert summary["errors"] == 0 and summary["disconnects"] == 0
+    # Live progress went to stderr while it ran.
+    assert "states/s" in err
+
+
+async def test_bots_in_a_named_room_play_there(app: App) -> None:
+    assert app.node is not None
+    node = app.node
+    seen: set[str] = set()
+
+    async def watch() -> None:
+        while True:
+            seen.update(node.rooms)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        code, out, err = await run_bot("--url", app.url, "--bots", "3", "--duration", "3", "--room", "named-room",
+                                       "--json", "--quiet")
+    finally:
+        watcher.cancel()
+    assert code == 0, err
+    assert seen == {"named-room"}
+    assert last_json_line(out)["connected"] == 3
+
+
+async def test_a_bot_refused_at_the_handshake_counts_errors_and_still_reports(app: App) -> None:
+    code, out, _ = await run_bot("--url", app.url, "--bots", "2", "--duration", "2", "--secret",
+                                 "a-secret-that-the-server-does-not-know-at-all", "--json", "--quiet")
+    summary = last_json_line(out)
+    assert code == 1  # nobody got in
+    assert summary["connected"] == 0
+    assert summary["errors"] > 0
+    assert "token_invalid" in summary["error_codes"]
