@@ -10,8 +10,6 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from websockets.exceptions import ConnectionClosed
-
 from server.broadcast import send_frames, text_frame
 from server.connection import GameConnection, JoinRequest
 from server.protocol import (
@@ -90,20 +88,13 @@ class PlayerSession:
             # buffer (where the room skips it) within seconds instead of after megabytes of stale states.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.send_buffer_bytes)
         hello_timer = self._loop.call_later(self.node.settings.hello_timeout_s, self._hello_timeout)
-        ws.on_text = self._on_text
         try:
-            while True:
-                # Single-frame text messages never reach this queue: only binary or fragmented ones.
-                raw = await ws.recv()
-                if isinstance(raw, str):
-                    self._on_message(raw.encode(), binary=False)
-                else:
-                    self._on_message(raw, binary=True)
-        except ConnectionClosed:
-            pass
+            # From here on, messages are handled as they arrive (GameConnection); this task only waits.
+            ws.attach(self._on_message)
+            await ws.wait_closed()
         finally:
             hello_timer.cancel()
-            ws.on_text = None
+            ws.detach()
             self._leave_room()
             self.node.release_player(identity.player_id, ws)
             await self._closed()
@@ -134,9 +125,6 @@ class PlayerSession:
         if self.room is not None and self.seat is not None:
             self.room.disconnect(self.seat, self._clock())
         self.seat = None
-
-    def _on_text(self, data: bytes | bytearray | memoryview) -> None:
-        self._on_message(data, binary=False)
 
     def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
         if self._closer is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -167,3 +169,33 @@ async def test_a_newcomer_cannot_enter_a_running_match_with_free_seats() -> None
             await ws.close()
     finally:
         await app.__aexit__(None, None, None)
+
+
+def masked_text_frame(payload: bytes, fin: bool = True, opcode: int = 1) -> bytes:
+    key = os.urandom(4)
+    masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+    assert len(payload) < 126
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + key + masked
+
+
+async def test_frames_split_across_reads_coalesced_or_fragmented_all_arrive_in_order(app: App) -> None:
+    ws, welcome = await join_game(app, "frames")
+    me = welcome["you"]
+    chats = [b'{"type":"chat","text":"%d"}' % n for n in range(6)]
+    first, second = masked_text_frame(chats[0]), masked_text_frame(chats[1])
+    # One frame cut in two TCP writes, followed by two frames in one write...
+    ws.transport.write(first[:5])
+    await asyncio.sleep(0.05)
+    ws.transport.write(first[5:] + second + masked_text_frame(chats[2]))
+    # ...a message in two fragments (text frame without FIN, then a continuation)...
+    ws.transport.write(masked_text_frame(chats[3][:10], fin=False) + masked_text_frame(chats[3][10:], opcode=0))
+    # ...and frames after it on the fast path again.
+    ws.transport.write(masked_text_frame(chats[4]) + masked_text_frame(chats[5]))
+    texts = []
+    while len(texts) < 6:
+        event = await recv_until(ws, lambda m: m["type"] == "event" and m["kind"] == "chat")
+        assert event["p"] == me
+        texts.append(event["text"])
+    assert texts == [str(n) for n in range(6)]
+    await still_alive(ws)
+    await ws.close()
