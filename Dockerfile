@@ -7,7 +7,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 RUN python -m venv /opt/tickroom
 WORKDIR /src
 # Dependencies first, read from pyproject.toml, so that a code change does not reinstall them. The `bot`
-# extra (picows) is in because `tickroom` imports the bot's CLI; the `embedded` and `dev` extras are not.
+# extra (picows) is in so that `tickroom bot` works inside the image; the `embedded` and `dev` extras are not.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['bot']))" > /tmp/requirements.txt \
