@@ -68,11 +68,12 @@ class _Player:
 
 
 class _Projectile:
-    __slots__ = ("expires_us", "id", "owner", "vx", "vx_out", "vy", "vy_out", "x", "y")
+    __slots__ = ("expires_us", "id", "owner", "owner_pid", "vx", "vx_out", "vy", "vy_out", "x", "y")
 
     def __init__(self, projectile_id: int, owner: _Player, vx: float, vy: float, expires_us: int) -> None:
         self.id = projectile_id
         self.owner = owner
+        self.owner_pid = owner.pid
         self.x = owner.x
         self.y = owner.y
         self.vx = vx
@@ -84,8 +85,8 @@ class _Projectile:
 
 
 def _out(value: float) -> float:
-    """Round a non-negative coordinate to 1 decimal; inlined in the state methods, where it is 4x
-    cheaper than round(value, 1) and gives the same shortest repr."""
+    """Round a non-negative coordinate to 1 decimal: 4x cheaper than round(value, 1), and the state
+    methods repeat the expression inline to save the call too."""
     return (value * 10.0 + 0.5) // 1.0 / 10.0
 
 
@@ -330,7 +331,7 @@ class ArenaGame:
                 for p in self._active]
 
     def projectiles_state(self) -> list[Json]:
-        return [{"id": s.id, "p": s.owner.pid, "x": (s.x * 10.0 + 0.5) // 1.0 / 10.0,
+        return [{"id": s.id, "p": s.owner_pid, "x": (s.x * 10.0 + 0.5) // 1.0 / 10.0,
                  "y": (s.y * 10.0 + 0.5) // 1.0 / 10.0, "vx": s.vx_out, "vy": s.vy_out}
                 for s in self._projectiles]
 
