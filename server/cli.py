@@ -78,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickroom", description="Tickroom real-time game server")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_parser = commands.add_parser("serve", help="run a node (embedded Redis/Postgres when no URLs are set)",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve_parser = commands.add_parser("serve", help="run a node (embedded Redis/Postgres when no URLs are set)")
     add_arguments(serve_parser)
 
     from bot.cli import add_arguments as add_bot_arguments
