@@ -11,13 +11,13 @@ import random
 import signal
 import time
 from array import array
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from bot.client import BotClient, Group, Phase, Tally
 from bot.plan import ProcessPlan
 from bot.stats import ProcessResult, Progress, bot_rate
 from server.auth import mint_token
+from server.eventloop import run as run_on_loop
 
 INPUT_HZ = 30.0
 # The input period is cut into slots, each serving its share of the bots, so that sends and the states
@@ -171,16 +171,6 @@ class Swarm:
         return result
 
 
-def run_on_new_loop(main: Coroutine[Any, Any, ProcessResult]) -> ProcessResult:
-    """Run on uvloop when it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    result: ProcessResult = uvloop.run(main)
-    return result
-
-
 def run_process(plan: ProcessPlan, report: Callable[[Progress], None] | None = None) -> ProcessResult:
     """Play one process's share of the run on a fresh event loop, in the calling thread."""
     # picows warns about every write-buffer pause under load; the bot counts what matters itself.
@@ -189,4 +179,4 @@ def run_process(plan: ProcessPlan, report: Callable[[Progress], None] | None = N
     async def main() -> ProcessResult:
         return await Swarm(plan, report).run()
 
-    return run_on_new_loop(main())
+    return run_on_loop(main())

@@ -8,13 +8,12 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from typing import Any
 
 from game.arena import ArenaConfig, ArenaGame
 from game.base import GameFactory
 from server.auth import DEV_SECRET, mint_token
+from server.eventloop import run as run_on_loop
 from server.settings import Settings, SettingsError, add_arguments
 
 log = logging.getLogger("tickroom")
@@ -24,16 +23,6 @@ def game_modes(settings: Settings) -> dict[str, GameFactory]:
     """The games this node offers, configured from the settings."""
     arena = ArenaConfig(time_limit_s=settings.match_time_s, kill_target=settings.kill_target)
     return {"arena": functools.partial(ArenaGame, config=arena)}
-
-
-def run_async(main: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop when it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    result: int = uvloop.run(main)
-    return result
 
 
 def configure_logging(level: str) -> None:
@@ -121,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.command == "serve":
-        return run_async(serve(settings))
+        return run_on_loop(serve(settings))
     if args.command == "migrate":
-        return run_async(_migrate(settings))
+        return run_on_loop(_migrate(settings))
     parser.error(f"unknown command {args.command}")
     return 2
 

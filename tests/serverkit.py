@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from game.base import GameFactory
 from server.app import App
@@ -81,3 +82,19 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0, interval
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def is_event(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"] == "event" and m["kind"] == kind and all(m.get(k) == v for k, v in fields.items())
+
+
+async def closed_with(ws: ClientConnection, timeout: float = 5.0) -> int:
+    """Read until the server closes the connection; its close code."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except ConnectionClosed:
+        pass
+    assert ws.close_code is not None
+    return ws.close_code

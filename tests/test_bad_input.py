@@ -11,7 +11,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from server.app import App
-from tests.serverkit import is_type, join_game, new_token, open_game, recv_json, recv_until, start_app
+from tests.serverkit import (
+    closed_with,
+    is_type,
+    join_game,
+    new_token,
+    open_game,
+    recv_until,
+    start_app,
+)
 
 
 @pytest.fixture
@@ -32,14 +40,6 @@ async def still_alive(ws: ClientConnection) -> None:
     await ws.send('{"type":"ping","t":42}')
     pong = await recv_until(ws, is_type("pong"))
     assert pong["t"] == 42
-
-
-async def closed_with(ws: ClientConnection) -> int:
-    with pytest.raises(ConnectionClosed):
-        while True:
-            await recv_json(ws)
-    assert ws.close_code is not None
-    return ws.close_code
 
 
 @pytest.mark.parametrize(("raw", "code"), [

@@ -7,16 +7,15 @@ import functools
 import random
 import socket
 import time
-from typing import Any
 
 import orjson
-import pytest
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
 from game.arena import ArenaGame
 from server.cli import game_modes
 from tests.serverkit import (
+    closed_with,
+    is_event,
     is_type,
     join_game,
     new_token,
@@ -25,19 +24,6 @@ from tests.serverkit import (
     start_app,
     wait_for,
 )
-
-
-def is_event(kind: str, **fields: Any) -> Any:
-    return lambda m: m["type"] == "event" and m["kind"] == kind and all(m.get(k) == v for k, v in fields.items())
-
-
-async def closed_with(ws: ClientConnection, timeout: float = 5.0) -> int:
-    with pytest.raises(ConnectionClosed):
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    assert ws.close_code is not None
-    return ws.close_code
 
 
 async def collect_states(ws: ClientConnection, seconds: float) -> list[tuple[float, int, str]]:
