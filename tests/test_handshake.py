@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -113,3 +116,23 @@ async def test_health_and_stats_answer_plain_http_with_json(app: App) -> None:
     assert room["players"] == 1
     assert set(room["lateness_ms"]) == {"p50", "p99", "max"}
     await ws.close()
+
+
+async def test_a_token_printed_by_tickroom_token_is_accepted_and_stable_per_name(app: App) -> None:
+    tickroom = str(Path(sys.executable).with_name("tickroom"))
+    env = {key: value for key, value in os.environ.items() if key != "TICKROOM_JWT_SECRET"}
+
+    async def mint(name: str) -> str:
+        process = await asyncio.create_subprocess_exec(tickroom, "token", name, stdout=asyncio.subprocess.PIPE,
+                                                       env=env)
+        out, _ = await process.communicate()
+        assert process.returncode == 0
+        return out.decode().strip()
+
+    first, second = await mint("dev-ann"), await mint("dev-ann")
+    ws, welcome = await join_game(app, "hs-cli-token", token=first)
+    assert (welcome["type"], welcome["players"][0]["name"]) == ("welcome", "dev-ann")
+    await ws.close()
+    again, welcome_again = await join_game(app, "hs-cli-token-2", token=second)
+    assert welcome_again["id"] == welcome["id"]
+    await again.close()
