@@ -20,7 +20,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Event, State
+from websockets.protocol import Event, Protocol, State
+from websockets.streams import StreamReader
 
 try:
     from websockets.speedups import apply_mask
@@ -37,6 +38,25 @@ _OPEN = State.OPEN
 _FIN_TEXT = 0x81  # FIN, no RSV bits, opcode 1
 _MASKED = 0x80
 _SHORT = 126  # payload lengths below this fit in the second header byte
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def at_frame_boundary(protocol: Protocol) -> bool:
+    """True when websockets' parser waits for the first byte of a new frame, and holds no bytes.
+
+    Its parser is a chain of generators; between frames the innermost one is `StreamReader.at_eof`.
+    An empty buffer alone is not enough: after a frame's header the parser waits for the payload with
+    an empty buffer too. Any other shape (a future websockets) reads as "not at a boundary", which
+    only turns the fast path off.
+    """
+    if protocol.reader.buffer or protocol.current_size is not None:
+        return False
+    generator: Any = protocol.parser
+    while True:
+        inner = getattr(generator, "gi_yieldfrom", None)
+        if inner is None:
+            return getattr(generator, "gi_code", None) is _AT_EOF
+        generator = inner
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +105,7 @@ class GameConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         handler = self.on_message
         protocol = self.protocol
-        if (handler is None or protocol.state is not _OPEN or protocol.reader.buffer
-                or protocol.current_size is not None):  # mid-way through a fragmented message
+        if handler is None or protocol.state is not _OPEN or not at_frame_boundary(protocol):
             super().data_received(data)
             return
         pos = 0

@@ -171,8 +171,8 @@ async def test_a_newcomer_cannot_enter_a_running_match_with_free_seats() -> None
         await app.__aexit__(None, None, None)
 
 
-def masked_text_frame(payload: bytes, fin: bool = True, opcode: int = 1) -> bytes:
-    key = os.urandom(4)
+def masked_text_frame(payload: bytes, fin: bool = True, opcode: int = 1, key: bytes | None = None) -> bytes:
+    key = key or os.urandom(4)
     masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
     assert len(payload) < 126
     return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + key + masked
@@ -199,3 +199,20 @@ async def test_frames_split_across_reads_coalesced_or_fragmented_all_arrive_in_o
     assert texts == [str(n) for n in range(6)]
     await still_alive(ws)
     await ws.close()
+
+
+async def test_a_frame_cut_after_its_header_whose_payload_looks_like_a_frame_is_read_correctly(app: App) -> None:
+    ws, welcome = await join_game(app, "frames-header-cut")
+    payload = b'{"type":"chat","text":"whole"}'
+    # Choose the mask so that the masked payload starts with 0x81 0x85: a small text frame header.
+    key = bytes((payload[0] ^ 0x81, payload[1] ^ 0x85)) + os.urandom(2)
+    frame = masked_text_frame(payload, key=key)
+    assert frame[6:8] == b"\x81\x85"
+    ws.transport.write(frame[:6])  # header and mask only
+    await asyncio.sleep(0.05)
+    ws.transport.write(frame[6:])
+    event = await recv_until(ws, lambda m: m["type"] == "event" and m["kind"] == "chat")
+    assert (event["p"], event["text"]) == (welcome["you"], "whole")
+    await still_alive(ws)
+    await ws.close()
+    assert ws.close_code == 1000
