@@ -15,7 +15,6 @@ from http import HTTPStatus
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -88,7 +87,6 @@ class App:
             ping_interval=20,
             ping_timeout=20,
             close_timeout=2,
-            max_queue=64,
             logger=logging.getLogger("tickroom.ws"),
         )
         log.info("node %s listening on %s", self.settings.node_id, self.url)
@@ -111,14 +109,14 @@ class App:
 
     # -- handshake ---------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         assert self.node is not None
         if url.path == "/healthz":
             return json_response(HTTPStatus.OK, b'{"status":"ok"}')
         if url.path == "/stats":
-            return json_response(HTTPStatus.OK, orjson.dumps(self.node.stats()))
+            return json_response(HTTPStatus.OK, await self.node.stats())
         if url.path != "/game":
             return refuse(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no endpoint at {url.path}")
         token = bearer_token(request, query)

@@ -73,6 +73,9 @@ Payload = bytes | bytearray | memoryview
 MessageHandler = Callable[[Payload, bool], None]
 # Messages that may wait for the session to attach; more than that is a flood the session will refuse.
 EARLY_LIMIT = 256
+# Bytes we may owe a client that does not read. Rooms skip states long before this; what else can pile
+# up is websockets' automatic answers (a pong per ping), which a client controls.
+MAX_UNSENT_BYTES = 1 << 20
 
 
 class GameConnection(ServerConnection):
@@ -103,6 +106,11 @@ class GameConnection(ServerConnection):
             self._early.append((payload, binary))
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self.logger.warning("dropping a client that sends but does not read (%d unsent bytes)",
+                                self.transport.get_write_buffer_size())
+            self.transport.abort()
+            return
         handler = self.on_message
         protocol = self.protocol
         if handler is None or protocol.state is not _OPEN or not at_frame_boundary(protocol):

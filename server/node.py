@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
+import orjson
 from websockets.asyncio.server import ServerConnection
 
 from game.base import GameFactory
@@ -23,6 +24,12 @@ from server.settings import Settings
 from server.tickstats import summarize_ms
 
 log = logging.getLogger("tickroom.node")
+
+# /stats: reuse an answer this young; summarize this many rooms between yields to the rooms; pool
+# every POOL_STRIDE-th sample of each room into the node-wide totals.
+STATS_MAX_AGE_S = 1.0
+ROOMS_PER_SLICE = 20
+POOL_STRIDE = 4
 
 
 class Node:
@@ -38,6 +45,8 @@ class Node:
         self.clock = clock
         self.started_at = clock()
         self.accepting = True
+        self._stats_task: asyncio.Future[bytes] | None = None
+        self._stats_at = 0.0
 
     @staticmethod
     def wall_ms() -> int:
@@ -98,17 +107,26 @@ class Node:
 
     # -- stats -------------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, object]:
+    async def stats(self) -> bytes:
+        """`/stats` as JSON: computed at most once per `STATS_MAX_AGE_S`, yielding to the rooms as it goes,
+        so that polling it (anyone may) never holds up a tick for long."""
+        now = self.clock()
+        if self._stats_task is None or (self._stats_task.done() and now - self._stats_at > STATS_MAX_AGE_S):
+            self._stats_at = now
+            self._stats_task = asyncio.ensure_future(self._compute_stats())
+        return await asyncio.shield(self._stats_task)
+
+    async def _compute_stats(self) -> bytes:
         now = self.clock()
         rooms: dict[str, object] = {}
-        all_lateness: list[float] = []
-        all_duration: list[float] = []
-        for room_id, room in self.rooms.items():
+        pooled_lateness: list[float] = []
+        pooled_duration: list[float] = []
+        for count, (room_id, room) in enumerate(list(self.rooms.items()), start=1):
             stats = room.stats
             lateness = stats.lateness.values()
             duration = stats.duration.values()
-            all_lateness.extend(lateness)
-            all_duration.extend(duration)
+            pooled_lateness.extend(lateness[::POOL_STRIDE])
+            pooled_duration.extend(duration[::POOL_STRIDE])
             elapsed = now - stats.started_at
             rooms[room_id] = {
                 **room.describe(now),
@@ -120,14 +138,16 @@ class Node:
                 "skipped_sends": stats.skipped_sends,
                 "late_resets": stats.late_resets,
             }
-        return {
+            if count % ROOMS_PER_SLICE == 0:
+                await asyncio.sleep(0)
+        return orjson.dumps({
             "node": self.settings.node_id,
             "uptime_s": round(now - self.started_at, 3),
             "connections": self.connections,
             "rooms": rooms,
             "totals": {
-                "rooms": len(self.rooms),
-                "lateness_ms": summarize_ms(all_lateness),
-                "duration_ms": summarize_ms(all_duration),
+                "rooms": len(rooms),
+                "lateness_ms": summarize_ms(pooled_lateness),
+                "duration_ms": summarize_ms(pooled_duration),
             },
-        }
+        })

@@ -24,6 +24,10 @@ COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f0
 _OPEN = State.OPEN
 
 
+class RoomFailed(RuntimeError):
+    """The room's game raised between ticks (in a join, a leave or a phase change)."""
+
+
 @dataclass(slots=True, eq=False)
 class Seat:
     """A player's place in a room; kept after they leave a running match, for the ranking and a rejoin."""
@@ -56,6 +60,8 @@ class Room:
         self._seats: dict[str, Seat] = {}  # by player id, in join order
         self._connected: list[Seat] = []
         self._next_pid = 1
+        self._pids: dict[str, int] = {}
+        self.failed: str | None = None
         # Queued since the last tick: the latest move per player wins, every fire is kept.
         self._moves: dict[int, tuple[int, float, float]] = {}
         self._fires: list[tuple[int, int, float]] = []
@@ -83,15 +89,26 @@ class Room:
             if self.phase is RoomPhase.RUNNING:
                 raise ProtocolError(ErrorCode.ROOM_IN_PROGRESS,
                                     f"room {self.room_id} is playing a match you are not in", CloseCode.POLICY)
-            pid = self._next_pid
-            self._next_pid += 1
+            # A player who leaves a waiting room and comes back keeps their pid, so the game's table
+            # holds each player once however often they come and go.
+            pid = self._pids.get(identity.player_id)
+            if pid is None:
+                pid = self._pids[identity.player_id] = self._next_pid
+                self._next_pid += 1
             seat = Seat(pid, identity.player_id, identity.name, COLORS[(pid - 1) % len(COLORS)])
             seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
             self._seats[identity.player_id] = seat
+        try:
+            self.game.add_player(seat.pid)
+        except Exception:
+            if self.phase is not RoomPhase.RUNNING:
+                del self._seats[identity.player_id]
+            self._fail("add_player")
+            raise ProtocolError(ErrorCode.ROOM_CRASHED, "the room's game failed; the room is closed",
+                                CloseCode.INTERNAL) from None
         seat.conn = conn
         seat.slow_since = None
         self._connected.append(seat)
-        self.game.add_player(seat.pid)
         self._post({"type": "event", "kind": "join", **seat.roster})
         self._advance_phase(now)
         send_frames(conn, text_frame(self._welcome(seat, now)))
@@ -106,12 +123,22 @@ class Room:
         self._moves.pop(seat.pid, None)
         if self.phase is RoomPhase.CLOSED:
             return
-        self.game.remove_player(seat.pid)
         if self.phase in (RoomPhase.WAITING, RoomPhase.COUNTDOWN):
             # Before the match a seat is only a place in the queue: give it up.
             del self._seats[seat.player_id]
         self._post({"type": "event", "kind": "leave", "p": seat.pid})
+        try:
+            self.game.remove_player(seat.pid)
+        except Exception:
+            self._fail("remove_player")
+            return
         self._advance_phase(now)
+
+    def _fail(self, where: str) -> None:
+        """The game raised outside the tick: the runner closes the room at its next tick."""
+        self.log.exception("room %s: the game failed in %s", self.room_id, where)
+        if self.failed is None:
+            self.failed = where
 
     def _welcome(self, seat: Seat, now: float) -> bytes:
         return encode({
@@ -150,6 +177,14 @@ class Room:
         return max(0, round((self.countdown_ends - now) * 1000))
 
     def _advance_phase(self, now: float) -> None:
+        if self.failed is not None:
+            return
+        try:
+            self._next_phase(now)
+        except Exception:
+            self._fail("a phase change")
+
+    def _next_phase(self, now: float) -> None:
         players = len(self._connected)
         settings = self.settings
         if self.phase is RoomPhase.WAITING:
@@ -202,6 +237,8 @@ class Room:
     # -- the tick ----------------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        if self.failed is not None:
+            raise RoomFailed(f"the game failed in {self.failed}")
         game = self.game
         self.tick_no += 1
         self.stats.ticks += 1
@@ -228,16 +265,21 @@ class Room:
         state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms,
                         "players": game.players_state(), "projectiles": game.projectiles_state()})
         self.stats.encodes += 1
-        frames.append(text_frame(state))
-        self._flush(now)
+        self._flush(now, text_frame(state))
 
-    def _flush(self, now: float) -> None:
-        """Send every frame queued this tick as one write per connection."""
-        frames = self._frames
-        if not frames:
+    def _flush(self, now: float, state: bytes = b"") -> None:
+        """Send this tick's events and state as one write per connection.
+
+        A client with too many unsent bytes gets the events only (they are small and rare, and a
+        client that catches up must not have missed a join or the end of the match); after
+        `slow_client_timeout_s` of that it is dropped.
+        """
+        events = self._frames
+        if not events and not state:
             return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        frames.clear()
+        event_data = events[0] if len(events) == 1 else b"".join(events)
+        data = event_data + state if event_data else state
+        events.clear()
         limit = self.settings.slow_client_bytes
         for seat in self._connected:
             conn = seat.conn
@@ -251,6 +293,9 @@ class Room:
                 elif now - seat.slow_since > self.settings.slow_client_timeout_s:
                     self.log.warning("room %s: dropping player %s, too slow to read", self.room_id, seat.player_id)
                     transport.abort()
+                    continue
+                if event_data:
+                    transport.write(event_data)
                 continue
             seat.slow_since = None
             transport.write(data)

@@ -6,6 +6,7 @@ Handlers never touch the game directly: moves and fires are queued on the room f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -77,16 +78,17 @@ class PlayerSession:
     async def run(self) -> None:
         ws = self.ws
         identity = self.join.identity
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None:
+            # A bounded kernel buffer, so that a client that stops reading shows up in the transport's
+            # buffer (where the room skips it) within seconds instead of after megabytes of stale states.
+            with contextlib.suppress(OSError):  # the peer may already be gone
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.send_buffer_bytes)
         if not self.node.claim_player(identity.player_id, ws):
             self._refuse(ProtocolError(ErrorCode.ALREADY_CONNECTED,
                                        "this player is already connected on this node", CloseCode.POLICY))
             await self._closed()
             return
-        sock = ws.transport.get_extra_info("socket")
-        if sock is not None:
-            # A bounded kernel buffer, so that a client that stops reading shows up in the transport's
-            # buffer (where the room skips it) within seconds instead of after megabytes of stale states.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.send_buffer_bytes)
         hello_timer = self._loop.call_later(self.node.settings.hello_timeout_s, self._hello_timeout)
         try:
             # From here on, messages are handled as they arrive (GameConnection); this task only waits.
@@ -95,8 +97,10 @@ class PlayerSession:
         finally:
             hello_timer.cancel()
             ws.detach()
-            self._leave_room()
-            self.node.release_player(identity.player_id, ws)
+            try:
+                self._leave_room()
+            finally:
+                self.node.release_player(identity.player_id, ws)
             await self._closed()
 
     async def _closed(self) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from server.app import App
+from server.connection import MAX_UNSENT_BYTES
 from tests.serverkit import (
     closed_with,
     is_type,
@@ -19,6 +22,7 @@ from tests.serverkit import (
     open_game,
     recv_until,
     start_app,
+    wait_for,
 )
 
 
@@ -216,3 +220,20 @@ async def test_a_frame_cut_after_its_header_whose_payload_looks_like_a_frame_is_
     await still_alive(ws)
     await ws.close()
     assert ws.close_code == 1000
+
+
+async def test_a_client_that_pings_without_reading_is_dropped_before_its_pongs_pile_up(app: App) -> None:
+    ws = await open_game(app, "ping-flood")
+    ws.transport.pause_reading()
+    ping = bytes((0x89, 0x80 | 125)) + b"\x00\x00\x00\x00" + b"p" * 125  # masked with a zero key
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        for _ in range(400):
+            ws.transport.write(ping * 100)
+            sent += 100
+            await asyncio.sleep(0.001)
+            if ws.transport.is_closing():
+                break
+    ws.transport.resume_reading()
+    await wait_for(lambda: ws.state is State.CLOSED, timeout=3.0)
+    assert sent * 125 < 8 * MAX_UNSENT_BYTES, "the node kept answering pings nobody read"

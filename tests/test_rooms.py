@@ -58,7 +58,7 @@ async def test_a_room_of_five_ticks_at_66_hz_and_every_player_gets_every_tick() 
             assert len({d[tick] for d in by_tick}) == 1
         # ...and the room encoded one state per tick, not one per player.
         assert app.node is not None
-        stats = app.node.stats()["rooms"]["rate-5"]
+        stats = orjson.loads(await app.node.stats())["rooms"]["rate-5"]
         assert stats["state_encodes"] == stats["ticks"]
         for ws, _ in players:
             await ws.close()
@@ -235,5 +235,65 @@ async def test_a_client_that_stops_reading_is_skipped_then_dropped_and_never_sta
         assert app.node.rooms["slow"].player_count == 1
         await reader.close()
         sleeper.transport.abort()
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+class FailingJoinGame(ArenaGame):
+    def add_player(self, pid: int) -> None:
+        if pid == 2:
+            raise RuntimeError("boom in add_player")
+        super().add_player(pid)
+
+
+class FailingLeaveGame(ArenaGame):
+    def remove_player(self, pid: int) -> None:
+        raise RuntimeError("boom in remove_player")
+
+
+async def test_a_game_failing_outside_the_tick_closes_its_room_and_leaks_nothing() -> None:
+    settings = node_settings()
+    modes = {**game_modes(settings), "badjoin": FailingJoinGame, "badleave": FailingLeaveGame}
+    app = await start_app(modes)
+    assert app.node is not None
+    node = app.node
+    try:
+        first, _ = await join_game(app, "bad-join", mode="badjoin")
+        second, answer = await join_game(app, "bad-join", mode="badjoin")
+        assert (answer["type"], answer["code"]) == ("error", "room_crashed")
+        assert await closed_with(second) == 1011
+        assert (await recv_until(first, is_type("error")))["code"] == "room_crashed"
+        assert await closed_with(first) == 1011
+
+        token = new_token("leaver")
+        leaver, _ = await join_game(app, "bad-leave", mode="badleave", token=token)
+        stayer, _ = await join_game(app, "bad-leave", mode="badleave")
+        await leaver.close()
+        assert (await recv_until(stayer, is_type("error")))["code"] == "room_crashed"
+        assert await closed_with(stayer) == 1011
+        await wait_for(lambda: not node.rooms and node.connections == 0)
+        # The player whose leave broke the game is not stuck as "already connected".
+        again, welcome = await join_game(app, "after", token=token)
+        assert welcome["type"] == "welcome"
+        await again.close()
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_coming_and_going_before_the_match_keeps_one_pid_per_player() -> None:
+    app = await start_app(countdown_s=60.0)
+    assert app.node is not None
+    try:
+        anchor, _ = await join_game(app, "churn", max_queue=None)  # it reads nothing until the end
+        token = new_token("churner")
+        pids = set()
+        for _ in range(20):
+            ws, welcome = await join_game(app, "churn", token=token)
+            pids.add(welcome["you"])
+            await ws.send('{"type":"leave"}')
+            await closed_with(ws)
+        assert pids == {2}
+        assert app.node.rooms["churn"].player_count == 1
+        await anchor.close()
     finally:
         await app.__aexit__(None, None, None)
