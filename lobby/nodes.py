@@ -1,0 +1,79 @@
+"""The nodes of a deployment, as seen in Redis: who is alive, where players connect, how loaded.
+
+Each node heart-beats a hash with a short TTL; a node whose hash expired is dead. A sorted set indexes
+the nodes by load so that new rooms go to the least-loaded live node; dead entries are pruned from it
+whenever it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    url: str
+    load: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NodeRegistry:
+    def __init__(self, client: aioredis.Redis, prefix: str, dead_after_s: float = 5.0) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.dead_after_ms = int(dead_after_s * 1000)
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    def node_key(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{node_id}"
+
+    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int) -> None:
+        """Say this node is alive (for `dead_after_s` more), where it is and how loaded."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.node_key(node_id), mapping={"url": url, "load": load, "heartbeat_ms": now_ms})
+            pipe.pexpire(self.node_key(node_id), self.dead_after_ms)
+            pipe.zadd(self.index, {node_id: load})
+            await pipe.execute()
+
+    async def deregister(self, node_id: str) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.node_key(node_id))
+            pipe.zrem(self.index, node_id)
+            await pipe.execute()
+
+    async def live_nodes(self) -> list[NodeInfo]:
+        """Live nodes, least loaded first; entries of dead nodes are removed from the index."""
+        ids = [_text(node_id) for node_id in await self.client.zrange(self.index, 0, -1)]
+        if not ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for node_id in ids:
+                pipe.hmget(self.node_key(node_id), "url", "load")
+            replies = await pipe.execute()
+        live, dead = [], []
+        for node_id, (url, load) in zip(ids, replies, strict=True):
+            if url is None:
+                dead.append(node_id)
+            else:
+                live.append(NodeInfo(node_id, _text(url), int(load)))
+        if dead:
+            await self.client.zrem(self.index, *dead)
+        live.sort(key=lambda node: (node.load, node.node_id))
+        return live
+
+    async def least_loaded(self) -> NodeInfo | None:
+        nodes = await self.live_nodes()
+        return nodes[0] if nodes else None
+
+    async def is_alive(self, node_id: str) -> bool:
+        return bool(await self.client.exists(self.node_key(node_id)))

@@ -1,0 +1,81 @@
+"""Lobby building blocks: the node registry against a real Redis, and seat tickets."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from lobby.nodes import NodeInfo, NodeRegistry
+from lobby.tickets import Ticket, TicketError, mint_ticket, verify_ticket
+from server.auth import AuthError, mint_token, verify_token
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.fixture
+async def registry(redis_url: str) -> AsyncIterator[NodeRegistry]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield NodeRegistry(client, f"t{uuid.uuid4().hex[:8]}", dead_after_s=0.3)
+    await client.aclose()
+
+
+async def test_live_nodes_are_listed_least_loaded_first(registry: NodeRegistry) -> None:
+    await registry.heartbeat("a", "ws://a:8000", 12, now_ms=1)
+    await registry.heartbeat("b", "ws://b:8000", 3, now_ms=1)
+    await registry.heartbeat("c", "ws://c:8000", 7, now_ms=1)
+    assert [node.node_id for node in await registry.live_nodes()] == ["b", "c", "a"]
+    assert await registry.least_loaded() == NodeInfo("b", "ws://b:8000", 3)
+    await registry.heartbeat("b", "ws://b:8000", 20, now_ms=2)
+    assert (await registry.least_loaded()) == NodeInfo("c", "ws://c:8000", 7)
+
+
+async def test_a_node_that_stops_heartbeating_is_dead_within_its_ttl_and_pruned(registry: NodeRegistry) -> None:
+    await registry.heartbeat("quiet", "ws://q:8000", 0, now_ms=1)
+    await registry.heartbeat("busy", "ws://b:8000", 50, now_ms=1)
+    assert await registry.is_alive("quiet")
+    for _ in range(6):  # "busy" keeps beating, "quiet" does not
+        await asyncio.sleep(0.1)
+        await registry.heartbeat("busy", "ws://b:8000", 50, now_ms=2)
+    assert not await registry.is_alive("quiet")
+    assert [node.node_id for node in await registry.live_nodes()] == ["busy"]
+    assert [m.decode() for m in await registry.client.zrange(registry.index, 0, -1)] == ["busy"]
+
+
+async def test_a_deregistered_node_is_gone_at_once(registry: NodeRegistry) -> None:
+    await registry.heartbeat("a", "ws://a:8000", 1, now_ms=1)
+    await registry.deregister("a")
+    assert await registry.live_nodes() == [] and await registry.least_loaded() is None
+
+
+def test_a_ticket_is_accepted_for_its_player_and_room_only() -> None:
+    ticket = Ticket("player-1", "room-9", "node-a")
+    token = mint_ticket(SECRET, ticket)
+    assert verify_ticket(SECRET, token, player_id="player-1", room_id="room-9") == ticket
+    with pytest.raises(TicketError) as info:
+        verify_ticket(SECRET, token, player_id="player-1", room_id="room-8")
+    assert info.value.code == "ticket_wrong_room"
+    with pytest.raises(TicketError) as info:
+        verify_ticket(SECRET, token, player_id="player-2", room_id="room-9")
+    assert info.value.code == "ticket_invalid"
+
+
+def test_expired_forged_and_foreign_tickets_are_refused() -> None:
+    ticket = Ticket("p", "r", "n")
+    expired = mint_ticket(SECRET, ticket, ttl_s=30, now=1_000_000)
+    with pytest.raises(TicketError) as info:
+        verify_ticket(SECRET, expired, player_id="p", room_id="r")
+    assert info.value.code == "ticket_expired"
+    forged = mint_ticket("another-secret-that-is-long-enough-for-hs256", ticket)
+    with pytest.raises(TicketError) as info:
+        verify_ticket(SECRET, forged, player_id="p", room_id="r")
+    assert info.value.code == "ticket_invalid"
+    # A player's login token is not a ticket, and a ticket is not a login token.
+    login = mint_token(SECRET, "ann", player_id="0b6f7a2e-4a39-4c47-a1a4-3b0e8d2b4c11")
+    with pytest.raises(TicketError):
+        verify_ticket(SECRET, login, player_id="0b6f7a2e-4a39-4c47-a1a4-3b0e8d2b4c11", room_id="r")
+    with pytest.raises(AuthError):
+        verify_token(SECRET, mint_ticket(SECRET, Ticket("0b6f7a2e-4a39-4c47-a1a4-3b0e8d2b4c11", "r", "n")))
