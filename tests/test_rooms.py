@@ -297,3 +297,11 @@ async def test_coming_and_going_before_the_match_keeps_one_pid_per_player() -> N
         await anchor.close()
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_shutting_the_node_down_closes_every_player_with_1001() -> None:
+    app = await start_app()
+    players = [await join_game(app, f"bye-{i % 2}") for i in range(4)]
+    await app.__aexit__(None, None, None)
+    for ws, _ in players:
+        assert await closed_with(ws) == 1001
