@@ -1,0 +1,40 @@
+"""Settings: environment first, flags on top, each bad value refused with its name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser
+from server.settings import Settings, SettingsError
+
+
+def test_environment_values_are_read_and_flags_override_them() -> None:
+    args = build_parser().parse_args(["serve", "--port", "9001", "--countdown-s", "4.5"])
+    settings = Settings.load({"TICKROOM_PORT": "9000", "TICKROOM_MAX_PLAYERS": "4"}, args)
+    assert (settings.port, settings.max_players, settings.countdown_s) == (9001, 4, 4.5)
+    assert settings.tick_interval == pytest.approx(0.015)
+    assert settings.node_id  # a default one is made up
+
+
+@pytest.mark.parametrize(("environ", "named"), [
+    ({"TICKROOM_PORT": "eighty"}, "TICKROOM_PORT"),
+    ({"TICKROOM_PORT": "70000"}, "TICKROOM_PORT"),
+    ({"TICKROOM_TICK_MS": "0"}, "TICKROOM_TICK_MS"),
+    ({"TICKROOM_MIN_PLAYERS": "6"}, "min_players"),
+    ({"TICKROOM_LOG_LEVEL": "LOUD"}, "TICKROOM_LOG_LEVEL"),
+    ({"TICKROOM_JWT_SECRET": ""}, "TICKROOM_JWT_SECRET"),
+])
+def test_a_bad_value_is_refused_with_the_name_of_the_setting(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.load(environ)
+
+
+def test_serve_with_a_bad_flag_exits_2_naming_it() -> None:
+    tickroom = str(Path(sys.executable).with_name("tickroom"))
+    result = subprocess.run([tickroom, "serve", "--max-rooms", "0"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "max_rooms" in result.stderr and "TICKROOM_MAX_ROOMS" in result.stderr
