@@ -16,7 +16,7 @@ from game.base import Game
 from server.auth import Identity
 from server.broadcast import send_frames, text_frame
 from server.lifecycle import RoomPhase, check_transition
-from server.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode
+from server.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode, error_message
 from server.settings import Settings
 from server.tickstats import TickStats
 
@@ -301,7 +301,7 @@ class Room:
             transport.write(data)
 
     def crash_frames(self, message: str) -> bytes:
-        return text_frame(encode({"type": "error", "code": ErrorCode.ROOM_CRASHED.value, "message": message}))
+        return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))
 
     def describe(self, now: float) -> dict[str, object]:
         return {"mode": self.mode, "state": self.phase.value, "players": len(self._connected),
