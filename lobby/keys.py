@@ -1,7 +1,8 @@
 """Where the lobby keeps things in Redis: every key of one game mode shares a hash tag.
 
-`{prefix}:{{mode}}:...` puts all of a mode's keys in one Redis Cluster slot, so the lobby's scripts,
-which read and write several of them at once, stay legal on a cluster.
+`{prefix}:{{mode}}:...` puts all of a mode's keys in one Redis Cluster slot, so the lobby's scripts, which
+read and write several of them at once, stay legal on a cluster. The scripts build the same names from the
+base (`lobby/lua/common.lua`); this class names them for Python readers, tests and the docs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ class LobbyKeys:
         """Sorted set of rooms that still have a seat, scored by their player count."""
         return f"{self.base}:rooms:available"
 
+    @property
+    def queue(self) -> str:
+        """Sorted set of waiting players (room-less or in a room not started yet), scored by when they began."""
+        return f"{self.base}:queue"
+
+    @property
+    def rooms(self) -> str:
+        """Set of every room id of the mode, for listing."""
+        return f"{self.base}:rooms"
+
     def room(self, room_id: str) -> str:
         """Hash: mode, node, state, created_ms, started_ms, countdown_ends_ms, players (JSON, join order)."""
         return f"{self.base}:room:{room_id}"
@@ -31,6 +42,25 @@ class LobbyKeys:
         """Set of the room's player ids."""
         return f"{self.base}:room:{room_id}:players"
 
+    def room_shadow(self, room_id: str) -> str:
+        """The key whose expiry is the room's expiry; the room's data outlives it so it can still be read."""
+        return f"{self.base}:room:{room_id}:ttl"
+
     def player(self, player_id: str) -> str:
-        """Hash: room, node, status, joined_ms."""
+        """Hash: room, node, status, joined_ms, name, conn, conn_node, conn_kind."""
         return f"{self.base}:player:{player_id}"
+
+    def node_rooms(self, node_id: str) -> str:
+        """Set of the rooms a node hosts (for the sweep when it dies)."""
+        return f"{self.base}:node:{node_id}:rooms"
+
+    def node_conns(self, node_id: str) -> str:
+        """Set of the players whose connection is on a node (for the sweep when it dies)."""
+        return f"{self.base}:node:{node_id}:conns"
+
+    def room_id_of_shadow(self, key: str) -> str | None:
+        """The room id if `key` is one of this mode's shadow keys, else None."""
+        head, tail = f"{self.base}:room:", ":ttl"
+        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+            return key[len(head):-len(tail)]
+        return None

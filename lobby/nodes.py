@@ -1,8 +1,8 @@
 """The nodes of a deployment, as seen in Redis: who is alive, where players connect, how loaded.
 
 Each node heart-beats a hash with a short TTL; a node whose hash expired is dead. A sorted set indexes
-the nodes by load so that new rooms go to the least-loaded live node; dead entries are pruned from it
-whenever it is read.
+the nodes by load so that new rooms go to the least-loaded live node. A dead node stays in the index until
+a live node has swept up after it (`forget`), so that a sweeper dying half-way leaves the work findable.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ class NodeRegistry:
             pipe.zrem(self.index, node_id)
             await pipe.execute()
 
-    async def live_nodes(self) -> list[NodeInfo]:
-        """Live nodes, least loaded first; entries of dead nodes are removed from the index."""
+    async def survey(self) -> tuple[list[NodeInfo], list[str]]:
+        """Live nodes, least loaded first, and the ids of dead nodes still waiting to be swept up after."""
         ids = [_text(node_id) for node_id in await self.client.zrange(self.index, 0, -1)]
         if not ids:
-            return []
+            return [], []
         async with self.client.pipeline(transaction=False) as pipe:
             for node_id in ids:
                 pipe.hmget(self.node_key(node_id), "url", "load")
@@ -66,10 +66,24 @@ class NodeRegistry:
                 dead.append(node_id)
             else:
                 live.append(NodeInfo(node_id, _text(url), int(load)))
-        if dead:
-            await self.client.zrem(self.index, *dead)
         live.sort(key=lambda node: (node.load, node.node_id))
-        return live
+        return live, dead
+
+    async def live_nodes(self) -> list[NodeInfo]:
+        return (await self.survey())[0]
+
+    async def forget(self, node_id: str) -> None:
+        """Take a dead node out of the index once what it left behind has been swept up."""
+        await self.client.zrem(self.index, node_id)
+
+    async def count_room(self, node_id: str) -> None:
+        """A room was just placed on the node: count it in the index at once, so that a burst of new rooms
+        spreads over the nodes instead of all going to the one that was least loaded at the last heartbeat."""
+        await self.client.zincrby(self.index, 1, node_id)
+
+    async def url_of(self, node_id: str) -> str | None:
+        url = await self.client.hget(self.node_key(node_id), "url")
+        return None if url is None else _text(url)
 
     async def least_loaded(self) -> NodeInfo | None:
         nodes = await self.live_nodes()

@@ -1,11 +1,13 @@
 """Seats in rooms of 3 to 5, assigned atomically in Redis so that any number of nodes can seat at once.
 
-Each transition that reads and then writes several keys is one Lua script (`lobby/lua/`), called by
-SHA; redis-py's `Script` loads it again if Redis lost its script cache (a restart, SCRIPT FLUSH).
+Each transition that reads and then writes several keys is one Lua script (`lobby/lua/`, each prefixed with
+`common.lua`), called by SHA; redis-py's `Script` loads it again if Redis lost its script cache (a restart,
+SCRIPT FLUSH). Every script answers with JSON: its outcome, the room as it now is, and the nodes to notify.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,26 +27,55 @@ class SeatingRules:
     player_ttl_s: int = 300
     room_ttl_s: int = 600
 
+    def as_json(self, mode: str) -> bytes:
+        return orjson.dumps({"min": self.min_players, "max": self.max_players, "countdown_ms": self.countdown_ms,
+                             "backfill": self.backfill, "player_ttl": self.player_ttl_s,
+                             "room_ttl": self.room_ttl_s, "mode": mode})
+
 
 @dataclass(frozen=True, slots=True)
-class Seat:
-    """Where a join put a player: `outcome` is "seated", "rejoined" or "no_room"."""
+class Member:
+    """A player in a room's join-order list."""
 
-    outcome: str
+    player_id: str
+    name: str
+
+    def wire(self) -> dict[str, str]:
+        return {"id": self.player_id, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class RoomView:
+    """A room as a script left it: `state` is waiting, countdown, running, queued (no room) or closed."""
+
     room_id: str
-    players: int
     state: str
+    node: str
     countdown_ends_ms: int | None
+    started_ms: int | None
+    players: tuple[Member, ...]
+    version: int = 0  # bumped by every change of the room: a lower one is an older read
+
+    @property
+    def player_ids(self) -> list[str]:
+        return [member.player_id for member in self.players]
 
 
 @dataclass(frozen=True, slots=True)
-class Departure:
-    """What a leave did: `outcome` is "left" or "not_seated"; `state` is the room's state after it."""
+class Outcome:
+    """A script's answer. `outcome` names what happened; `view` is the room concerned, when there is one;
+    `notify` lists the nodes whose players or rooms it touched; `conn_node`/`conn_kind` say where a busy
+    player is connected."""
 
     outcome: str
-    room_id: str
-    players: int
-    state: str
+    view: RoomView | None
+    notify: tuple[str, ...]
+    room: str = ""  # the room concerned, also when there is no view of it
+    conn: str = ""
+    conn_node: str = ""
+    conn_kind: str = ""
+    joined_ms: int | None = None
+    counts: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +87,12 @@ class RoomRecord:
     created_ms: int
     started_ms: int | None
     countdown_ends_ms: int | None
-    players: list[str]
+    players: tuple[Member, ...]
+    version: int = 0
+
+    @property
+    def player_ids(self) -> list[str]:
+        return [member.player_id for member in self.players]
 
 
 def _text(value: Any) -> str:
@@ -64,56 +100,163 @@ def _text(value: Any) -> str:
 
 
 def _optional_int(value: Any) -> int | None:
-    text = _text(value) if value is not None else ""
-    return int(text) if text else None
+    if value is None:
+        return None
+    text = _text(value)
+    return int(float(text)) if text else None
+
+
+def _members(raw: Any) -> tuple[Member, ...]:
+    entries = orjson.loads(raw) if raw else []
+    if not isinstance(entries, list):  # cjson's empty table
+        return ()
+    return tuple(Member(str(entry["id"]), str(entry.get("name", ""))) for entry in entries)
+
+
+def _list(value: Any) -> tuple[str, ...]:
+    return tuple(str(item) for item in value) if isinstance(value, list) else ()
+
+
+def parse_outcome(raw: Any) -> Outcome:
+    reply: dict[str, Any] = orjson.loads(raw)
+    view = None
+    if isinstance(reply.get("state"), str) and "players" in reply:
+        view = RoomView(room_id=str(reply.get("room", "")), state=reply["state"], node=str(reply.get("node") or ""),
+                        countdown_ends_ms=_optional_int(reply.get("countdown_ends_ms")),
+                        started_ms=_optional_int(reply.get("started_ms")), players=_members(reply["players"]),
+                        version=int(reply.get("version") or 0))
+    counts: dict[str, int] = {key: int(reply[key]) for key in ("moved", "recovered") if key in reply}
+    return Outcome(outcome=str(reply["outcome"]), view=view, notify=_list(reply.get("notify")),
+                   room=str(reply.get("room") or ""),
+                   conn=str(reply.get("conn") or ""), conn_node=str(reply.get("conn_node") or ""),
+                   conn_kind=str(reply.get("conn_kind") or ""),
+                   joined_ms=_optional_int(reply.get("joined_ms")), counts=counts or None)
 
 
 def _script(name: str) -> str:
-    return resources.files("lobby").joinpath("lua", f"{name}.lua").read_text()
+    lua = resources.files("lobby").joinpath("lua")
+    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+
+
+SCRIPTS = ("join", "leave", "start", "attach", "detach", "finish", "expire", "sweep")
 
 
 class Seating:
+    """The lobby's transitions for one game mode, each one atomic in Redis."""
+
     def __init__(self, client: aioredis.Redis, keys: LobbyKeys, rules: SeatingRules) -> None:
         self.client = client
         self.keys = keys
         self.rules = rules
-        self._seat = client.register_script(_script("seat"))
-        self._leave = client.register_script(_script("leave"))
-        self._start = client.register_script(_script("start"))
+        self._rules_json = rules.as_json(keys.mode)
+        self._scripts = {name: client.register_script(_script(name)) for name in SCRIPTS}
 
-    async def join(self, player_id: str, now_ms: int, *, new_room_id: str = "", node_id: str = "") -> Seat:
-        """Seat the player; `new_room_id` (on `node_id`) is used only if no open room has a seat."""
-        rules = self.rules
-        reply = await self._seat(keys=[self.keys.available], args=[
-            self.keys.base, player_id, now_ms, rules.min_players, rules.max_players, rules.countdown_ms,
-            new_room_id, node_id, self.keys.mode, rules.player_ttl_s, rules.room_ttl_s])
-        outcome, room_id, players, state, ends = reply
-        return Seat(_text(outcome), _text(room_id), int(players), _text(state), _optional_int(ends))
+    async def _call(self, name: str, now_ms: int, *args: str | int) -> Outcome:
+        raw = await self._scripts[name](keys=[self.keys.available],
+                                        args=[self.keys.base, now_ms, self._rules_json, *args])
+        return parse_outcome(raw)
 
-    async def leave(self, player_id: str) -> Departure:
-        reply = await self._leave(keys=[self.keys.available], args=[
-            self.keys.base, player_id, self.rules.min_players, "1" if self.rules.backfill else "0"])
-        outcome, room_id, players, state = reply
-        return Departure(_text(outcome), _text(room_id), int(players), _text(state))
+    async def load_scripts(self) -> None:
+        """Load every script now (at start, and after Redis comes back), so that the first call is fast."""
+        for script in self._scripts.values():
+            script.sha = await self.client.script_load(script.script)
 
-    async def start_if_due(self, room_id: str, now_ms: int) -> str:
-        """Start the room if its countdown is over; its state afterwards ("missing" if it is gone)."""
-        reply = await self._start(keys=[self.keys.available],
-                                  args=[self.keys.base, room_id, now_ms, self.rules.min_players])
-        return _text(reply[0])
+    async def join(self, player_id: str, name: str, now_ms: int, *, conn_id: str, conn_node: str,
+                   new_room_id: str = "", new_room_node: str = "", takeover: str = "") -> Outcome:
+        """Seat a player who joins through a lobby connection (or give them back their seat). Outcomes:
+        seated, rejoined, requeued (seated again after losing their room), busy (connected elsewhere)."""
+        return await self._call("join", now_ms, player_id, name, conn_id, conn_node, new_room_id, new_room_node,
+                                takeover)
 
-    async def room(self, room_id: str) -> RoomRecord | None:
-        fields = await self.client.hgetall(self.keys.room(room_id))
+    async def leave(self, player_id: str, now_ms: int, *, conn_id: str = "*", scope: str = "seat") -> Outcome:
+        """Give up a place: scope "queue" only while waiting (a lobby connection ends), "seat" in any state.
+        Outcomes: left, kept (matched: the seat stays), stale (another connection holds it), not_seated."""
+        return await self._call("leave", now_ms, player_id, conn_id, scope)
+
+    async def start_if_due(self, room_id: str, now_ms: int) -> Outcome:
+        """Start the room if its countdown is over: started, unchanged, or missing."""
+        return await self._call("start", now_ms, room_id)
+
+    async def attach(self, player_id: str, room_id: str, now_ms: int, *, conn_id: str, conn_node: str) -> Outcome:
+        """A game connection arrived at the room's host: attached, or not_in_room."""
+        return await self._call("attach", now_ms, player_id, room_id, conn_id, conn_node)
+
+    async def detach(self, player_id: str, conn_id: str, now_ms: int, *, keep_node: bool = False) -> Outcome:
+        """A connection ended but the player keeps their place for a grace period: detached, or stale."""
+        return await self._call("detach", now_ms, player_id, conn_id, "1" if keep_node else "0")
+
+    async def finish(self, room_id: str, now_ms: int) -> Outcome:
+        return await self._call("finish", now_ms, room_id)
+
+    async def expire(self, room_id: str, now_ms: int, *, host_alive: bool, new_room_ids: Sequence[str],
+                     new_room_node: str) -> Outcome:
+        """Decide the fate of a room whose shadow key expired: alive, gone, removed, requeued or recovery."""
+        return await self._call("expire", now_ms, room_id, "1" if host_alive else "0",
+                                orjson.dumps(list(new_room_ids)).decode(), new_room_node)
+
+    async def sweep(self, dead_node: str, now_ms: int, *, new_host: str) -> Outcome:
+        return await self._call("sweep", now_ms, dead_node, new_host)
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _record(self, room_id: str, fields: dict[Any, Any]) -> RoomRecord | None:
         if not fields:
             return None
         record = {_text(k): _text(v) for k, v in fields.items()}
-        return RoomRecord(room_id=room_id, mode=record["mode"], node=record["node"], state=record["state"],
-                          created_ms=int(record["created_ms"]),
+        if "state" not in record:
+            return None
+        return RoomRecord(room_id=room_id, mode=record.get("mode", self.keys.mode), node=record.get("node", ""),
+                          state=record["state"], created_ms=int(record.get("created_ms", 0)),
                           started_ms=_optional_int(record.get("started_ms")),
                           countdown_ends_ms=_optional_int(record.get("countdown_ends_ms")),
-                          players=list(orjson.loads(record["players"])))
+                          players=_members(record.get("players")), version=int(record.get("version", 0)))
+
+    async def room(self, room_id: str) -> RoomRecord | None:
+        return self._record(room_id, await self.client.hgetall(self.keys.room(room_id)))
+
+    async def rooms(self, room_ids: Iterable[str] | None = None) -> list[RoomRecord]:
+        """The given rooms (default: every room of the mode) that exist, in one round trip."""
+        ids = sorted(_text(room_id) for room_id in await self.client.smembers(self.keys.rooms)) \
+            if room_ids is None else list(room_ids)
+        if not ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room_id in ids:
+                pipe.hgetall(self.keys.room(room_id))
+            replies = await pipe.execute()
+        return [record for room_id, fields in zip(ids, replies, strict=True)
+                if (record := self._record(room_id, fields)) is not None]
+
+    async def player(self, player_id: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in (await self.client.hgetall(self.keys.player(player_id))).items()}
 
     async def open_rooms(self) -> list[tuple[str, int]]:
         """Rooms with a free seat and their player counts, fullest first."""
         entries: list[Any] = await self.client.zrevrange(self.keys.available, 0, -1, withscores=True)
         return [(_text(room_id), int(score)) for room_id, score in entries]
+
+    async def queue_length(self) -> int:
+        return int(await self.client.zcard(self.keys.queue))
+
+    async def refresh(self, player_ids: Iterable[str], room_ids: Iterable[str]) -> None:
+        """Keep the given players' and rooms' keys alive for another TTL; a room's shadow key is set again
+        only when the room's hash still exists (a deleted room must not come back as a lone shadow)."""
+        player_ttl, room_ttl = self.rules.player_ttl_s, self.rules.room_ttl_s
+        rooms = list(room_ids)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for player_id in player_ids:
+                pipe.expire(self.keys.player(player_id), player_ttl)
+            for room_id in rooms:
+                pipe.expire(self.keys.room(room_id), room_ttl + SHADOW_MARGIN_S)
+                pipe.expire(self.keys.room_players(room_id), room_ttl + SHADOW_MARGIN_S)
+            replies = await pipe.execute()
+        alive = [room_id for k, room_id in enumerate(rooms) if replies[-2 * len(rooms) + 2 * k]] if rooms else []
+        if alive:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for room_id in alive:
+                    pipe.set(self.keys.room_shadow(room_id), "1", ex=room_ttl)
+                await pipe.execute()
+
+
+# As in common.lua: a room's data outlives its shadow key by this long.
+SHADOW_MARGIN_S = 120

@@ -29,12 +29,13 @@ class Ticket:
     player_id: str
     room_id: str
     node_id: str
+    mode: str = "arena"
 
 
 def mint_ticket(secret: str, ticket: Ticket, *, ttl_s: float = 60.0, now: float | None = None) -> str:
     issued = time.time() if now is None else now
     claims = {"typ": TICKET_TYPE, "sub": ticket.player_id, "room": ticket.room_id, "node": ticket.node_id,
-              "iat": int(issued), "exp": int(issued + ttl_s)}
+              "mode": ticket.mode, "iat": int(issued), "exp": int(issued + ttl_s)}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -53,4 +54,5 @@ def verify_ticket(secret: str, token: str, *, player_id: str, room_id: str) -> T
         raise TicketError("ticket_invalid", "this seat ticket belongs to another player")
     if claims["room"] != room_id:
         raise TicketError("ticket_wrong_room", f"this seat ticket is for room {claims['room']}, not {room_id}")
-    return Ticket(player_id=claims["sub"], room_id=claims["room"], node_id=str(claims.get("node", "")))
+    return Ticket(player_id=claims["sub"], room_id=claims["room"], node_id=str(claims.get("node", "")),
+                  mode=str(claims.get("mode", "arena")))

@@ -33,7 +33,7 @@ async def test_live_nodes_are_listed_least_loaded_first(registry: NodeRegistry) 
     assert (await registry.least_loaded()) == NodeInfo("c", "ws://c:8000", 7)
 
 
-async def test_a_node_that_stops_heartbeating_is_dead_within_its_ttl_and_pruned(registry: NodeRegistry) -> None:
+async def test_a_node_that_stops_heartbeating_is_dead_within_its_ttl_until_forgotten(registry: NodeRegistry) -> None:
     await registry.heartbeat("quiet", "ws://q:8000", 0, now_ms=1)
     await registry.heartbeat("busy", "ws://b:8000", 50, now_ms=1)
     assert await registry.is_alive("quiet")
@@ -41,7 +41,9 @@ async def test_a_node_that_stops_heartbeating_is_dead_within_its_ttl_and_pruned(
         await asyncio.sleep(0.1)
         await registry.heartbeat("busy", "ws://b:8000", 50, now_ms=2)
     assert not await registry.is_alive("quiet")
-    assert [node.node_id for node in await registry.live_nodes()] == ["busy"]
+    live, dead = await registry.survey()
+    assert [node.node_id for node in live] == ["busy"] and dead == ["quiet"]
+    await registry.forget("quiet")
     assert [m.decode() for m in await registry.client.zrange(registry.index, 0, -1)] == ["busy"]
 
 

@@ -1,24 +1,13 @@
--- Start a room whose countdown has run out (called by the node hosting it when its timer fires).
--- KEYS[1] rooms:available
--- ARGV: base, room_id, now_ms, min_players
--- Returns {state, player_count}: "running" if it started now or before, else its unchanged state.
-local available = KEYS[1]
-local base, room_id, now, min_players = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local room_key = base .. ':room:' .. room_id
-local room = redis.call('HMGET', room_key, 'state', 'countdown_ends_ms')
-local state, ends = room[1], tonumber(room[2])
-local count = redis.call('SCARD', room_key .. ':players')
-if not state then
-  return {'missing', 0}
+-- Start a room whose countdown has run out, if it still has the minimum. Any node may call it (the host's
+-- timer, or a node whose lobby players wait in the room): the first call after the deadline starts it.
+-- ARGV[4..]: room_id
+local room_id = ARGV[4]
+local r = redis.call('HMGET', room_key(room_id), 'state', 'countdown_ends_ms')
+if not r[1] then return reply('missing', view(room_id)) end
+local ends = tonumber(r[2])
+if r[1] == 'countdown' and ends and now >= ends and redis.call('SCARD', players_key(room_id)) >= rules.min then
+  start_room(room_id)
+  note_room(room_id)
+  return reply('started', view(room_id))
 end
-if state == 'countdown' and ends and now >= ends and count >= min_players then
-  state = 'running'
-  redis.call('HSET', room_key, 'state', state, 'started_ms', now)
-  redis.call('HDEL', room_key, 'countdown_ends_ms')
-  redis.call('ZREM', available, room_id)
-  local players = redis.call('SMEMBERS', room_key .. ':players')
-  for _, id in ipairs(players) do
-    redis.call('HSET', base .. ':player:' .. id, 'status', 'playing')
-  end
-end
-return {state, count}
+return reply('unchanged', view(room_id))

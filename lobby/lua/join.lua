@@ -1,0 +1,34 @@
+-- A player joins through a lobby connection: back to the seat they hold (rejoin, from any node), or seated in
+-- the fullest open room, a new room offered by the caller, or the queue. A player who already has a live
+-- connection is refused ('busy'): the caller checks that connection's node and, if it is dead, calls again
+-- with `takeover` set to that connection's id.
+-- ARGV[4..]: player_id, name, conn_id, conn_node, new_room_id, new_room_node, takeover
+local player_id, name, conn_id, conn_node = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local new_room_id, new_room_node, takeover = ARGV[8], ARGV[9], ARGV[10]
+local pkey = player_key(player_id)
+local p = redis.call('HMGET', pkey, 'room', 'status', 'conn', 'conn_node', 'conn_kind')
+local room_id, status, conn = p[1], p[2], p[3]
+if status and conn and conn ~= '' and conn ~= conn_id and conn ~= takeover then
+  return reply('busy', {conn = conn, conn_node = p[4], conn_kind = p[5], room = room_id or ''})
+end
+if room_id and room_id ~= '' and redis.call('SISMEMBER', players_key(room_id), player_id) == 0 then
+  room_id = ''  -- a placement whose room is gone
+end
+local outcome = 'rejoined'
+if not status then
+  outcome = 'seated'
+  redis.call('HSET', pkey, 'joined_ms', now)
+end
+redis.call('HSET', pkey, 'name', name)
+set_conn(player_id, conn_id, conn_node, 'lobby')
+touch_player(player_id)
+if room_id and room_id ~= '' then
+  touch_room(room_id)
+  note_room(room_id)
+else
+  if status then outcome = 'requeued' end
+  room_id = seat(player_id, {new_room_id}, new_room_node)
+end
+local result = view(room_id)
+result.joined_ms = tonumber(redis.call('HGET', pkey, 'joined_ms'))
+return reply(outcome, result)

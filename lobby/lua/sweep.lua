@@ -1,0 +1,37 @@
+-- A node died. Its connections are gone: players waiting through it lose their seat at once, matched players
+-- count as disconnected (they may come back through the lobby). Rooms it hosted that had not started move to
+-- `new_host`; running ones go to recovery (their players keep their place in line). Idempotent: a second
+-- sweep of the same node finds nothing left to do.
+-- ARGV[4..]: dead_node, new_host
+local dead, new_host = ARGV[4], ARGV[5]
+local conns = node_conns_key(dead)
+for _, id in ipairs(redis.call('SMEMBERS', conns)) do
+  local p = redis.call('HMGET', player_key(id), 'conn_node', 'status')
+  if p[1] == dead then
+    if p[2] == 'playing' then
+      redis.call('HSET', player_key(id), 'conn', '', 'conn_node', '', 'conn_kind', '')
+    else
+      drop_player(id)
+    end
+  end
+end
+redis.call('DEL', conns)
+local moved, recovered = 0, 0
+for _, room_id in ipairs(redis.call('SMEMBERS', node_rooms_key(dead))) do
+  local state = redis.call('HGET', room_key(room_id), 'state')
+  if state == 'running' then
+    requeue_running(room_id)
+    recovered = recovered + 1
+  elseif state and new_host ~= '' then
+    redis.call('HSET', room_key(room_id), 'node', new_host)
+    bump(room_id)
+    for _, id in ipairs(redis.call('SMEMBERS', players_key(room_id))) do
+      if redis.call('HGET', player_key(id), 'room') == room_id then redis.call('HSET', player_key(id), 'node', new_host) end
+    end
+    redis.call('SADD', node_rooms_key(new_host), room_id)
+    note_room(room_id)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', node_rooms_key(dead))
+return reply('swept', {moved = moved, recovered = recovered})
