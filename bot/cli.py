@@ -16,13 +16,17 @@ from bot.stats import summary_text
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:8000",
-                        help="the node's base URL; bots connect to URL/game?room=ROOM (default: %(default)s)")
+                        help="the node's base URL; bots connect to URL/game?room=ROOM, or URL/lobby with --lobby "
+                        "(default: %(default)s)")
     parser.add_argument("--bots", type=int, default=5, help="how many bots (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=30.0,
                         help="seconds; the run then stops by itself (default: %(default)s)")
     parser.add_argument("--room", default=None,
                         help="put every bot in this room (ROOM, then ROOM-1, ROOM-2... for later matches); "
                         "default: groups of 5 in rooms of their own, unique to this run")
+    parser.add_argument("--lobby", action="store_true",
+                        help="matchmaking: each bot joins the arena queue at URL/lobby, plays the room its "
+                        "match_found names, then queues again (excludes --room)")
     parser.add_argument("--secret", default=None,
                         help="HS256 secret for the bots' tokens (default: TICKROOM_JWT_SECRET, else the "
                         "development secret)")
@@ -68,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = None if settings.quiet else ProgressLine(sys.stderr)
     if not settings.quiet:
-        target = f"room {settings.room}" if settings.room else f"rooms b{settings.run_id}-*"
+        if settings.lobby:
+            target = "rooms chosen by the lobby"
+        elif settings.room:
+            target = f"room {settings.room}"
+        else:
+            target = f"rooms b{settings.run_id}-*"
         print(f"tickroom bot: {settings.bots} bot(s) against {settings.url} ({target}) for "
               f"{settings.duration_s:g} s in {settings.processes} process(es)", file=sys.stderr, flush=True)
     try:
@@ -85,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
         progress.finish()
     if settings.json:
         if not settings.quiet:
-            print(summary_text(summary), file=sys.stderr)
+            print(summary_text(summary, settings.lobby), file=sys.stderr)
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")
         sys.stdout.flush()
     else:
-        print(summary_text(summary), flush=True)
+        print(summary_text(summary, settings.lobby), flush=True)
     return 0 if summary["connected"] else 1
 
 

@@ -1,7 +1,11 @@
 """One headless bot: its WebSocket sessions over a run (picows), what it sends, and what it counts.
 
-A bot's phase goes IDLE → CONNECTING → JOINING (hello sent) → PLAYING (welcomed) → LEAVING (match_end
-or end of run; `leave` sent) → IDLE. `on_ws_frame` is the hot path: one orjson decode per message and a
+In a game a bot's phase goes IDLE → CONNECTING → JOINING (hello sent) → PLAYING (welcomed) → LEAVING
+(match_end or end of run; `leave` sent) → IDLE. With --lobby each game is preceded by a wait in the lobby:
+IDLE → LOBBY_CONNECTING → QUEUED (join sent) → MATCHED (match_found: its URL is kept in `game_url`, and the
+server closes) → IDLE, then the game at that URL; LOBBY_LEAVING is the lobby's LEAVING (end of run, or a
+refusal after which the bot backs off and queues again). Frames of either connection arrive in the same
+`on_ws_frame`, told apart by the phase. `on_ws_frame` is the hot path: one orjson decode per message and a
 few counters; the move is decided only when the swarm's input task calls `act`.
 """
 
@@ -46,7 +50,10 @@ REJOIN_PAUSE_S = 0.05  # after match_end, so that the server has released the ol
 WANDER_TURN = 0.25  # radians a lone bot's heading may drift per input
 
 HELLO = b'{"type":"hello","v":1}'
+JOIN = b'{"type":"join","v":1,"mode":"arena"}'
 LEAVE = b'{"type":"leave"}'
+# Lobby errors that mean "not now": the bot closes, backs off and joins the queue again.
+LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match"})
 _TEXT = WSMsgType.TEXT
 _CLOSE = WSMsgType.CLOSE
 _loads = orjson.loads
@@ -59,9 +66,15 @@ class Phase(enum.Enum):
     JOINING = "joining"
     PLAYING = "playing"
     LEAVING = "leaving"
+    # The lobby connection before each game (--lobby).
+    LOBBY_CONNECTING = "lobby_connecting"
+    QUEUED = "queued"
+    MATCHED = "matched"
+    LOBBY_LEAVING = "lobby_leaving"
 
 
 _PLAYING = Phase.PLAYING
+_LOBBY_PHASES = frozenset({Phase.LOBBY_CONNECTING, Phase.QUEUED, Phase.MATCHED, Phase.LOBBY_LEAVING})
 
 
 @dataclass(slots=True)
@@ -72,6 +85,9 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     matches: set[str] = field(default_factory=set)
     disconnects: int = 0
+    matched: int = 0  # match_found messages from the lobby
+    rooms: set[str] = field(default_factory=set)  # the rooms they named
+    waits_ms: array[float] = field(default_factory=lambda: array("d"))  # join sent -> first match_found
     reported_exception: bool = False
 
 
@@ -111,15 +127,18 @@ def handshake_error_code(exc: WSHandshakeError) -> str:
 
 
 class BotClient(WSListener):
-    """One bot, the listener of each of its connections in turn."""
+    """One bot, the listener of each of its connections in turn.
 
-    __slots__ = ("clock", "connected_s", "disconnected", "generation", "group", "headers", "height",
-                 "inputs", "orbit", "pending", "phase", "players", "refused", "rng", "room", "seq",
+    Its `group` picks its rooms; without one (--lobby), the lobby does.
+    """
+
+    __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "height",
+                 "inputs", "joined_at", "orbit", "pending", "phase", "players", "refused", "rng", "room", "seq",
                  "spec", "states", "tally", "transport", "url", "wander", "welcomed", "width", "window_start",
                  "you")
 
-    def __init__(self, spec: BotSpec, url: str, token: str, group: Group, tally: Tally, rng: random.Random,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
+                 rng: random.Random, clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
         self.url = url
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -133,6 +152,9 @@ class BotClient(WSListener):
         self.room = ""
         self.generation = 0
         self.refused = False
+        # Lobby: when the current join was sent (None once matched), and the game it matched us to.
+        self.joined_at: float | None = None
+        self.game_url: str | None = None
         # Session: who we are in the room, and the latest state.
         self.you = 0
         self.width = 1000.0
@@ -154,8 +176,13 @@ class BotClient(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self.phase = Phase.JOINING
-        transport.send(_TEXT, HELLO)
+        if self.phase is Phase.LOBBY_CONNECTING:
+            self.phase = Phase.QUEUED
+            self.joined_at = self.clock()
+            transport.send(_TEXT, JOIN)
+        else:
+            self.phase = Phase.JOINING
+            transport.send(_TEXT, HELLO)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -188,6 +215,9 @@ class BotClient(WSListener):
             acks.append((now - pending.popleft()[1]) * 1000.0)
 
     def _on_message(self, transport: WSTransport, msg: dict[str, Any]) -> None:
+        if self.phase in _LOBBY_PHASES:
+            self._on_lobby_message(transport, msg)
+            return
         kind = msg.get("type")
         if kind == "welcome":
             arena = msg.get("arena") or {}
@@ -200,15 +230,43 @@ class BotClient(WSListener):
             self.window_start = self.clock()
         elif kind == "match_end":
             self.tally.matches.add(self.room)
-            self.group.advance(self.generation + 1)
+            if self.group is not None:
+                self.group.advance(self.generation + 1)
             self._begin_leaving(transport)
         elif kind == "error":
             code = str(msg.get("code"))
             self.tally.errors[code] += 1
             if self.phase is Phase.JOINING:
                 self.refused = True
-            if code == "room_closed":
+            if code == "room_closed" and self.group is not None:
                 self.group.advance(self.generation + 1)
+
+    def _on_lobby_message(self, transport: WSTransport, msg: dict[str, Any]) -> None:
+        # `lobby` (queue status), `event`, `countdown` and `pong` say nothing the bot acts on.
+        kind = msg.get("type")
+        if kind == "match_found":
+            tally = self.tally
+            tally.matched += 1
+            room = str(msg["room"])
+            tally.rooms.add(room)
+            if self.joined_at is not None:
+                tally.waits_ms.append((self.clock() - self.joined_at) * 1000.0)
+                self.joined_at = None
+            if self.phase is Phase.QUEUED or self.phase is Phase.MATCHED:
+                # The server closes the lobby connection now; the run loop then connects to this URL.
+                self.phase = Phase.MATCHED
+                self.room = room
+                self.game_url = str(msg["url"])
+                self._expect_close()
+        elif kind == "error":
+            code = str(msg.get("code"))
+            self.tally.errors[code] += 1
+            if self.phase is Phase.QUEUED:
+                self.refused = True
+                if code in LOBBY_RETRY_CODES:
+                    self.phase = Phase.LOBBY_LEAVING
+                    transport.send_close(WSCloseCode.OK, b"retry later")
+                    transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.phase is Phase.PLAYING:
@@ -217,6 +275,8 @@ class BotClient(WSListener):
             self.tally.disconnects += 1
         elif self.phase is Phase.JOINING and not self.refused:
             self.tally.errors["closed_before_welcome"] += 1
+        elif self.phase is Phase.QUEUED and not self.refused:
+            self.tally.errors["closed_before_match"] += 1
         self.phase = Phase.IDLE
         self.transport = None
         self.pending.clear()
@@ -245,8 +305,9 @@ class BotClient(WSListener):
             transport.send(_TEXT, _dumps({"type": "fire", "seq": self.seq, "angle": round(angle * 1000) / 1000}))
 
     def leave(self) -> None:
-        """End of the run: send `leave`; the server answers with a 1000 close."""
-        if self.transport is not None and self.phase in (Phase.JOINING, Phase.PLAYING):
+        """End of the run: send `leave` (to the game, or to the lobby while queued); the server answers
+        with a 1000 close. Once matched, the lobby is closing by itself."""
+        if self.transport is not None and self.phase in (Phase.JOINING, Phase.PLAYING, Phase.QUEUED):
             self._begin_leaving(self.transport)
 
     def force_close(self) -> None:
@@ -255,15 +316,19 @@ class BotClient(WSListener):
         if transport is not None:
             if self.phase is Phase.PLAYING:
                 self._close_window()
-            self.phase = Phase.LEAVING
+            self.phase = Phase.LOBBY_LEAVING if self.phase in _LOBBY_PHASES else Phase.LEAVING
             transport.send_close(WSCloseCode.OK, b"run over")
             transport.disconnect()
 
     def _begin_leaving(self, transport: WSTransport) -> None:
         if self.phase is Phase.PLAYING:
             self._close_window()
-        self.phase = Phase.LEAVING
+        self.phase = Phase.LOBBY_LEAVING if self.phase in _LOBBY_PHASES else Phase.LEAVING
         transport.send(_TEXT, LEAVE)
+        self._expect_close()
+
+    def _expect_close(self) -> None:
+        """The server closes next (after our leave, or the lobby's match_found): close ourselves if it is late."""
         disconnected = self.disconnected
         if disconnected is not None:
             disconnected.get_loop().call_later(LEAVE_TIMEOUT_S, self._leave_overdue, disconnected)
@@ -281,34 +346,58 @@ class BotClient(WSListener):
         return self
 
     async def run(self, start_at: float, stop: asyncio.Event) -> None:
-        """Connect at `start_at` and play, from room to room, until `stop` is set; retry with back-off."""
+        """Connect at `start_at` and play, from room to room, until `stop` is set; retry with back-off.
+
+        Without a group, each room is the one the lobby matches this bot to.
+        """
         await asyncio.sleep(max(0.0, start_at - self.clock()))
-        loop = asyncio.get_running_loop()
         backoff = BACKOFF_MIN_S
         try:
             while not stop.is_set():
-                self.generation = self.group.generation
-                self.room = self.group.room(self.generation)
-                self.refused = False
-                self.disconnected = loop.create_future()
-                transport = await self._connect()
-                if transport is None:
-                    await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
-                    backoff = min(BACKOFF_MAX_S, backoff * 2)
-                    continue
-                if stop.is_set():
-                    self.leave()
-                await self.disconnected
-                await self._check_dropped(transport)
-                if self.refused:
-                    await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
-                    backoff = min(BACKOFF_MAX_S, backoff * 2)
+                if self.group is None:
+                    url = await self._wait_in_lobby(stop)
+                    if url is None:
+                        backoff = await self._back_off(backoff)
+                        continue
+                    backoff = BACKOFF_MIN_S
+                else:
+                    self.generation = self.group.generation
+                    self.room = self.group.room(self.generation)
+                    url = f"{self.url}/game?room={self.room}"
+                if not await self._session(url, Phase.CONNECTING, stop) or self.refused:
+                    backoff = await self._back_off(backoff)
                 else:
                     backoff = BACKOFF_MIN_S
                     await asyncio.sleep(REJOIN_PAUSE_S * self.rng.uniform(1.0, 2.0))
         finally:
             # Cancelled at the hard end of the run while still connected.
             self.force_close()
+
+    async def _wait_in_lobby(self, stop: asyncio.Event) -> str | None:
+        """Join the lobby's queue and wait for match_found: the URL (with its ticket) of the game it names,
+        or None when there is none (refused, closed by the server, or the run is over)."""
+        self.game_url = None
+        if not await self._session(f"{self.url}/lobby", Phase.LOBBY_CONNECTING, stop) or stop.is_set():
+            return None
+        return self.game_url
+
+    async def _session(self, url: str, phase: Phase, stop: asyncio.Event) -> bool:
+        """One connection, from `phase` until it is closed; False when it did not open (an error is counted)."""
+        self.refused = False
+        self.disconnected = asyncio.get_running_loop().create_future()
+        transport = await self._connect(url, phase)
+        if transport is None:
+            return False
+        if stop.is_set():
+            self.leave()
+        await self.disconnected
+        await self._check_dropped(transport)
+        return True
+
+    async def _back_off(self, backoff: float) -> float:
+        """Wait about `backoff` seconds (jittered); the next back-off, doubled up to BACKOFF_MAX_S."""
+        await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+        return min(BACKOFF_MAX_S, backoff * 2)
 
     async def _check_dropped(self, transport: WSTransport) -> None:
         """Count (and report once per process) a connection picows dropped because of an exception,
@@ -321,13 +410,14 @@ class BotClient(WSListener):
                 self.tally.reported_exception = True
                 log.error("bot %s: connection dropped after an exception: %r", self.spec.name, exc)
 
-    async def _connect(self) -> WSTransport | None:
-        """Open a connection to this bot's room; on failure count an error and return None."""
-        self.phase = Phase.CONNECTING
+    async def _connect(self, url: str, phase: Phase) -> WSTransport | None:
+        """Open a connection to `url` in `phase` (CONNECTING to a game, LOBBY_CONNECTING to the lobby);
+        on failure count an error and return None."""
+        self.phase = phase
         try:
             # picows bounds the handshake itself; this bounds the TCP connect too.
             async with asyncio.timeout(CONNECT_TIMEOUT_S + 1.0):
-                transport, _ = await ws_connect(self._self_factory, f"{self.url}/game?room={self.room}",
+                transport, _ = await ws_connect(self._self_factory, url,
                                                 extra_headers=self.headers, max_redirects=0,
                                                 websocket_handshake_timeout=CONNECT_TIMEOUT_S,
                                                 logger_name="tickroom-bot")

@@ -1,4 +1,5 @@
-"""What one bot run does: its validated settings, each bot's identity and rooms, and the split over processes.
+"""What one bot run does: its validated settings, each bot's identity and rooms (or the lobby's), and the
+split over processes.
 
 Pure: built once at the edge from the CLI flags and the environment, then handed to each process.
 """
@@ -39,6 +40,12 @@ class BotSettings:
     quiet: bool
     seed: int | None
     run_id: str  # unique per run, so several bot processes can load one server side by side
+    lobby: bool = False  # matched through URL/lobby, which picks the rooms; excludes `room`
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the bots play in groups of GROUP_SIZE with rooms of their own (neither --room nor --lobby)."""
+        return self.room is None and not self.lobby
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str],
@@ -47,7 +54,7 @@ class BotSettings:
         if not (url.startswith("ws://") or url.startswith("wss://")) or len(url) <= len("ws://"):
             raise BotSettingsError(f"--url must be ws://HOST:PORT or wss://HOST:PORT, not {args.url!r}")
         if "?" in url or "#" in url:
-            raise BotSettingsError("--url is the base URL; the bot adds /game?room=ROOM itself")
+            raise BotSettingsError("--url is the base URL; the bot adds /game?room=ROOM or /lobby itself")
         if args.bots < 1:
             raise BotSettingsError(f"--bots must be at least 1, not {args.bots}")
         if not args.duration > 0:
@@ -57,19 +64,23 @@ class BotSettings:
         if args.processes < 1:
             raise BotSettingsError(f"--processes must be at least 1, not {args.processes}")
         room = args.room
+        lobby = bool(args.lobby)
+        if lobby and room is not None:
+            raise BotSettingsError("--room and --lobby exclude each other: with --lobby the lobby picks the rooms")
         if room is not None and (ROOM_ID.fullmatch(room) is None or len(room) > ROOM_BASE_MAX):
             raise BotSettingsError(f"--room must be 1 to {ROOM_BASE_MAX} characters of A-Z a-z 0-9 _ -, "
                                    f"not {room!r}")
         secret = args.secret or environ.get("TICKROOM_JWT_SECRET") or DEV_SECRET
-        processes = min(args.processes, len(split_bots(args.bots, args.processes, grouped=room is None)))
+        grouped = room is None and not lobby
+        processes = min(args.processes, len(split_bots(args.bots, args.processes, grouped=grouped)))
         return cls(url=url, bots=args.bots, duration_s=float(args.duration), room=room, secret=secret,
                    processes=processes, ramp_s=float(args.ramp), json=bool(args.json), quiet=bool(args.quiet),
-                   seed=args.seed, run_id=run_id or secrets.token_hex(3))
+                   seed=args.seed, run_id=run_id or secrets.token_hex(3), lobby=lobby)
 
 
 @dataclass(frozen=True, slots=True)
 class BotSpec:
-    """One bot's identity: a unique name and player UUID, and the group (room) it plays in."""
+    """One bot's identity: a unique name and player UUID, and the group (room) it plays in (0 when ungrouped)."""
 
     index: int
     name: str
@@ -123,7 +134,7 @@ def split_bots(bots: int, processes: int, grouped: bool) -> list[range]:
 
 
 def plan_processes(settings: BotSettings, started_at: float) -> list[ProcessPlan]:
-    grouped = settings.room is None
+    grouped = settings.grouped
     return [ProcessPlan(process=k, settings=settings,
                         bots=tuple(bot_spec(settings.run_id, i, grouped) for i in indices),
                         started_at=started_at, ends_at=started_at + settings.duration_s)

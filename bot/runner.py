@@ -27,7 +27,7 @@ def run_load(settings: BotSettings, show: Callable[[str], None] | None) -> dict[
     started_at = time.monotonic()
     cpu_start = cpu_seconds()
     plans = plan_processes(settings, started_at)
-    board = ProgressBoard(settings.bots, started_at)
+    board = ProgressBoard(settings.bots, started_at, lobby=settings.lobby)
     if len(plans) == 1:
         def report(progress: Progress) -> None:
             board.update(progress)

@@ -33,6 +33,9 @@ class ProcessResult:
     errors: Counter[str] = field(default_factory=Counter)  # by protocol code, `http_NNN` or `connect_*`
     disconnects: int = 0
     matches: set[str] = field(default_factory=set)  # ids of the rooms whose match_end a bot received
+    matched: int = 0  # match_found messages received from the lobby
+    rooms: set[str] = field(default_factory=set)  # ids of the rooms the lobby's match_found sent a bot to
+    waits_ms: array[float] = field(default_factory=lambda: array("d"))  # each join->match_found wait, ms
     cpu_s: float = 0.0
     wall_s: float = 0.0
 
@@ -75,12 +78,15 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
     rates = _merged(result.rates for result in results)
     acks = _merged(result.acks_ms for result in results)
     lags = _merged(result.lag_ms for result in results)
+    waits = _merged(result.waits_ms for result in results)
     connected_s = sum(result.connected_s for result in results)
     errors: Counter[str] = Counter()
     matches: set[str] = set()
+    rooms: set[str] = set()
     for result in results:
         errors.update(result.errors)
         matches |= result.matches
+        rooms |= result.rooms
     cpu_s = extra_cpu_s + sum(result.cpu_s for result in results)
     return {
         "bots": bots,
@@ -102,14 +108,18 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
         "error_codes": dict(sorted(errors.items())),
         "disconnects": sum(result.disconnects for result in results),
         "matches": len(matches),
+        "matched": sum(result.matched for result in results),
+        "rooms": len(rooms),
+        "wait_ms_p50": _rounded(percentile(waits, 50), 3),
+        "wait_ms_p99": _rounded(percentile(waits, 99), 3),
         "cpu_percent": round(100.0 * cpu_s / wall_s, 1) if wall_s > 0 else 0.0,
         # How late the bots' input task woke up: high values mean the bot process itself is saturated.
         "loop_lag_ms_p99": _rounded(percentile(lags, 99), 3),
     }
 
 
-def summary_text(summary: dict[str, Any]) -> str:
-    """The summary for a human, a few lines."""
+def summary_text(summary: dict[str, Any], lobby: bool = False) -> str:
+    """The summary for a human, a few lines; with `lobby`, one more on the matchmaking."""
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f} ms"
 
@@ -123,6 +133,9 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"matches {summary['matches']}, errors {summary['errors']}, disconnects {summary['disconnects']}, "
         f"bot loop lag p99 {ms(summary['loop_lag_ms_p99'])}",
     ]
+    if lobby:
+        lines.append(f"lobby: matched {summary['matched']} time(s) into {summary['rooms']} room(s), "
+                     f"join->match_found wait p50 {ms(summary['wait_ms_p50'])}, p99 {ms(summary['wait_ms_p99'])}")
     if summary["error_codes"]:
         lines.append("errors by code: " + ", ".join(f"{code} {count}"
                                                     for code, count in summary["error_codes"].items()))
@@ -142,14 +155,16 @@ class Progress:
     disconnects: int
     matches: int
     acks_ms: array[float]
+    matched: int = 0  # match_found messages from the lobby
 
 
 class ProgressBoard:
-    """Merges the latest progress of every process into one status line."""
+    """Merges the latest progress of every process into one status line (with `lobby`, the matches found too)."""
 
-    def __init__(self, bots: int, started_at: float) -> None:
+    def __init__(self, bots: int, started_at: float, lobby: bool = False) -> None:
         self.bots = bots
         self.started_at = started_at
+        self.lobby = lobby
         self._latest: dict[int, Progress] = {}
         self._rates: dict[int, tuple[float, float]] = {}  # states/s and inputs/s of each process
         self._acks: list[float] = []
@@ -177,7 +192,10 @@ class ProgressBoard:
         self._acks.clear()
         p50, p99 = percentile(acks, 50), percentile(acks, 99)
         ack = "-" if p50 is None or p99 is None else f"{p50:.1f}/{p99:.1f} ms"
-        return (f"{now - self.started_at:6.1f}s  bots {playing}/{self.bots}  states/s {per_bot}/bot "
+        line = (f"{now - self.started_at:6.1f}s  bots {playing}/{self.bots}  states/s {per_bot}/bot "
                 f"({rate:.0f} total)  inputs/s {inputs_per_bot}/bot  ack p50/p99 {ack}  "
                 f"errors {sum(p.errors for p in latest)}  "
                 f"disconnects {sum(p.disconnects for p in latest)}  matches {sum(p.matches for p in latest)}")
+        if self.lobby:
+            line += f"  matched {sum(p.matched for p in latest)}"
+        return line

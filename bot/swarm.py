@@ -53,7 +53,7 @@ class Swarm:
         self.bots: list[BotClient] = []
         for spec in plan.bots:
             group = groups.get(spec.group)
-            if group is None:
+            if group is None and not settings.lobby:  # with --lobby, the lobby picks the rooms
                 group = groups[spec.group] = Group(settings, spec.group)
             token = mint_token(settings.secret, spec.name, player_id=spec.player_id, ttl_s=ttl)
             self.bots.append(BotClient(spec, settings.url, token, group, self.tally,
@@ -146,7 +146,8 @@ class Swarm:
                         playing=sum(1 for bot in self.bots if bot.phase is _PLAYING),
                         states=sum(bot.states for bot in self.bots), inputs=sum(bot.inputs for bot in self.bots),
                         errors=sum(self.tally.errors.values()),
-                        disconnects=self.tally.disconnects, matches=len(self.tally.matches), acks_ms=fresh)
+                        disconnects=self.tally.disconnects, matches=len(self.tally.matches), acks_ms=fresh,
+                        matched=self.tally.matched)
 
     async def _report_progress(self) -> None:
         report = self.report
@@ -157,9 +158,11 @@ class Swarm:
             report(self.progress())
 
     def _result(self, cpu_s: float, wall_s: float) -> ProcessResult:
-        result = ProcessResult(process=self.plan.process, bots=len(self.bots), acks_ms=self.tally.acks_ms,
-                               errors=self.tally.errors, disconnects=self.tally.disconnects,
-                               matches=self.tally.matches, lag_ms=self.lag_ms, cpu_s=cpu_s, wall_s=wall_s)
+        tally = self.tally
+        result = ProcessResult(process=self.plan.process, bots=len(self.bots), acks_ms=tally.acks_ms,
+                               errors=tally.errors, disconnects=tally.disconnects, matches=tally.matches,
+                               matched=tally.matched, rooms=tally.rooms, waits_ms=tally.waits_ms,
+                               lag_ms=self.lag_ms, cpu_s=cpu_s, wall_s=wall_s)
         for bot in self.bots:
             rate = bot_rate(bot.states, bot.connected_s, bot.welcomed)
             if rate is not None:
