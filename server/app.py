@@ -20,8 +20,14 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from game.base import GameFactory
-from server.auth import AuthError, verify_token
+from lobby.hub import HubConfig, LobbyHub
+from lobby.outage import LobbyUnavailable, lobby_client
+from lobby.seating import SeatingRules
+from lobby.tickets import TicketError, verify_ticket
+from server.auth import AuthError, Identity, verify_token
 from server.connection import GameConnection, JoinRequest
+from server.lobby_http import LobbyEndpoints
+from server.lobby_session import LobbySession
 from server.node import Node
 from server.protocol import MAX_FRAME_BYTES, ErrorCode, handshake_error_body
 from server.session import PlayerSession
@@ -62,6 +68,9 @@ class App:
         self._server: Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self.node: Node | None = None
+        self.hub: LobbyHub | None = None
+        self._hub_task: asyncio.Task[None] | None = None
+        self._lobby_http: LobbyEndpoints | None = None
 
     @property
     def port(self) -> int:
@@ -89,8 +98,32 @@ class App:
             close_timeout=2,
             logger=logging.getLogger("tickroom.ws"),
         )
-        log.info("node %s listening on %s", self.settings.node_id, self.url)
+        self._start_lobby()
+        log.info("node %s listening on %s (players are sent to %s)", self.settings.node_id, self.url,
+                 self.public_url)
         return self
+
+    @property
+    def public_url(self) -> str:
+        return self.settings.public_url.rstrip("/") or self.url
+
+    def _start_lobby(self) -> None:
+        settings = self.settings
+        assert self._tasks is not None and self.node is not None
+        client = lobby_client(settings.redis_url)
+        self._stack.push_async_callback(client.aclose)
+        rules = SeatingRules(min_players=settings.min_players, max_players=settings.max_players,
+                             countdown_ms=round(settings.countdown_s * 1000), backfill=settings.backfill,
+                             player_ttl_s=settings.player_ttl_s, room_ttl_s=settings.room_ttl_s)
+        config = HubConfig(node_id=settings.node_id, url=self.public_url, prefix=settings.lobby_prefix,
+                           secret=settings.jwt_secret, rules=rules, modes=tuple(sorted(self.modes)),
+                           ticket_ttl_s=settings.ticket_ttl_s, lobby_grace_s=settings.lobby_grace_s,
+                           heartbeat_s=settings.node_heartbeat_s,
+                           dead_after_s=settings.node_dead_after_s)
+        self.hub = LobbyHub(client, config, self.node.lobby_state)
+        self.node.lobby = self.hub
+        self._lobby_http = LobbyEndpoints(self.hub)
+        self._hub_task = self._tasks.create_task(self.hub.run(), name="lobby-hub")
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -100,12 +133,16 @@ class App:
     async def shutdown(self) -> None:
         if self.node is not None:
             self.node.accepting = False
+        if self.hub is not None:
+            await self.hub.deregister()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
         if self.node is not None:
             self.node.stop_rooms()
+        if self._hub_task is not None:
+            self._hub_task.cancel()
 
     # -- handshake ---------------------------------------------------------------------------------
 
@@ -117,7 +154,10 @@ class App:
             return json_response(HTTPStatus.OK, b'{"status":"ok"}')
         if url.path == "/stats":
             return json_response(HTTPStatus.OK, await self.node.stats())
-        if url.path != "/game":
+        if url.path.startswith("/lobby/rooms") and self._lobby_http is not None:
+            status, body = await self._lobby_http.answer(url.path, query)
+            return json_response(status, body)
+        if url.path not in ("/game", "/lobby"):
             return refuse(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no endpoint at {url.path}")
         token = bearer_token(request, query)
         if token is None:
@@ -127,6 +167,16 @@ class App:
             identity = verify_token(self.settings.jwt_secret, token)
         except AuthError as error:
             return refuse(HTTPStatus.UNAUTHORIZED, ErrorCode(error.code), error.message)
+        assert isinstance(connection, GameConnection)
+        if url.path == "/lobby":
+            connection.identity = identity
+            return None
+        tickets = query.get("ticket")
+        if tickets:
+            return await self._ticketed_join(connection, identity, query, tickets[0])
+        if not self.settings.direct_join:
+            return refuse(HTTPStatus.UNAUTHORIZED, ErrorCode.TICKET_MISSING,
+                          "/game needs the seat ticket that the lobby's match_found gives (?ticket=TICKET)")
         rooms = query.get("room")
         if not rooms:
             return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.ROOM_REQUIRED, "/game needs ?room=ROOM_ID")
@@ -138,10 +188,49 @@ class App:
         if mode not in self.modes:
             return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.UNKNOWN_MODE,
                           f"unknown mode {mode[:40]!r}; this node has {sorted(self.modes)}")
-        assert isinstance(connection, GameConnection)
         connection.join_request = JoinRequest(identity, room_id, mode)
         return None
 
+    async def _ticketed_join(self, connection: GameConnection, identity: Identity, query: dict[str, list[str]],
+                             ticket: str) -> Response | None:
+        """A lobby match: the ticket must be this player's, for this room, hosted here, and the lobby must
+        still seat the player in it (a room this node already runs with the player in it needs no Redis)."""
+        assert self.node is not None and self.hub is not None
+        room_id = query.get("room", [""])[0]
+        try:
+            seat = verify_ticket(self.settings.jwt_secret, ticket, player_id=identity.player_id, room_id=room_id)
+        except TicketError as error:
+            status = HTTPStatus.FORBIDDEN if error.code == "ticket_wrong_room" else HTTPStatus.UNAUTHORIZED
+            return refuse(status, ErrorCode(error.code), error.message)
+        if seat.mode not in self.modes:
+            return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.UNKNOWN_MODE, f"this node has no mode {seat.mode!r}")
+        room = self.node.rooms.get(room_id)
+        if room is not None and room.roster is not None and identity.player_id in room.roster:
+            connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(room.roster))
+            return None
+        try:
+            record = await self.hub.room(seat.mode, room_id)
+        except LobbyUnavailable:
+            return refuse(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.LOBBY_UNAVAILABLE,
+                          "matchmaking is unavailable right now; try again in a few seconds")
+        if record is None:
+            return refuse(HTTPStatus.NOT_FOUND, ErrorCode.ROOM_NOT_FOUND,
+                          f"room {room_id} no longer exists; join through the lobby again")
+        if record.node != self.settings.node_id:
+            where = self.hub.node_url(record.node)
+            return refuse(HTTPStatus.MISDIRECTED_REQUEST, ErrorCode.WRONG_NODE,
+                          f"room {room_id} is hosted by node {record.node}" + (f" at {where}" if where else ""))
+        if identity.player_id not in record.player_ids:
+            return refuse(HTTPStatus.FORBIDDEN, ErrorCode.NOT_IN_ROOM,
+                          f"you hold no seat in room {room_id} any more; join through the lobby again")
+        connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(record.player_ids))
+        return None
+
     async def _handle(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, GameConnection) and ws.join_request is not None and self.node is not None
+        assert isinstance(ws, GameConnection) and self.node is not None
+        if ws.join_request is None:
+            assert ws.identity is not None and self.hub is not None
+            await LobbySession(self.hub, ws, ws.identity, self.settings, logging.getLogger("tickroom.lobby.session"),
+                               self.node.clock).run()
+            return
         await PlayerSession(self.node, ws, ws.join_request, logging.getLogger("tickroom.session")).run()

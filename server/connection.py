@@ -66,6 +66,8 @@ class JoinRequest:
     identity: Identity
     room_id: str
     mode: str
+    # A lobby match: the players the lobby seated in the room (None: a development room, open to anyone).
+    roster: frozenset[str] | None = None
 
 
 Payload = bytes | bytearray | memoryview
@@ -81,7 +83,8 @@ MAX_UNSENT_BYTES = 1 << 20
 class GameConnection(ServerConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.join_request: JoinRequest | None = None
+        self.join_request: JoinRequest | None = None  # set for /game
+        self.identity: Identity | None = None  # set for /lobby
         self.on_message: MessageHandler | None = None
         self._early: list[tuple[Payload, bool]] = []
         self._fragments: list[Payload] = []

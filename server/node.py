@@ -15,10 +15,11 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 
 from game.base import GameFactory
+from lobby.hub import LobbyHub, LocalState
 from server.connection import JoinRequest
 from server.lifecycle import RoomPhase
 from server.protocol import CloseCode, ErrorCode, ProtocolError
-from server.room import Room
+from server.room import Room, Seat
 from server.runner import RoomRunner
 from server.settings import Settings
 from server.tickstats import summarize_ms
@@ -47,6 +48,9 @@ class Node:
         self.accepting = True
         self._stats_task: asyncio.Future[bytes] | None = None
         self._stats_at = 0.0
+        # Set by the app once Redis is configured: where lobby rooms report their players and their end.
+        self.lobby: LobbyHub | None = None
+        self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     @staticmethod
     def wall_ms() -> int:
@@ -74,6 +78,8 @@ class Node:
     def room_for(self, join: JoinRequest) -> Room:
         room = self.rooms.get(join.room_id)
         if room is not None and room.phase is not RoomPhase.CLOSED:
+            if join.roster is not None:
+                room.admit(join.roster)
             return room
         if not self.accepting:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node is not taking new rooms", CloseCode.POLICY)
@@ -82,7 +88,7 @@ class Node:
         factory = self.modes[join.mode]
         game = factory(random.Random(self._rng.getrandbits(64)))
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")
-        room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log)
+        room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log, roster=join.roster)
         self.rooms[join.room_id] = room
         self._runners[join.room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{join.room_id}")
         log.info("room %s created (mode %s)", join.room_id, join.mode)
@@ -99,9 +105,61 @@ class Node:
             if self.rooms.get(room.room_id) is room:
                 del self.rooms[room.room_id]
                 del self._runners[room.room_id]
+            if room.roster is not None and self.lobby is not None:
+                self.lobby.room_over(room.mode, room.room_id)
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
+    # -- lobby rooms: what the lobby must hear of their players ---------------------------------------
+
+    def seated(self, room: Room, seat: Seat, conn_id: str) -> None:
+        if room.roster is None or self.lobby is None:
+            return
+        timer = self._grace.pop((room.room_id, seat.player_id), None)
+        if timer is not None:
+            timer.cancel()
+        self.lobby.game_attached(room.mode, seat.player_id, room.room_id, conn_id)
+
+    def unseated(self, room: Room, seat: Seat, conn_id: str, *, left: bool) -> None:
+        """A player's game connection is gone: `left` when they sent `leave`, else they dropped. Before the
+        match ends, a player who left gives their seat up at once; one who dropped keeps it for the
+        reconnect grace window (they come back through the lobby), then gives it up."""
+        lobby = self.lobby
+        if room.roster is None or lobby is None or room.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+            return
+        if left:
+            room.dismiss(seat.player_id)
+            lobby.game_left(room.mode, seat.player_id, conn_id)
+            return
+        lobby.game_detached(room.mode, seat.player_id, conn_id)
+        if room.phase is RoomPhase.RUNNING:
+            key = (room.room_id, seat.player_id)
+            old = self._grace.pop(key, None)
+            if old is not None:
+                old.cancel()
+            self._grace[key] = asyncio.get_running_loop().call_later(
+                self.settings.reconnect_grace_s, self._grace_over, room, seat.player_id)
+
+    def _grace_over(self, room: Room, player_id: str) -> None:
+        self._grace.pop((room.room_id, player_id), None)
+        if self.lobby is not None and not room.is_connected(player_id) and room.phase is RoomPhase.RUNNING:
+            log.info("room %s: player %s did not come back in time; their seat is free", room.room_id, player_id)
+            room.dismiss(player_id)
+            self.lobby.game_left(room.mode, player_id, "")
+
+    def lobby_state(self) -> LocalState:
+        """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""
+        state = LocalState(load=len(self.rooms))
+        for room in self.rooms.values():
+            if room.roster is not None:
+                state.rooms.setdefault(room.mode, []).append(room.room_id)
+                state.players.setdefault(room.mode, []).extend(
+                    player_id for player_id in room.roster if room.is_connected(player_id))
+        return state
+
     def stop_rooms(self) -> None:
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
         for task in self._runners.values():
             task.cancel()
 

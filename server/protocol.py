@@ -30,6 +30,14 @@ class ErrorCode(enum.StrEnum):
     BAD_ROOM_ID = "bad_room_id"
     UNKNOWN_MODE = "unknown_mode"
     NOT_FOUND = "not_found"
+    TICKET_MISSING = "ticket_missing"
+    TICKET_INVALID = "ticket_invalid"
+    TICKET_EXPIRED = "ticket_expired"
+    TICKET_WRONG_ROOM = "ticket_wrong_room"
+    WRONG_NODE = "wrong_node"
+    ROOM_NOT_FOUND = "room_not_found"
+    NOT_IN_ROOM = "not_in_room"
+    LOBBY_UNAVAILABLE = "lobby_unavailable"
     # In-session `error` messages.
     BAD_JSON = "bad_json"
     BAD_MESSAGE = "bad_message"
@@ -46,7 +54,12 @@ class ErrorCode(enum.StrEnum):
     ALREADY_CONNECTED = "already_connected"
     SERVER_FULL = "server_full"
     ROOM_CRASHED = "room_crashed"
+    MATCH_CANCELLED = "match_cancelled"
     INTERNAL_ERROR = "internal_error"
+    # Lobby `error` messages (with unknown_mode, already_connected, lobby_unavailable and the generic ones).
+    ALREADY_IN_MATCH = "already_in_match"
+    ALREADY_JOINED = "already_joined"
+    SEAT_LOST = "seat_lost"
 
 
 class CloseCode(enum.IntEnum):
@@ -103,7 +116,16 @@ class Ping:
     t: float
 
 
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Lobby: queue up for a match of `mode`."""
+
+    v: int
+    mode: str
+
+
 ClientMessage = Hello | Input | Fire | Chat | Leave | Ping
+LobbyMessage = Join | Leave | Ping
 
 _LEAVE = Leave()
 
@@ -175,6 +197,19 @@ def _parse_ping(msg: dict[str, Any]) -> Ping:
     return Ping(_field(msg, "t", "number"))
 
 
+MODE_MAX_CHARS = 32
+
+
+def _parse_join(msg: dict[str, Any]) -> Join:
+    version: int = _field(msg, "v", "int")
+    mode: str = msg.get("mode", "arena")
+    if type(mode) is not str:
+        raise ProtocolError(ErrorCode.BAD_FIELD, "join.mode must be a string")
+    if not 1 <= len(mode) <= MODE_MAX_CHARS:
+        raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"join.mode must be 1 to {MODE_MAX_CHARS} characters")
+    return Join(version, mode)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "input": _parse_input,
     "fire": _parse_fire,
@@ -185,8 +220,26 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
 }
 
 
+_LOBBY_PARSERS: dict[str, Callable[[dict[str, Any]], LobbyMessage]] = {
+    "join": _parse_join,
+    "leave": lambda msg: _LEAVE,
+    "ping": _parse_ping,
+}
+
+
 def parse_client_message(raw: str | bytes | bytearray | memoryview) -> ClientMessage:
-    """Parse one text message from a client; raise `ProtocolError` with a stable code if it is refused."""
+    """Parse one text message from a game client; raise `ProtocolError` with a stable code if it is refused."""
+    message: ClientMessage = _parse(raw, _PARSERS)
+    return message
+
+
+def parse_lobby_message(raw: str | bytes | bytearray | memoryview) -> LobbyMessage:
+    """Parse one text message from a lobby client; raise `ProtocolError` with a stable code if it is refused."""
+    message: LobbyMessage = _parse(raw, _LOBBY_PARSERS)
+    return message
+
+
+def _parse(raw: str | bytes | bytearray | memoryview, parsers: dict[str, Callable[[dict[str, Any]], Any]]) -> Any:
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -196,7 +249,7 @@ def parse_client_message(raw: str | bytes | bytearray | memoryview) -> ClientMes
     msg_type = msg.get("type")
     if type(msg_type) is not str:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'")
-    parser = _PARSERS.get(msg_type)
+    parser = parsers.get(msg_type)
     if parser is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type[:40]!r}")
     return parser(msg)

@@ -42,10 +42,17 @@ class Seat:
 
 
 class Room:
+    """A room. With a `roster` it is a lobby match: only those players may join, and the match starts as soon
+    as all of them are in, or when the join window ends with at least `min_players` of them (else it is
+    cancelled). Without one it is a development room that anyone may join by id, with its own countdown."""
+
     def __init__(self, room_id: str, mode: str, game: Game, settings: Settings, now: float,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, roster: frozenset[str] | None = None) -> None:
         self.room_id = room_id
         self.mode = mode
+        self.roster: set[str] | None = set(roster) if roster is not None else None
+        self.join_deadline: float | None = now + settings.join_window_s if roster is not None else None
+        self.cancelled = False
         self.game = game
         self.settings = settings
         self.log = logger
@@ -80,13 +87,17 @@ class Room:
         """Seat a player (or take a returning one back); raise `ProtocolError` when refused."""
         if self.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
             raise ProtocolError(ErrorCode.ROOM_CLOSED, f"room {self.room_id} is over", CloseCode.POLICY)
+        if self.roster is not None and identity.player_id not in self.roster:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you hold no seat in room {self.room_id}", CloseCode.POLICY)
         seat = self._seats.get(identity.player_id)
         if seat is not None and seat.conn is not None:
             raise ProtocolError(ErrorCode.ALREADY_CONNECTED, "you are already in this room", CloseCode.POLICY)
         if seat is None:
-            if len(self._seats) >= self.settings.max_players:
+            if len(self._connected) >= self.settings.max_players or (
+                    self.roster is None and len(self._seats) >= self.settings.max_players):
                 raise ProtocolError(ErrorCode.ROOM_FULL, f"room {self.room_id} is full", CloseCode.POLICY)
-            if self.phase is RoomPhase.RUNNING:
+            # The lobby may give a running match's free seat to a newcomer (backfill); nobody else gets in.
+            if self.phase is RoomPhase.RUNNING and self.roster is None:
                 raise ProtocolError(ErrorCode.ROOM_IN_PROGRESS,
                                     f"room {self.room_id} is playing a match you are not in", CloseCode.POLICY)
             # A player who leaves a waiting room and comes back keeps their pid, so the game's table
@@ -149,6 +160,20 @@ class Room:
             "players": [s.roster for s in self._seats.values() if s.conn is not None],
         })
 
+    def admit(self, player_ids: frozenset[str]) -> None:
+        """The lobby seated more players in this room (backfill): let them in too."""
+        if self.roster is not None:
+            self.roster |= player_ids
+
+    def dismiss(self, player_id: str) -> None:
+        """The player gave their lobby seat up (left, or never came back in time): they may not come back."""
+        if self.roster is not None:
+            self.roster.discard(player_id)
+
+    def is_connected(self, player_id: str) -> bool:
+        seat = self._seats.get(player_id)
+        return seat is not None and seat.conn is not None
+
     # -- inputs (called by connection handlers between ticks) --------------------------------------
 
     def queue_move(self, pid: int, seq: int, dx: float, dy: float) -> None:
@@ -187,7 +212,15 @@ class Room:
     def _next_phase(self, now: float) -> None:
         players = len(self._connected)
         settings = self.settings
-        if self.phase is RoomPhase.WAITING:
+        if self.phase is RoomPhase.WAITING and self.roster is not None:
+            if self.roster <= {seat.player_id for seat in self._connected}:
+                self._start(now)
+            elif self.join_deadline is not None and now >= self.join_deadline:
+                if players >= settings.min_players:
+                    self._start(now)
+                else:
+                    self.cancelled = True
+        elif self.phase is RoomPhase.WAITING:
             if players >= settings.max_players:
                 self._start(now)
             elif players >= settings.min_players:
@@ -254,7 +287,7 @@ class Room:
         if phase is RoomPhase.FINISHED or phase is RoomPhase.CLOSED:
             self._flush(now)
             return
-        if phase is RoomPhase.COUNTDOWN:
+        if phase is RoomPhase.COUNTDOWN or (phase is RoomPhase.WAITING and self.roster is not None):
             self._advance_phase(now)
         game.step(self._dt)
         frames = self._frames
@@ -303,6 +336,12 @@ class Room:
     def crash_frames(self, message: str) -> bytes:
         return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))
 
+    def cancel_frames(self) -> bytes:
+        return text_frame(error_message(
+            ErrorCode.MATCH_CANCELLED, f"fewer than {self.settings.min_players} matched players reached the room "
+            f"within {self.settings.join_window_s:g} s; join through the lobby again"))
+
     def describe(self, now: float) -> dict[str, object]:
         return {"mode": self.mode, "state": self.phase.value, "players": len(self._connected),
-                "seats": len(self._seats), "tick": self.tick_no, "countdown_ms": self._countdown_ms(now)}
+                "seats": len(self._seats), "tick": self.tick_no, "countdown_ms": self._countdown_ms(now),
+                "lobby": self.roster is not None}

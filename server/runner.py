@@ -52,6 +52,10 @@ class RoomRunner:
                     if finished - room.finished_at >= linger:
                         await self._close_all(CloseCode.NORMAL, "match over")
                         return
+                elif room.cancelled:
+                    self.log.info("room %s cancelled: too few matched players arrived", room.room_id)
+                    await self._close_all(CloseCode.NORMAL, "match cancelled", room.cancel_frames())
+                    return
                 elif room.abandoned:
                     self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
                     return

@@ -98,7 +98,7 @@ class PlayerSession:
             hello_timer.cancel()
             ws.detach()
             try:
-                self._leave_room()
+                self._leave_room(left=False)
             finally:
                 self.node.release_player(identity.player_id, ws)
             await self._closed()
@@ -125,10 +125,16 @@ class PlayerSession:
         if self.seat is None and self._closer is None:
             self._refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, "no hello in time", CloseCode.POLICY))
 
-    def _leave_room(self) -> None:
-        if self.room is not None and self.seat is not None:
-            self.room.disconnect(self.seat, self._clock())
+    @property
+    def conn_id(self) -> str:
+        return f"game-{self.ws.id}"
+
+    def _leave_room(self, *, left: bool) -> None:
+        room, seat = self.room, self.seat
         self.seat = None
+        if room is not None and seat is not None:
+            room.disconnect(seat, self._clock())
+            self.node.unseated(room, seat, self.conn_id, left=left)
 
     def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
         if self._closer is not None:
@@ -164,6 +170,7 @@ class PlayerSession:
         room = self.node.room_for(self.join)
         self.seat = room.join(self.join.identity, self.ws, self._clock())
         self.room = room
+        self.node.seated(room, self.seat, self.conn_id)
 
     def _in_room(self, msg: ClientMessage) -> None:
         room = self.room
@@ -178,7 +185,7 @@ class PlayerSession:
         elif isinstance(msg, Chat):
             room.post_chat(seat.pid, msg.text)
         elif isinstance(msg, Leave):
-            self._leave_room()
+            self._leave_room(left=True)
             self._close(CloseCode.NORMAL, "left")
         elif isinstance(msg, Hello):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already received")

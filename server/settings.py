@@ -67,10 +67,42 @@ class Settings:
                                             "seconds of skipped states before a slow client is dropped",
                                             low=0.1, high=600)
     log_level: str = _setting("INFO", "TICKROOM_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    public_url: str = _setting("", "TICKROOM_PUBLIC_URL",
+                               "the ws:// URL players reach this node at (default: ws://HOST:PORT)")
+    lobby_prefix: str = _setting("tickroom", "TICKROOM_LOBBY_PREFIX", "prefix of every lobby key in Redis")
+    backfill: bool = _setting(False, "TICKROOM_BACKFILL",
+                              "a running match that loses a player takes the longest-waiting player in")
+    direct_join: bool = _setting(False, "TICKROOM_DIRECT_JOIN",
+                                 "development only: allow /game?room=ID without a lobby seat ticket")
+    ticket_ttl_s: float = _setting(60.0, "TICKROOM_TICKET_TTL_S", "seconds a seat ticket stays valid",
+                                   low=1, high=3600)
+    join_window_s: float = _setting(15.0, "TICKROOM_JOIN_WINDOW_S",
+                                    "seconds matched players have to reach the game before it starts without "
+                                    "the missing ones", low=0.1, high=600)
+    lobby_grace_s: float = _setting(5.0, "TICKROOM_LOBBY_GRACE_S",
+                                    "seconds a waiting player whose lobby connection dropped keeps their seat",
+                                    low=0, high=600)
+    reconnect_grace_s: float = _setting(30.0, "TICKROOM_RECONNECT_GRACE_S",
+                                        "seconds a player who dropped out of a running match keeps their seat",
+                                        low=0, high=3600)
+    player_ttl_s: int = _setting(300, "TICKROOM_PLAYER_TTL_S", "TTL of a player's presence in Redis",
+                                 low=2, high=86400)
+    room_ttl_s: int = _setting(600, "TICKROOM_ROOM_TTL_S", "TTL of a room in Redis, refreshed while it lives",
+                               low=2, high=86400)
+    node_heartbeat_s: float = _setting(1.0, "TICKROOM_NODE_HEARTBEAT_S", "seconds between node heartbeats",
+                                       low=0.05, high=60)
+    node_dead_after_s: float = _setting(5.0, "TICKROOM_NODE_DEAD_AFTER_S",
+                                        "a node silent this long is dead", low=0.2, high=600)
 
     @property
     def tick_interval(self) -> float:
         return self.tick_ms / 1000.0
+
+    @property
+    def advertised_url(self) -> str:
+        """The base URL `match_found` sends players to for rooms this node hosts."""
+        return self.public_url.rstrip("/") or f"ws://{self.host}:{self.port}"
+
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, args: argparse.Namespace | None = None,
@@ -104,6 +136,15 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"log_level (TICKROOM_LOG_LEVEL) must be DEBUG, INFO, WARNING or ERROR, "
                                 f"got {self.log_level!r}")
+        if self.node_dead_after_s < 2 * self.node_heartbeat_s:
+            raise SettingsError(f"node_dead_after_s ({self.node_dead_after_s:g}) must be at least twice "
+                                f"node_heartbeat_s ({self.node_heartbeat_s:g})")
+        if self.public_url and not self.public_url.startswith(("ws://", "wss://")):
+            raise SettingsError(f"public_url (TICKROOM_PUBLIC_URL) must start with ws:// or wss://, "
+                                f"got {self.public_url!r}")
+        if not self.lobby_prefix or "{" in self.lobby_prefix or "}" in self.lobby_prefix:
+            raise SettingsError(f"lobby_prefix (TICKROOM_LOBBY_PREFIX) must be non-empty and without braces, "
+                                f"got {self.lobby_prefix!r}")
         if not self.jwt_secret:
             raise SettingsError("jwt_secret (TICKROOM_JWT_SECRET) must not be empty")
 
@@ -121,10 +162,28 @@ def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            return _boolean(raw)
         return str(raw)
     except (TypeError, ValueError):
-        raise SettingsError(f"{f.name} ({f.metadata['env']}) must be a{'n' if kind == 'int' else ''} {kind}, "
-                            f"got {raw!r}") from None
+        expected = "true or false (1/0, yes/no, on/off)" if kind == "bool" else \
+            f"a{'n' if kind == 'int' else ''} {kind}"
+        raise SettingsError(f"{f.name} ({f.metadata['env']}) must be {expected}, got {raw!r}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(raw)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

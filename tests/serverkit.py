@@ -20,8 +20,10 @@ from server.settings import Settings
 
 
 def node_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"node_id": "test-node", "port": 0, "redis_url": "redis://unused",
-                              "database_url": "postgresql://unused"}
+    # Rooms by id (direct joins); Redis at a port where nothing listens: the lobby waits for it in the
+    # background while rooms run, as a node does through a Redis outage.
+    values: dict[str, Any] = {"node_id": "test-node", "port": 0, "redis_url": "redis://127.0.0.1:1",
+                              "database_url": "postgresql://unused", "direct_join": True}
     values.update(overrides)
     return Settings.load(environ={}, **values)
 
@@ -98,3 +100,27 @@ async def closed_with(ws: ClientConnection, timeout: float = 5.0) -> int:
         pass
     assert ws.close_code is not None
     return ws.close_code
+
+
+def lobby_prefix() -> str:
+    """A key prefix of its own for one test: no flushing, no interference with other tests."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def start_lobby_app(redis_url: str, **overrides: Any) -> App:
+    """A node with a real lobby: seat tickets required, short timers unless overridden."""
+    values: dict[str, Any] = {"redis_url": redis_url, "direct_join": False, "lobby_prefix": lobby_prefix(),
+                              "countdown_s": 1.0, "node_heartbeat_s": 0.2, "node_dead_after_s": 1.0}
+    values.update(overrides)
+    return await start_app(**values)
+
+
+async def open_lobby(app: App, token: str | None = None, **connect_kwargs: Any) -> ClientConnection:
+    return await connect(f"{app.url}/lobby", additional_headers={"Authorization": f"Bearer {token or new_token()}"},
+                         compression=None, open_timeout=5, **connect_kwargs)
+
+
+async def join_lobby(app: App, token: str | None = None, mode: str = "arena") -> ClientConnection:
+    ws = await open_lobby(app, token)
+    await ws.send(orjson.dumps({"type": "join", "v": 1, "mode": mode}).decode())
+    return ws

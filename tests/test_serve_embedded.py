@@ -1,4 +1,4 @@
-"""Smoke test of the embedded default: `tickroom serve` with nothing configured, one bot in one room."""
+"""Smoke test of the embedded default: `tickroom serve` with nothing configured, three bots matched by its lobby."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_serve_with_nothing_configured_runs_embedded_servers_plays_a_bot_and_sto
            if key not in ("REDIS_URL", "DATABASE_URL", "TICKROOM_JWT_SECRET")}
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
-        server = subprocess.Popen([TICKROOM, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        server = subprocess.Popen([TICKROOM, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+                                   "--countdown-s", "0.5"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(port, server, timeout=60)
@@ -45,11 +46,11 @@ def test_serve_with_nothing_configured_runs_embedded_servers_plays_a_bot_and_sto
         names = " ".join(" ".join(child.cmdline()) for child in children)
         assert "redis-server" in names and "postgres" in names
 
-        bot = subprocess.run([TICKROOM, "bot", "--url", f"ws://127.0.0.1:{port}", "--bots", "1", "--duration", "3",
-                              "--room", "smoke", "--json", "--quiet"], env=env, capture_output=True, timeout=60)
+        bot = subprocess.run([TICKROOM, "bot", "--url", f"ws://127.0.0.1:{port}", "--bots", "3", "--duration", "4",
+                              "--lobby", "--json", "--quiet"], env=env, capture_output=True, timeout=60)
         assert bot.returncode == 0, bot.stderr.decode()
         summary = orjson.loads(bot.stdout.decode().strip().splitlines()[-1])
-        assert summary["connected"] == 1
+        assert summary["connected"] == 3 and summary["matched"] == 3 and summary["rooms"] == 1
         assert summary["states_per_s_min"] >= 60
         assert summary["errors"] == 0
 

@@ -1,0 +1,659 @@
+"""A node's side of the lobby: its waiting players, its heartbeat, and the Redis work nobody waits for.
+
+The hub seats the players of this node's lobby connections (`Waiter`s), pushes them their room's changes as
+notices and periodic reads reveal them, starts rooms whose countdown ran out, and hands `match_found` with a
+seat ticket to the players of a room that starts. It also heart-beats the node, keeps its players' and rooms'
+keys alive, sweeps up after dead nodes, decides expired rooms, and runs the game side's lobby writes (attach,
+detach, leave, finish) in order, retrying through Redis outages, so that a tick never waits for Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lobby.keys import LobbyKeys
+from lobby.nodes import NodeInfo, NodeRegistry
+from lobby.notices import Notice, NoticeBus
+from lobby.outage import OUTAGE, Backoff, LobbyUnavailable, stop_if_cancelled
+from lobby.seating import Outcome, RoomRecord, RoomView, Seating, SeatingRules
+from lobby.tickets import Ticket, mint_ticket
+
+log = logging.getLogger("tickroom.lobby")
+
+REFRESH_EVERY_S = 1.0  # periodic read of the rooms local players wait in: countdown ticks, lost notices
+START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so that start.lua sees it due
+JOBS_MAX = 100_000  # game-side writes held through an outage before the oldest are given up
+
+
+class Waiter(Protocol):
+    """A lobby connection waiting to be matched (server/lobby_session.py)."""
+
+    @property
+    def player_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def conn_id(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def active(self) -> bool:
+        """False once the connection has ended: the hub then forgets the waiter."""
+
+    def show(self, view: RoomView, now_ms: int) -> None:
+        """The room (or the queue: state "queued") as it is now; called again whenever it changes."""
+
+    def countdown(self, room_id: str, remaining_ms: int) -> None: ...
+
+    def matched(self, view: RoomView, url: str, ticket: str) -> None: ...
+
+    def dropped(self, reason: str) -> None:
+        """The player's place is gone (another node swept it up, say): they must join again."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    node_id: str
+    url: str
+    prefix: str
+    secret: str
+    rules: SeatingRules
+    modes: tuple[str, ...]
+    ticket_ttl_s: float = 60.0
+    lobby_grace_s: float = 5.0
+    heartbeat_s: float = 1.0
+    dead_after_s: float = 5.0
+    refresh_every_s: float = REFRESH_EVERY_S
+
+    @property
+    def presence_every_s(self) -> float:
+        """Refresh keys several times per TTL, so one missed refresh never lets a live key expire."""
+        return max(0.2, min(self.rules.player_ttl_s, self.rules.room_ttl_s) / 4)
+
+
+@dataclass(slots=True)
+class LocalState:
+    """What the node's game side holds, per mode, for the hub's heartbeat and presence refresh."""
+
+    load: int = 0
+    players: dict[str, list[str]] = field(default_factory=dict)  # mode -> player ids connected to games here
+    rooms: dict[str, list[str]] = field(default_factory=dict)  # mode -> lobby rooms hosted here
+
+
+RoomKey = tuple[str, str]  # (mode, room id)
+
+
+class LobbyRefused(Exception):
+    """The lobby refuses this join; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LobbyHub:
+    def __init__(self, client: object, config: HubConfig, local_state: Callable[[], LocalState],
+                 wall_ms: Callable[[], int] | None = None) -> None:
+        from redis.asyncio import Redis
+
+        assert isinstance(client, Redis)
+        self.client = client
+        self.config = config
+        self.node_id = config.node_id
+        self._local_state = local_state
+        self.wall_ms = wall_ms or (lambda: int(time.time() * 1000))
+        self.registry = NodeRegistry(client, config.prefix, dead_after_s=config.dead_after_s)
+        self.bus = NoticeBus(client, config.prefix)
+        self.seatings = {mode: Seating(client, LobbyKeys(config.prefix, mode), config.rules) for mode in config.modes}
+        self.waiters: dict[str, Waiter] = {}  # by connection id
+        self._room_of: dict[str, RoomKey] = {}  # connection id -> the room it waits in
+        self._in_room: dict[RoomKey, set[str]] = {}  # room -> connection ids waiting in it
+        self._queued: set[str] = set()  # connection ids waiting with no room (no node could host one)
+        self._countdowns: dict[RoomKey, int] = {}  # room -> countdown end (wall ms)
+        self._versions: dict[RoomKey, int] = {}  # room -> the newest version delivered
+        self._timers: dict[RoomKey, asyncio.TimerHandle] = {}
+        self._dirty: set[RoomKey] = set()
+        self._refreshing: asyncio.Task[None] | None = None
+        self._live: list[NodeInfo] = []
+        self._urls: dict[str, str] = {config.node_id: config.url}
+        self._game_conns: set[str] = set()
+        self._jobs: deque[tuple[str, Callable[[], Awaitable[object]]]] = deque()
+        self._job_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.reachable = False
+        self.expiry_events = False
+
+    # -- lifetime --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The hub's background work; runs until cancelled (by the node's task group at shutdown)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._heartbeat_loop(), name="lobby-heartbeat")
+                group.create_task(self._presence_loop(), name="lobby-presence")
+                group.create_task(self._refresh_loop(), name="lobby-refresh")
+                group.create_task(self._job_loop(), name="lobby-jobs")
+                group.create_task(self.bus.listen(self.node_id, self._on_notice, self._on_expired,
+                                                  self._on_subscribed), name="lobby-notices")
+        finally:
+            for timer in self._timers.values():
+                timer.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def deregister(self) -> None:
+        """Leave the node registry at a clean shutdown, so no new room is placed here."""
+        try:
+            await self.registry.deregister(self.node_id)
+        except OUTAGE:
+            log.warning("could not deregister node %s: Redis unreachable (it will be found dead)", self.node_id)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except OUTAGE as error:
+                log.debug("%s: Redis unreachable: %s", name, error)
+            except Exception:
+                log.exception("lobby task %s failed", name)
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- joining and leaving (lobby connections) ---------------------------------------------------
+
+    def _pick_host(self) -> str:
+        """The least-loaded live node as of the last heartbeat (this one when none is known yet)."""
+        return self._live[0].node_id if self._live else self.node_id
+
+    async def join(self, waiter: Waiter) -> Outcome:
+        """Seat the waiter's player; raise `LobbyRefused` or `LobbyUnavailable`."""
+        seating = self.seatings[waiter.mode]
+        host = self._pick_host()
+        new_room = uuid.uuid4().hex[:16]
+        try:
+            outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
+                                         conn_node=self.node_id, new_room_id=new_room, new_room_node=host)
+            if outcome.outcome == "busy" and await self._connection_gone(outcome):
+                outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(),
+                                             conn_id=waiter.conn_id, conn_node=self.node_id,
+                                             new_room_id=new_room, new_room_node=host, takeover=outcome.conn)
+        except OUTAGE as error:
+            raise LobbyUnavailable(str(error)) from error
+        if not waiter.active:
+            return outcome  # the connection ended meanwhile; its leave follows
+        if outcome.outcome == "busy":
+            if outcome.conn_kind == "game":
+                raise LobbyRefused("already_in_match",
+                                   f"you are playing in room {outcome.room} "
+                                   f"on node {outcome.conn_node}; finish or leave that match first")
+            raise LobbyRefused("already_connected", "this player is already waiting in the lobby on another "
+                                                    "connection")
+        self.waiters[waiter.conn_id] = waiter
+        view = outcome.view
+        if view is not None and view.room_id == new_room:
+            self._spawn(self.registry.count_room(host), "count-room")
+        self._publish(waiter.mode, outcome)
+        if view is not None:
+            self._deliver_to(waiter, view)
+        return outcome
+
+    async def _connection_gone(self, outcome: Outcome) -> bool:
+        """Is the connection that holds a busy player gone (its node dead, or a stale one of ours)?"""
+        if not outcome.conn:
+            return False
+        if outcome.conn_node == self.node_id:
+            return outcome.conn not in self.waiters and outcome.conn not in self._game_conns
+        return not await self.registry.is_alive(outcome.conn_node)
+
+    async def leave(self, waiter: Waiter) -> None:
+        """The waiter's connection ends (or it asked to leave the queue): a waiting player gives up their
+        seat at once; a matched one keeps it for the game."""
+        self._unregister(waiter.conn_id)
+        outcome = await self.seatings[waiter.mode].leave(waiter.player_id, self.wall_ms(), conn_id=waiter.conn_id,
+                                                         scope="queue")
+        self._publish(waiter.mode, outcome)
+
+    def forget(self, conn_id: str) -> None:
+        """Stop pushing to a connection that ended (its leave follows as a write)."""
+        self._unregister(conn_id)
+
+    def dropped(self, waiter: Waiter) -> None:
+        """The waiter's connection dropped without `leave`: the player keeps their seat for the lobby grace
+        window, so that joining again (on any node) gives it back, then lets it go."""
+        self._unregister(waiter.conn_id)
+        seating = self.seatings[waiter.mode]
+
+        async def detach() -> None:
+            outcome = await seating.detach(waiter.player_id, waiter.conn_id, self.wall_ms(), keep_node=True)
+            if outcome.outcome == "detached":
+                asyncio.get_running_loop().call_later(self.config.lobby_grace_s, self.submit,
+                                                      f"{waiter.player_id}'s lobby grace is over", release)
+
+        async def release() -> None:
+            # Only if no connection took the player back meanwhile ("" = "none holds them").
+            outcome = await seating.leave(waiter.player_id, self.wall_ms(), conn_id="", scope="queue")
+            self._publish(waiter.mode, outcome)
+
+        self.submit(f"{waiter.player_id} dropped out of the lobby", detach)
+
+    def _unregister(self, conn_id: str) -> None:
+        self.waiters.pop(conn_id, None)
+        self._queued.discard(conn_id)
+        key = self._room_of.pop(conn_id, None)
+        if key is not None:
+            members = self._in_room.get(key)
+            if members is not None:
+                members.discard(conn_id)
+                if not members:
+                    del self._in_room[key]
+                    self._countdowns.pop(key, None)
+                    self._versions.pop(key, None)
+                    timer = self._timers.pop(key, None)
+                    if timer is not None:
+                        timer.cancel()
+
+    def _place(self, conn_id: str, key: RoomKey | None) -> None:
+        """Record where a waiter waits now (None: in the queue with no room)."""
+        if self._room_of.get(conn_id) == key and key is not None:
+            return
+        waiter = self.waiters.get(conn_id)
+        self._unregister(conn_id)
+        if waiter is None:
+            return
+        self.waiters[conn_id] = waiter
+        if key is None:
+            self._queued.add(conn_id)
+        else:
+            self._room_of[conn_id] = key
+            self._in_room.setdefault(key, set()).add(conn_id)
+
+    # -- delivering room changes to waiters ----------------------------------------------------------
+
+    def _deliver_to(self, waiter: Waiter, view: RoomView) -> None:
+        key = (waiter.mode, view.room_id)
+        if view.state == "queued" or not view.room_id:
+            self._place(waiter.conn_id, None)
+            waiter.show(view, self.wall_ms())
+            return
+        if waiter.player_id not in view.player_ids:
+            return
+        self._place(waiter.conn_id, key)
+        if view.state == "running":
+            self._unregister(waiter.conn_id)
+            url = self._urls.get(view.node)
+            if url is None:
+                self._spawn(self._match_later(waiter, view), "match-url")
+                return
+            self._match(waiter, view, url)
+            return
+        if view.state == "countdown" and view.countdown_ends_ms is not None:
+            self._arm_countdown(key, view.countdown_ends_ms)
+        elif view.state == "waiting":
+            self._countdowns.pop(key, None)
+        waiter.show(view, self.wall_ms())
+
+    def _match(self, waiter: Waiter, view: RoomView, url: str) -> None:
+        ticket = mint_ticket(self.config.secret, Ticket(waiter.player_id, view.room_id, view.node, waiter.mode),
+                             ttl_s=self.config.ticket_ttl_s)
+        waiter.matched(view, url, ticket)
+
+    async def _match_later(self, waiter: Waiter, view: RoomView) -> None:
+        url = await self.registry.url_of(view.node)
+        if url is None:
+            # The host died between the match and now: the sweep re-queues the room's players.
+            log.warning("room %s is matched on node %s, which is not registered", view.room_id, view.node)
+            waiter.dropped("the node hosting your match is gone; join again")
+            return
+        self._urls[view.node] = url
+        self._match(waiter, view, url)
+
+    def _arm_countdown(self, key: RoomKey, ends_ms: int) -> None:
+        if self._countdowns.get(key) == ends_ms and key in self._timers:
+            return
+        self._countdowns[key] = ends_ms
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, (ends_ms - self.wall_ms()) / 1000.0) + START_SLACK_S
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._countdown_over, key)
+
+    def _countdown_over(self, key: RoomKey) -> None:
+        self._timers.pop(key, None)
+        if key in self._in_room:
+            self._spawn(self._start(key), f"start:{key[1]}")
+
+    async def _start(self, key: RoomKey) -> None:
+        mode, room_id = key
+        outcome = await self.seatings[mode].start_if_due(room_id, self.wall_ms())
+        self._publish(mode, outcome)
+        if outcome.view is not None:
+            self._deliver_room(mode, outcome.view)
+        if outcome.outcome == "unchanged" and outcome.view is not None and outcome.view.state == "countdown":
+            ends = outcome.view.countdown_ends_ms
+            if ends is not None:
+                self._countdowns.pop(key, None)
+                self._arm_countdown(key, ends)
+
+    def _deliver_room(self, mode: str, view: RoomView) -> None:
+        """Show a room's new state to every local waiter in it; waiters no longer in it look themselves up.
+        A read older than one already delivered (reads and notices may cross) is ignored."""
+        key = (mode, view.room_id)
+        if view.version < self._versions.get(key, 0):
+            return
+        if key in self._in_room:
+            self._versions[key] = view.version
+        members = view.player_ids
+        for conn_id in list(self._in_room.get(key, ())):
+            waiter = self.waiters.get(conn_id)
+            if waiter is None:
+                continue
+            if waiter.player_id in members:
+                self._deliver_to(waiter, view)
+            else:
+                self._spawn(self._relocate(waiter), f"relocate:{waiter.player_id}")
+
+    async def _relocate(self, waiter: Waiter) -> None:
+        """A waiter is not in the room we thought: find where Redis has them now (moved, or dropped)."""
+        seating = self.seatings[waiter.mode]
+        placement = await seating.player(waiter.player_id)
+        if waiter.conn_id not in self.waiters:
+            return
+        if placement.get("conn") != waiter.conn_id:
+            self._unregister(waiter.conn_id)
+            waiter.dropped("your place in the lobby is gone; join again")
+            return
+        room_id = placement.get("room", "")
+        if not room_id:
+            self._deliver_to(waiter, RoomView("", "queued", "", None, None, ()))
+            return
+        record = await seating.room(room_id)
+        if record is None:
+            return  # the next periodic read tries again
+        self._deliver_to(waiter, view_of(record))
+
+    def _publish(self, mode: str, outcome: Outcome) -> None:
+        """Tell the other nodes concerned that rooms changed; refresh the local waiters of those rooms."""
+        others = [node for node in outcome.notify if node != self.node_id]
+        if others:
+            notice: Notice = {"kind": "room", "mode": mode,
+                              "room": outcome.view.room_id if outcome.view else ""}
+            self._spawn(self.bus.publish(others, notice), "publish")
+        if outcome.view is not None and outcome.view.room_id:
+            self._deliver_room(mode, outcome.view)
+        if self.node_id in outcome.notify or (outcome.view is None and outcome.notify):
+            # The script touched rooms it did not name (a backfill, a sweep): look at ours again.
+            self._mark_all_dirty(mode)
+
+    def _on_notice(self, notice: Notice) -> None:
+        mode = notice.get("mode")
+        if notice.get("kind") != "room" or not isinstance(mode, str) or mode not in self.seatings:
+            log.debug("ignoring notice %r", notice)
+            return
+        room_id = notice.get("room")
+        if isinstance(room_id, str) and room_id:
+            self._mark_dirty((mode, room_id))
+        else:
+            self._mark_all_dirty(mode)
+
+    def _mark_all_dirty(self, mode: str) -> None:
+        for key in self._in_room:
+            if key[0] == mode:
+                self._mark_dirty(key)
+
+    def _mark_dirty(self, key: RoomKey) -> None:
+        if key not in self._in_room:
+            return
+        self._dirty.add(key)
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_dirty())
+
+    async def _refresh_dirty(self) -> None:
+        await asyncio.sleep(0)  # gather the notices of one burst into one read
+        while self._dirty:
+            keys, self._dirty = self._dirty, set()
+            try:
+                await self._read_rooms(keys)
+            except OUTAGE as error:
+                log.debug("room refresh postponed: %s", error)
+                return  # the periodic read repairs it
+            except Exception:
+                log.exception("room refresh failed")
+                return
+
+    async def _read_rooms(self, keys: Iterable[RoomKey]) -> None:
+        by_mode: dict[str, list[str]] = {}
+        for mode, room_id in keys:
+            by_mode.setdefault(mode, []).append(room_id)
+        for mode, room_ids in by_mode.items():
+            records = {record.room_id: record for record in await self.seatings[mode].rooms(room_ids)}
+            for room_id in room_ids:
+                record = records.get(room_id)
+                if record is not None:
+                    self._deliver_room(mode, view_of(record))
+                else:
+                    for conn_id in list(self._in_room.get((mode, room_id), ())):
+                        waiter = self.waiters.get(conn_id)
+                        if waiter is not None:
+                            self._spawn(self._relocate(waiter), f"relocate:{waiter.player_id}")
+
+    # -- background loops ------------------------------------------------------------------------------
+
+    def _on_subscribed(self) -> None:
+        self._spawn(self._after_reconnect(), "after-reconnect")
+
+    async def _after_reconnect(self) -> None:
+        self.expiry_events = await self.bus.enable_expiry_events()
+        for seating in self.seatings.values():
+            await seating.load_scripts()
+        for mode in self.seatings:
+            self._mark_all_dirty(mode)
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            stop_if_cancelled()
+            try:
+                state = self._local_state()
+                await self.registry.heartbeat(self.node_id, self.config.url, state.load, self.wall_ms())
+                live, dead = await self.registry.survey()
+                self._live = live
+                self._urls.update({node.node_id: node.url for node in live})
+                self.reachable = True
+                backoff.reset("heartbeat")
+                for node_id in dead:
+                    if node_id != self.node_id:
+                        await self._sweep(node_id)
+            except OUTAGE as error:
+                self.reachable = False
+                await backoff.wait("heartbeat", error)
+                continue
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _sweep(self, dead: str) -> None:
+        log.warning("node %s is dead (no heartbeat for %.1f s): sweeping up after it", dead,
+                    self.config.dead_after_s)
+        for mode, seating in self.seatings.items():
+            outcome = await seating.sweep(dead, self.wall_ms(), new_host=self.node_id)
+            if outcome.counts:
+                log.info("swept node %s (%s): %d waiting room(s) moved here, %d running room(s) to recovery",
+                         dead, mode, outcome.counts.get("moved", 0), outcome.counts.get("recovered", 0))
+            self._publish(mode, outcome)
+        await self.registry.forget(dead)
+        self._urls.pop(dead, None)
+
+    async def _presence_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            stop_if_cancelled()
+            try:
+                await self.refresh_presence()
+                backoff.reset("presence")
+            except OUTAGE as error:
+                await backoff.wait("presence", error)
+                continue
+            await asyncio.sleep(self.config.presence_every_s)
+
+    async def refresh_presence(self) -> None:
+        """Keep alive the keys of the players connected here and of the rooms they wait or play in."""
+        state = self._local_state()
+        for mode, seating in self.seatings.items():
+            players = list(state.players.get(mode, ()))
+            rooms = set(state.rooms.get(mode, ()))
+            for conn_id, waiter in self.waiters.items():
+                if waiter.mode == mode:
+                    players.append(waiter.player_id)
+                    key = self._room_of.get(conn_id)
+                    if key is not None:
+                        rooms.add(key[1])
+            if players or rooms:
+                await seating.refresh(players, rooms)
+
+    async def _refresh_loop(self) -> None:
+        """Every second: countdown ticks, and a fresh read of every room local players wait in (which repairs
+        any lost notice and starts overdue countdowns); queued players try for a seat again."""
+        while True:
+            stop_if_cancelled()
+            await asyncio.sleep(self.config.refresh_every_s)
+            now = self.wall_ms()
+            for key, ends in list(self._countdowns.items()):
+                for conn_id in list(self._in_room.get(key, ())):
+                    waiter = self.waiters.get(conn_id)
+                    if waiter is not None:
+                        waiter.countdown(key[1], max(0, ends - now))
+                if ends + START_SLACK_S * 1000 < now and key not in self._timers:
+                    self._spawn(self._start(key), f"start:{key[1]}")
+            try:
+                await self._read_rooms(list(self._in_room))
+                for conn_id in list(self._queued):
+                    waiter = self.waiters.get(conn_id)
+                    if waiter is not None:
+                        await self.join(waiter)
+            except OUTAGE as error:
+                log.debug("periodic lobby read failed: %s", error)
+            except LobbyUnavailable as error:
+                log.debug("periodic lobby read failed: %s", error)
+            except LobbyRefused:
+                pass
+            except Exception:
+                log.exception("periodic lobby read failed")
+
+    def _on_expired(self, key: str) -> None:
+        for mode, seating in self.seatings.items():
+            room_id = seating.keys.room_id_of_shadow(key)
+            if room_id is not None:
+                self._spawn(self._expire(mode, room_id), f"expire:{room_id}")
+
+    async def _expire(self, mode: str, room_id: str) -> None:
+        seating = self.seatings[mode]
+        record = await seating.room(room_id)
+        host_alive = record is not None and (record.node == self.node_id or await self.registry.is_alive(record.node))
+        outcome = await seating.expire(room_id, self.wall_ms(), host_alive=host_alive,
+                                       new_room_ids=[uuid.uuid4().hex[:16] for _ in range(2)],
+                                       new_room_node=self._pick_host())
+        if outcome.outcome not in ("alive", "gone"):
+            log.info("room %s (%s) expired: %s", room_id, mode, outcome.outcome)
+        self._publish(mode, outcome)
+
+    # -- the game side's writes: in order, never awaited by a tick ---------------------------------
+
+    def submit(self, what: str, job: Callable[[], Awaitable[object]]) -> None:
+        if len(self._jobs) >= JOBS_MAX:
+            dropped, _ = self._jobs.popleft()
+            log.error("lobby write queue full: giving up %s", dropped)
+        self._jobs.append((what, job))
+        self._job_ready.set()
+
+    async def _job_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            stop_if_cancelled()
+            if not self._jobs:
+                self._job_ready.clear()
+                await self._job_ready.wait()
+                continue
+            what, job = self._jobs[0]
+            try:
+                await job()
+                backoff.reset("lobby writes")
+            except OUTAGE as error:
+                await backoff.wait("lobby writes", error)
+                continue
+            except Exception:
+                log.exception("lobby write %s failed", what)
+            self._jobs.popleft()
+
+    def game_attached(self, mode: str, player_id: str, room_id: str, conn_id: str) -> None:
+        self._game_conns.add(conn_id)
+
+        async def attach() -> None:
+            await self.seatings[mode].attach(player_id, room_id, self.wall_ms(), conn_id=conn_id,
+                                             conn_node=self.node_id)
+
+        self.submit(f"attach {player_id} to {room_id}", attach)
+
+    def game_detached(self, mode: str, player_id: str, conn_id: str) -> None:
+        self._game_conns.discard(conn_id)
+
+        async def detach() -> None:
+            await self.seatings[mode].detach(player_id, conn_id, self.wall_ms())
+
+        self.submit(f"detach {player_id}", detach)
+
+    def game_left(self, mode: str, player_id: str, conn_id: str) -> None:
+        """The player gave up their seat in a match (`leave`, or the reconnect grace ran out): `conn_id` is
+        the connection that must still hold them ('' for "none"), so a player who came back keeps it."""
+
+        async def leave() -> None:
+            outcome = await self.seatings[mode].leave(player_id, self.wall_ms(), conn_id=conn_id, scope="seat")
+            self._publish(mode, outcome)
+
+        self.submit(f"{player_id} leaves their match", leave)
+
+    def room_over(self, mode: str, room_id: str) -> None:
+        async def finish() -> None:
+            outcome = await self.seatings[mode].finish(room_id, self.wall_ms())
+            self._publish(mode, outcome)
+
+        self.submit(f"finish {room_id}", finish)
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._jobs)
+
+    # -- reads for the node's endpoints ----------------------------------------------------------------
+
+    async def room(self, mode: str, room_id: str) -> RoomRecord | None:
+        try:
+            return await self.seatings[mode].room(room_id)
+        except OUTAGE as error:
+            raise LobbyUnavailable(str(error)) from error
+
+    async def rooms(self, mode: str) -> list[RoomRecord]:
+        try:
+            return await self.seatings[mode].rooms()
+        except OUTAGE as error:
+            raise LobbyUnavailable(str(error)) from error
+
+    def node_url(self, node_id: str) -> str | None:
+        return self._urls.get(node_id)
+
+
+def view_of(record: RoomRecord) -> RoomView:
+    return RoomView(room_id=record.room_id, state=record.state, node=record.node,
+                    countdown_ends_ms=record.countdown_ends_ms, started_ms=record.started_ms, players=record.players,
+                    version=record.version)
+

@@ -1,0 +1,233 @@
+"""One player's `/lobby` connection: `join`, then the room's changes pushed as they happen, then `match_found`
+with the game URL and a seat ticket, and the close. The seating itself is the hub's (lobby/hub.py).
+
+A session's phase is a table: connected → joining → waiting → matched, with `joining` falling back to
+`connected` when Redis is unreachable (the client may send `join` again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+
+from lobby.hub import LobbyHub, LobbyRefused
+from lobby.outage import LobbyUnavailable
+from lobby.seating import RoomView
+from server.auth import Identity
+from server.broadcast import send_frames, text_frame
+from server.connection import GameConnection
+from server.protocol import (
+    PROTOCOL_VERSION,
+    CloseCode,
+    ErrorCode,
+    Join,
+    Leave,
+    LobbyMessage,
+    Ping,
+    ProtocolError,
+    encode,
+    error_message,
+    parse_lobby_message,
+)
+from server.session import TokenBucket
+from server.settings import Settings
+
+
+class LobbyPhase(enum.StrEnum):
+    CONNECTED = "connected"
+    JOINING = "joining"
+    WAITING = "waiting"
+    MATCHED = "matched"
+    CLOSED = "closed"
+
+
+class IllegalLobbyTransition(RuntimeError):
+    pass
+
+
+LOBBY_TRANSITIONS: dict[LobbyPhase, frozenset[LobbyPhase]] = {
+    LobbyPhase.CONNECTED: frozenset({LobbyPhase.JOINING, LobbyPhase.CLOSED}),
+    LobbyPhase.JOINING: frozenset({LobbyPhase.CONNECTED, LobbyPhase.WAITING, LobbyPhase.MATCHED,
+                                   LobbyPhase.CLOSED}),
+    LobbyPhase.WAITING: frozenset({LobbyPhase.CONNECTED, LobbyPhase.MATCHED, LobbyPhase.CLOSED}),
+    LobbyPhase.MATCHED: frozenset({LobbyPhase.CLOSED}),
+    LobbyPhase.CLOSED: frozenset(),
+}
+
+
+class LobbySession:
+    """Runs one lobby connection; it is the hub's `Waiter` for its player."""
+
+    def __init__(self, hub: LobbyHub, ws: GameConnection, identity: Identity, settings: Settings,
+                 logger: logging.Logger, clock: Callable[[], float]) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.identity = identity
+        self.settings = settings
+        self.log = logger
+        self.phase = LobbyPhase.CONNECTED
+        self.mode = ""
+        self._conn_id = f"lobby-{ws.id}"
+        self._loop = asyncio.get_running_loop()
+        self._clock = clock
+        self._bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, clock())
+        self._closer: asyncio.Task[None] | None = None
+        self._joining: asyncio.Task[None] | None = None
+        self._shown: tuple[str, str, int | None, tuple[str, ...]] | None = None
+        self._members: dict[str, str] = {}
+        self._left = False  # the client sent `leave`: give the place up at once
+
+    # -- the Waiter interface ------------------------------------------------------------------------
+
+    @property
+    def player_id(self) -> str:
+        return self.identity.player_id
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def conn_id(self) -> str:
+        return self._conn_id
+
+    @property
+    def active(self) -> bool:
+        return self.phase is not LobbyPhase.CLOSED
+
+    def show(self, view: RoomView, now_ms: int) -> None:
+        if self.phase is LobbyPhase.JOINING:
+            self._to(LobbyPhase.WAITING)
+        elif self.phase is not LobbyPhase.WAITING:
+            return
+        shown = (view.room_id, view.state, view.countdown_ends_ms, tuple(view.player_ids))
+        if shown == self._shown:
+            return
+        previous_room = self._shown[0] if self._shown is not None else None
+        self._shown = shown
+        members = {member.player_id: member.name for member in view.players}
+        if previous_room == view.room_id and view.room_id:
+            for player_id, name in members.items():
+                if player_id not in self._members:
+                    self._send(encode({"type": "event", "kind": "join", "id": player_id, "name": name}))
+            for player_id in self._members:
+                if player_id not in members:
+                    self._send(encode({"type": "event", "kind": "leave", "id": player_id}))
+        self._members = members
+        countdown = None if view.countdown_ends_ms is None else max(0, view.countdown_ends_ms - now_ms)
+        self._send(encode({
+            "type": "lobby", "status": view.state, "mode": self.mode, "room": view.room_id or None,
+            "players": [member.wire() for member in view.players], "countdown_ms": countdown,
+            "min": self.settings.min_players, "max": self.settings.max_players}))
+
+    def countdown(self, room_id: str, remaining_ms: int) -> None:
+        if self.phase is LobbyPhase.WAITING:
+            self._send(encode({"type": "countdown", "room": room_id, "ms": remaining_ms}))
+
+    def matched(self, view: RoomView, url: str, ticket: str) -> None:
+        if self.phase not in (LobbyPhase.JOINING, LobbyPhase.WAITING):
+            return
+        self._to(LobbyPhase.MATCHED)
+        self._send(encode({
+            "type": "match_found", "room": view.room_id, "mode": self.mode, "node": view.node,
+            "url": f"{url}/game?room={view.room_id}&ticket={ticket}", "ticket": ticket,
+            "players": [member.wire() for member in view.players]}))
+        self._close(CloseCode.NORMAL, "match found")
+
+    def dropped(self, reason: str) -> None:
+        if self.phase in (LobbyPhase.JOINING, LobbyPhase.WAITING):
+            self._to(LobbyPhase.CONNECTED)
+            self._shown = None
+            self._send(error_message(ErrorCode.SEAT_LOST, reason))
+
+    # -- the connection --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        ws = self.ws
+        try:
+            ws.attach(self._on_message)
+            await ws.wait_closed()
+        finally:
+            ws.detach()
+            if self._joining is not None:
+                self._joining.cancel()
+            phase, self.phase = self.phase, LobbyPhase.CLOSED
+            if phase is LobbyPhase.MATCHED or (self._left and phase is not LobbyPhase.CONNECTED):
+                self.hub.forget(self._conn_id)
+                self.hub.submit(f"{self.player_id} leaves the lobby", self._leave)
+            elif phase is not LobbyPhase.CONNECTED:
+                self.hub.dropped(self)
+            if self._closer is not None:
+                await self._closer
+
+    async def _leave(self) -> None:
+        await self.hub.leave(self)
+
+    def _to(self, phase: LobbyPhase) -> None:
+        if phase not in LOBBY_TRANSITIONS[self.phase]:
+            raise IllegalLobbyTransition(f"a lobby session cannot go from {self.phase} to {phase}")
+        self.phase = phase
+
+    def _send(self, payload: bytes) -> None:
+        send_frames(self.ws, text_frame(payload))
+
+    def _close(self, code: CloseCode, reason: str) -> None:
+        if self._closer is None:
+            self._closer = self._loop.create_task(self.ws.close(code, reason))
+
+    def _refuse(self, error: ProtocolError) -> None:
+        self._send(error_message(error.code, error.message))
+        if error.close is not None:
+            self._close(error.close, error.code.value)
+
+    def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
+        if self._closer is not None:
+            return
+        try:
+            if not self._bucket.take(self._clock()):
+                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down", CloseCode.POLICY)
+            if binary:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, "binary frames are not supported; send JSON text frames")
+            self._handle(parse_lobby_message(data))
+        except ProtocolError as error:
+            self._refuse(error)
+        except Exception:
+            self.log.exception("lobby session of player %s failed on a message", self.player_id)
+            self._refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
+                                       CloseCode.INTERNAL))
+
+    def _handle(self, msg: LobbyMessage) -> None:
+        if isinstance(msg, Ping):
+            self._send(encode({"type": "pong", "t": msg.t, "st": self.hub.wall_ms()}))
+        elif isinstance(msg, Join):
+            if self.phase is not LobbyPhase.CONNECTED:
+                raise ProtocolError(ErrorCode.ALREADY_JOINED, "join was already received on this connection")
+            if msg.v != PROTOCOL_VERSION:
+                raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {msg.v} is not supported; "
+                                    f"this server speaks {PROTOCOL_VERSION}", CloseCode.POLICY)
+            if msg.mode not in self.hub.seatings:
+                raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"unknown mode {msg.mode!r}; this lobby has "
+                                    f"{sorted(self.hub.seatings)}")
+            self.mode = msg.mode
+            self._to(LobbyPhase.JOINING)
+            self._joining = self._loop.create_task(self._join())
+        elif isinstance(msg, Leave):
+            self._left = True
+            self._close(CloseCode.NORMAL, "left")
+
+    async def _join(self) -> None:
+        try:
+            await self.hub.join(self)
+        except LobbyUnavailable:
+            if self.phase is LobbyPhase.JOINING:
+                self._to(LobbyPhase.CONNECTED)
+            self._refuse(ProtocolError(ErrorCode.LOBBY_UNAVAILABLE,
+                                       "matchmaking is unavailable right now; send join again in a few seconds"))
+        except LobbyRefused as refusal:
+            self._refuse(ProtocolError(ErrorCode(refusal.code), refusal.message, CloseCode.POLICY))
+        except Exception:
+            self.log.exception("lobby join of player %s failed", self.player_id)
+            self._refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to seat you",
+                                       CloseCode.INTERNAL))
