@@ -4,7 +4,8 @@ The hub seats the players of this node's lobby connections (`Waiter`s), pushes t
 notices and periodic reads reveal them, starts rooms whose countdown ran out, and hands `match_found` with a
 seat ticket to the players of a room that starts. It also heart-beats the node, keeps its players' and rooms'
 keys alive, sweeps up after dead nodes, decides expired rooms, and runs the game side's lobby writes (attach,
-detach, leave, finish) in order, retrying through Redis outages, so that a tick never waits for Redis.
+detach, leave, finish: lobby/writes.py) in order, so that a tick never waits for Redis. The deployment-wide
+chores (heartbeat, presence, sweeps, expiry) are lobby/upkeep.py's.
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from lobby.keys import LobbyKeys
-from lobby.nodes import NodeInfo, NodeRegistry
+from lobby.nodes import NodeRegistry
 from lobby.notices import Notice, NoticeBus
-from lobby.outage import OUTAGE, Backoff, LobbyUnavailable, stop_if_cancelled
+from lobby.outage import OUTAGE, LobbyUnavailable, stop_if_cancelled
 from lobby.seating import Outcome, RoomRecord, RoomView, Seating, SeatingRules
 from lobby.tickets import Ticket, mint_ticket
+from lobby.upkeep import LocalState, Upkeep
+from lobby.writes import GameReports, Write, WriteQueue
 
 log = logging.getLogger("tickroom.lobby")
 
 REFRESH_EVERY_S = 1.0  # periodic read of the rooms local players wait in: countdown ticks, lost notices
 START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so that start.lua sees it due
-JOBS_MAX = 100_000  # game-side writes held through an outage before the oldest are given up
 
 
 class Waiter(Protocol):
@@ -82,15 +83,6 @@ class HubConfig:
         return max(0.2, min(self.rules.player_ttl_s, self.rules.room_ttl_s) / 4)
 
 
-@dataclass(slots=True)
-class LocalState:
-    """What the node's game side holds, per mode, for the hub's heartbeat and presence refresh."""
-
-    load: int = 0
-    players: dict[str, list[str]] = field(default_factory=dict)  # mode -> player ids connected to games here
-    rooms: dict[str, list[str]] = field(default_factory=dict)  # mode -> lobby rooms hosted here
-
-
 RoomKey = tuple[str, str]  # (mode, room id)
 
 
@@ -126,14 +118,13 @@ class LobbyHub:
         self._timers: dict[RoomKey, asyncio.TimerHandle] = {}
         self._dirty: set[RoomKey] = set()
         self._refreshing: asyncio.Task[None] | None = None
-        self._live: list[NodeInfo] = []
-        self._urls: dict[str, str] = {config.node_id: config.url}
-        self._game_conns: set[str] = set()
-        self._jobs: deque[tuple[str, Callable[[], Awaitable[object]]]] = deque()
-        self._job_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.reachable = False
         self.expiry_events = False
+        self.writes = WriteQueue()
+        self.games = GameReports(self.writes, self.seatings, self._publish, self.wall_ms, config.node_id)
+        self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
+                             self._spawn, self.wall_ms, heartbeat_s=config.heartbeat_s,
+                             presence_every_s=config.presence_every_s)
 
     # -- lifetime --------------------------------------------------------------------------------------
 
@@ -141,11 +132,11 @@ class LobbyHub:
         """The hub's background work; runs until cancelled (by the node's task group at shutdown)."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._heartbeat_loop(), name="lobby-heartbeat")
-                group.create_task(self._presence_loop(), name="lobby-presence")
+                group.create_task(self.upkeep.heartbeat_loop(), name="lobby-heartbeat")
+                group.create_task(self.upkeep.presence_loop(), name="lobby-presence")
                 group.create_task(self._refresh_loop(), name="lobby-refresh")
-                group.create_task(self._job_loop(), name="lobby-jobs")
-                group.create_task(self.bus.listen(self.node_id, self._on_notice, self._on_expired,
+                group.create_task(self.writes.run(), name="lobby-writes")
+                group.create_task(self.bus.listen(self.node_id, self._on_notice, self.upkeep.on_expired,
                                                   self._on_subscribed), name="lobby-notices")
         finally:
             for timer in self._timers.values():
@@ -175,14 +166,25 @@ class LobbyHub:
 
     # -- joining and leaving (lobby connections) ---------------------------------------------------
 
-    def _pick_host(self) -> str:
-        """The least-loaded live node as of the last heartbeat (this one when none is known yet)."""
-        return self._live[0].node_id if self._live else self.node_id
+    @property
+    def reachable(self) -> bool:
+        """Redis answered the last heartbeat."""
+        return self.upkeep.reachable
+
+    def _state(self) -> LocalState:
+        """The node's own state plus the players waiting through it and their rooms."""
+        state = self._local_state()
+        for conn_id, waiter in self.waiters.items():
+            state.players.setdefault(waiter.mode, []).append(waiter.player_id)
+            key = self._room_of.get(conn_id)
+            if key is not None:
+                state.rooms.setdefault(key[0], set()).add(key[1])
+        return state
 
     async def join(self, waiter: Waiter) -> Outcome:
         """Seat the waiter's player; raise `LobbyRefused` or `LobbyUnavailable`."""
         seating = self.seatings[waiter.mode]
-        host = self._pick_host()
+        host = self.upkeep.pick_host()
         new_room = uuid.uuid4().hex[:16]
         try:
             outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
@@ -216,7 +218,7 @@ class LobbyHub:
         if not outcome.conn:
             return False
         if outcome.conn_node == self.node_id:
-            return outcome.conn not in self.waiters and outcome.conn not in self._game_conns
+            return outcome.conn not in self.waiters and outcome.conn not in self.games.conns
         return not await self.registry.is_alive(outcome.conn_node)
 
     async def leave(self, waiter: Waiter) -> None:
@@ -294,7 +296,7 @@ class LobbyHub:
         self._place(waiter.conn_id, key)
         if view.state == "running":
             self._unregister(waiter.conn_id)
-            url = self._urls.get(view.node)
+            url = self.upkeep.urls.get(view.node)
             if url is None:
                 self._spawn(self._match_later(waiter, view), "match-url")
                 return
@@ -318,7 +320,7 @@ class LobbyHub:
             log.warning("room %s is matched on node %s, which is not registered", view.room_id, view.node)
             waiter.dropped("the node hosting your match is gone; join again")
             return
-        self._urls[view.node] = url
+        self.upkeep.urls[view.node] = url
         self._match(waiter, view, url)
 
     def _arm_countdown(self, key: RoomKey, ends_ms: int) -> None:
@@ -462,66 +464,6 @@ class LobbyHub:
         for mode in self.seatings:
             self._mark_all_dirty(mode)
 
-    async def _heartbeat_loop(self) -> None:
-        backoff = Backoff()
-        while True:
-            stop_if_cancelled()
-            try:
-                state = self._local_state()
-                await self.registry.heartbeat(self.node_id, self.config.url, state.load, self.wall_ms())
-                live, dead = await self.registry.survey()
-                self._live = live
-                self._urls.update({node.node_id: node.url for node in live})
-                self.reachable = True
-                backoff.reset("heartbeat")
-                for node_id in dead:
-                    if node_id != self.node_id:
-                        await self._sweep(node_id)
-            except OUTAGE as error:
-                self.reachable = False
-                await backoff.wait("heartbeat", error)
-                continue
-            await asyncio.sleep(self.config.heartbeat_s)
-
-    async def _sweep(self, dead: str) -> None:
-        log.warning("node %s is dead (no heartbeat for %.1f s): sweeping up after it", dead,
-                    self.config.dead_after_s)
-        for mode, seating in self.seatings.items():
-            outcome = await seating.sweep(dead, self.wall_ms(), new_host=self.node_id)
-            if outcome.counts:
-                log.info("swept node %s (%s): %d waiting room(s) moved here, %d running room(s) to recovery",
-                         dead, mode, outcome.counts.get("moved", 0), outcome.counts.get("recovered", 0))
-            self._publish(mode, outcome)
-        await self.registry.forget(dead)
-        self._urls.pop(dead, None)
-
-    async def _presence_loop(self) -> None:
-        backoff = Backoff()
-        while True:
-            stop_if_cancelled()
-            try:
-                await self.refresh_presence()
-                backoff.reset("presence")
-            except OUTAGE as error:
-                await backoff.wait("presence", error)
-                continue
-            await asyncio.sleep(self.config.presence_every_s)
-
-    async def refresh_presence(self) -> None:
-        """Keep alive the keys of the players connected here and of the rooms they wait or play in."""
-        state = self._local_state()
-        for mode, seating in self.seatings.items():
-            players = list(state.players.get(mode, ()))
-            rooms = set(state.rooms.get(mode, ()))
-            for conn_id, waiter in self.waiters.items():
-                if waiter.mode == mode:
-                    players.append(waiter.player_id)
-                    key = self._room_of.get(conn_id)
-                    if key is not None:
-                        rooms.add(key[1])
-            if players or rooms:
-                await seating.refresh(players, rooms)
-
     async def _refresh_loop(self) -> None:
         """Every second: countdown ticks, and a fresh read of every room local players wait in (which repairs
         any lost notice and starts overdue countdowns); queued players try for a seat again."""
@@ -551,88 +493,14 @@ class LobbyHub:
             except Exception:
                 log.exception("periodic lobby read failed")
 
-    def _on_expired(self, key: str) -> None:
-        for mode, seating in self.seatings.items():
-            room_id = seating.keys.room_id_of_shadow(key)
-            if room_id is not None:
-                self._spawn(self._expire(mode, room_id), f"expire:{room_id}")
-
-    async def _expire(self, mode: str, room_id: str) -> None:
-        seating = self.seatings[mode]
-        record = await seating.room(room_id)
-        host_alive = record is not None and (record.node == self.node_id or await self.registry.is_alive(record.node))
-        outcome = await seating.expire(room_id, self.wall_ms(), host_alive=host_alive,
-                                       new_room_ids=[uuid.uuid4().hex[:16] for _ in range(2)],
-                                       new_room_node=self._pick_host())
-        if outcome.outcome not in ("alive", "gone"):
-            log.info("room %s (%s) expired: %s", room_id, mode, outcome.outcome)
-        self._publish(mode, outcome)
-
     # -- the game side's writes: in order, never awaited by a tick ---------------------------------
 
-    def submit(self, what: str, job: Callable[[], Awaitable[object]]) -> None:
-        if len(self._jobs) >= JOBS_MAX:
-            dropped, _ = self._jobs.popleft()
-            log.error("lobby write queue full: giving up %s", dropped)
-        self._jobs.append((what, job))
-        self._job_ready.set()
-
-    async def _job_loop(self) -> None:
-        backoff = Backoff()
-        while True:
-            stop_if_cancelled()
-            if not self._jobs:
-                self._job_ready.clear()
-                await self._job_ready.wait()
-                continue
-            what, job = self._jobs[0]
-            try:
-                await job()
-                backoff.reset("lobby writes")
-            except OUTAGE as error:
-                await backoff.wait("lobby writes", error)
-                continue
-            except Exception:
-                log.exception("lobby write %s failed", what)
-            self._jobs.popleft()
-
-    def game_attached(self, mode: str, player_id: str, room_id: str, conn_id: str) -> None:
-        self._game_conns.add(conn_id)
-
-        async def attach() -> None:
-            await self.seatings[mode].attach(player_id, room_id, self.wall_ms(), conn_id=conn_id,
-                                             conn_node=self.node_id)
-
-        self.submit(f"attach {player_id} to {room_id}", attach)
-
-    def game_detached(self, mode: str, player_id: str, conn_id: str) -> None:
-        self._game_conns.discard(conn_id)
-
-        async def detach() -> None:
-            await self.seatings[mode].detach(player_id, conn_id, self.wall_ms())
-
-        self.submit(f"detach {player_id}", detach)
-
-    def game_left(self, mode: str, player_id: str, conn_id: str) -> None:
-        """The player gave up their seat in a match (`leave`, or the reconnect grace ran out): `conn_id` is
-        the connection that must still hold them ('' for "none"), so a player who came back keeps it."""
-
-        async def leave() -> None:
-            outcome = await self.seatings[mode].leave(player_id, self.wall_ms(), conn_id=conn_id, scope="seat")
-            self._publish(mode, outcome)
-
-        self.submit(f"{player_id} leaves their match", leave)
-
-    def room_over(self, mode: str, room_id: str) -> None:
-        async def finish() -> None:
-            outcome = await self.seatings[mode].finish(room_id, self.wall_ms())
-            self._publish(mode, outcome)
-
-        self.submit(f"finish {room_id}", finish)
+    def submit(self, what: str, write: Write) -> None:
+        self.writes.submit(what, write)
 
     @property
     def pending_writes(self) -> int:
-        return len(self._jobs)
+        return len(self.writes)
 
     # -- reads for the node's endpoints ----------------------------------------------------------------
 
@@ -649,7 +517,7 @@ class LobbyHub:
             raise LobbyUnavailable(str(error)) from error
 
     def node_url(self, node_id: str) -> str | None:
-        return self._urls.get(node_id)
+        return self.upkeep.urls.get(node_id)
 
 
 def view_of(record: RoomRecord) -> RoomView:

@@ -18,6 +18,7 @@ class NodeInfo:
     node_id: str
     url: str
     load: int
+    accepting: bool = True  # False: full, or draining; it keeps its rooms but takes no new one
 
 
 def _text(value: Any) -> str:
@@ -37,10 +38,11 @@ class NodeRegistry:
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}"
 
-    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int) -> None:
-        """Say this node is alive (for `dead_after_s` more), where it is and how loaded."""
+    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int, *, accepting: bool = True) -> None:
+        """Say this node is alive (for `dead_after_s` more), where it is, how loaded, and if it takes rooms."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.node_key(node_id), mapping={"url": url, "load": load, "heartbeat_ms": now_ms})
+            pipe.hset(self.node_key(node_id), mapping={"url": url, "load": load, "heartbeat_ms": now_ms,
+                                                       "accepting": int(accepting)})
             pipe.pexpire(self.node_key(node_id), self.dead_after_ms)
             pipe.zadd(self.index, {node_id: load})
             await pipe.execute()
@@ -58,14 +60,14 @@ class NodeRegistry:
             return [], []
         async with self.client.pipeline(transaction=False) as pipe:
             for node_id in ids:
-                pipe.hmget(self.node_key(node_id), "url", "load")
+                pipe.hmget(self.node_key(node_id), "url", "load", "accepting")
             replies = await pipe.execute()
         live, dead = [], []
-        for node_id, (url, load) in zip(ids, replies, strict=True):
+        for node_id, (url, load, accepting) in zip(ids, replies, strict=True):
             if url is None:
                 dead.append(node_id)
             else:
-                live.append(NodeInfo(node_id, _text(url), int(load)))
+                live.append(NodeInfo(node_id, _text(url), int(load), accepting is None or _text(accepting) == "1"))
         live.sort(key=lambda node: (node.load, node.node_id))
         return live, dead
 

@@ -15,7 +15,8 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 
 from game.base import GameFactory
-from lobby.hub import LobbyHub, LocalState
+from lobby.hub import LobbyHub
+from lobby.upkeep import LocalState
 from server.connection import JoinRequest
 from server.lifecycle import RoomPhase
 from server.protocol import CloseCode, ErrorCode, ProtocolError
@@ -106,7 +107,7 @@ class Node:
                 del self.rooms[room.room_id]
                 del self._runners[room.room_id]
             if room.roster is not None and self.lobby is not None:
-                self.lobby.room_over(room.mode, room.room_id)
+                self.lobby.games.room_over(room.mode, room.room_id)
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
     # -- lobby rooms: what the lobby must hear of their players ---------------------------------------
@@ -117,7 +118,7 @@ class Node:
         timer = self._grace.pop((room.room_id, seat.player_id), None)
         if timer is not None:
             timer.cancel()
-        self.lobby.game_attached(room.mode, seat.player_id, room.room_id, conn_id)
+        self.lobby.games.attached(room.mode, seat.player_id, room.room_id, conn_id)
 
     def unseated(self, room: Room, seat: Seat, conn_id: str, *, left: bool) -> None:
         """A player's game connection is gone: `left` when they sent `leave`, else they dropped. Before the
@@ -128,9 +129,9 @@ class Node:
             return
         if left:
             room.dismiss(seat.player_id)
-            lobby.game_left(room.mode, seat.player_id, conn_id)
+            lobby.games.left(room.mode, seat.player_id, conn_id)
             return
-        lobby.game_detached(room.mode, seat.player_id, conn_id)
+        lobby.games.detached(room.mode, seat.player_id, conn_id)
         if room.phase is RoomPhase.RUNNING:
             key = (room.room_id, seat.player_id)
             old = self._grace.pop(key, None)
@@ -144,14 +145,14 @@ class Node:
         if self.lobby is not None and not room.is_connected(player_id) and room.phase is RoomPhase.RUNNING:
             log.info("room %s: player %s did not come back in time; their seat is free", room.room_id, player_id)
             room.dismiss(player_id)
-            self.lobby.game_left(room.mode, player_id, "")
+            self.lobby.games.left(room.mode, player_id, "")
 
     def lobby_state(self) -> LocalState:
         """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""
-        state = LocalState(load=len(self.rooms))
+        state = LocalState(load=len(self.rooms), accepting=self.accepting and len(self.rooms) < self.settings.max_rooms)
         for room in self.rooms.values():
             if room.roster is not None:
-                state.rooms.setdefault(room.mode, []).append(room.room_id)
+                state.rooms.setdefault(room.mode, set()).add(room.room_id)
                 state.players.setdefault(room.mode, []).extend(
                     player_id for player_id in room.roster if room.is_connected(player_id))
         return state

@@ -1,0 +1,130 @@
+"""What a node does for the deployment's lobby as a whole: it heart-beats and keeps the directory of live
+nodes, keeps its players' and rooms' keys alive, sweeps up after dead nodes, and decides expired rooms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from lobby.nodes import NodeInfo, NodeRegistry
+from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
+from lobby.seating import Outcome, Seating
+
+log = logging.getLogger("tickroom.lobby")
+
+
+@dataclass(slots=True)
+class LocalState:
+    """What the node holds, per mode: its load, whether it takes new rooms, and the players connected to it
+    and rooms it hosts or has players waiting in (whose keys it keeps alive)."""
+
+    load: int = 0
+    accepting: bool = True
+    players: dict[str, list[str]] = field(default_factory=dict)
+    rooms: dict[str, set[str]] = field(default_factory=dict)
+
+
+Publish = Callable[[str, Outcome], None]
+Spawn = Callable[[Awaitable[None], str], None]
+
+
+class Upkeep:
+    def __init__(self, node_id: str, url: str, registry: NodeRegistry, seatings: Mapping[str, Seating],
+                 local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn,
+                 wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float) -> None:
+        self.node_id = node_id
+        self.url = url
+        self.registry = registry
+        self.seatings = seatings
+        self._local_state = local_state
+        self._publish = publish
+        self._spawn = spawn
+        self.wall_ms = wall_ms
+        self.heartbeat_s = heartbeat_s
+        self.presence_every_s = presence_every_s
+        self.live: list[NodeInfo] = []
+        self.urls: dict[str, str] = {node_id: url}
+        self.reachable = False
+
+    def pick_host(self) -> str:
+        """Where a new room goes: the least-loaded live node taking rooms, as of the last heartbeat ('' when
+        none is; before the first heartbeat, this node)."""
+        if not self.live:
+            return self.node_id if self._local_state().accepting else ""
+        return next((node.node_id for node in self.live if node.accepting), "")
+
+    async def heartbeat_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            stop_if_cancelled()
+            try:
+                state = self._local_state()
+                await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
+                                              accepting=state.accepting)
+                live, dead = await self.registry.survey()
+                self.live = live
+                self.urls.update({node.node_id: node.url for node in live})
+                self.reachable = True
+                backoff.reset("heartbeat")
+                for node_id in dead:
+                    if node_id != self.node_id:
+                        await self.sweep(node_id)
+            except OUTAGE as error:
+                self.reachable = False
+                await backoff.wait("heartbeat", error)
+                continue
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def sweep(self, dead: str) -> None:
+        """Free what a dead node held; any number of nodes may sweep the same node, the first does the work."""
+        log.warning("node %s is dead (no heartbeat): sweeping up after it", dead)
+        for mode, seating in self.seatings.items():
+            outcome = await seating.sweep(dead, self.wall_ms(), new_host=self.pick_host())
+            if outcome.counts and any(outcome.counts.values()):
+                log.info("swept node %s (%s): %d waiting room(s) moved, %d running room(s) to recovery",
+                         dead, mode, outcome.counts.get("moved", 0), outcome.counts.get("recovered", 0))
+            self._publish(mode, outcome)
+        await self.registry.forget(dead)
+        self.urls.pop(dead, None)
+
+    async def presence_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            stop_if_cancelled()
+            try:
+                await self.refresh_presence()
+                backoff.reset("presence")
+            except OUTAGE as error:
+                await backoff.wait("presence", error)
+                continue
+            await asyncio.sleep(self.presence_every_s)
+
+    async def refresh_presence(self) -> None:
+        """Keep alive the keys of the players connected here and of the rooms they wait or play in."""
+        state = self._local_state()
+        for mode, seating in self.seatings.items():
+            players = state.players.get(mode, [])
+            rooms = state.rooms.get(mode, set())
+            if players or rooms:
+                await seating.refresh(players, rooms)
+
+    def on_expired(self, key: str) -> None:
+        for mode, seating in self.seatings.items():
+            room_id = seating.keys.room_id_of_shadow(key)
+            if room_id is not None:
+                self._spawn(self.expire(mode, room_id), f"expire:{room_id}")
+
+    async def expire(self, mode: str, room_id: str) -> None:
+        """A room's shadow key expired (every node hears it; the first to decide wins, the others see it gone)."""
+        seating = self.seatings[mode]
+        record = await seating.room(room_id)
+        host_alive = record is not None and (record.node == self.node_id or await self.registry.is_alive(record.node))
+        outcome = await seating.expire(room_id, self.wall_ms(), host_alive=host_alive,
+                                       new_room_ids=[uuid.uuid4().hex[:16] for _ in range(2)],
+                                       new_room_node=self.pick_host())
+        if outcome.outcome not in ("alive", "gone"):
+            log.info("room %s (%s) expired: %s", room_id, mode, outcome.outcome)
+        self._publish(mode, outcome)
