@@ -1,0 +1,190 @@
+"""The lobby when things fail: Redis going away and coming back, rooms nobody keeps alive, nodes that die."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from lobby.keys import LobbyKeys
+from lobby.nodes import NodeRegistry
+from lobby.seating import Seating, SeatingRules
+from server.app import App
+from server.embedded import LocalRedis
+from tests.serverkit import (
+    is_event,
+    is_type,
+    join_lobby,
+    lobby_prefix,
+    new_token,
+    recv_json,
+    recv_until,
+    start_lobby_app,
+)
+from tests.test_lobby import http_get, matched, play
+
+
+async def eventually(check: object, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Wait until the async callable `check` returns True; fail after `timeout` seconds."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def states_within(ws: object, seconds: float) -> int:
+    """How many `state` messages a game connection receives in `seconds`."""
+    count = 0
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = await recv_json(ws, remaining)  # type: ignore[arg-type]
+        except TimeoutError:
+            break
+        count += message["type"] == "state"
+    return count
+
+
+async def test_a_redis_outage_stops_no_tick_fails_lobby_calls_clearly_and_heals_by_itself(tmp_path: Path) -> None:
+    redis_server = LocalRedis.start(tmp_path / "redis", persist=False)
+    app: App | None = None
+    try:
+        app = await start_lobby_app(redis_server.url, lobby_grace_s=0.2)
+        tokens = [new_token() for _ in range(3)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await matched(ws) for ws in lobbies]
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+
+        redis_server.stop()
+        # The running match does not notice: a full second of states arrives on time.
+        assert await states_within(games[0], 1.0) >= 55
+        # The lobby says clearly that it cannot seat anyone now, and keeps the connection.
+        waiting = await join_lobby(app)
+        error = await recv_until(waiting, is_type("error"), timeout=10)
+        assert error["code"] == "lobby_unavailable"
+        assert (await http_get(app, "/lobby/rooms"))[0] == 503
+        # What the match has to tell the lobby meanwhile is kept, not lost.
+        await games[2].send('{"type":"leave"}')
+        assert app.hub is not None
+        hub = app.hub
+
+        async def write_pending() -> bool:
+            return hub.pending_writes > 0
+
+        await eventually(write_pending)
+
+        redis_server.restart()  # empty: no data, no scripts
+
+        async def writes_done() -> bool:
+            return hub.pending_writes == 0
+
+        await eventually(writes_done, timeout=15)
+        # The same lobby connection may simply try again, and is seated.
+        await waiting.send('{"type":"join","v":1}')
+        status = await recv_until(waiting, is_type("lobby"), timeout=10)
+        assert status["status"] == "waiting" and len(status["players"]) == 1
+        assert await states_within(games[0], 0.5) >= 25
+        for ws in (*games[:2], waiting):
+            await ws.close()
+    finally:
+        if app is not None:
+            await app.__aexit__(None, None, None)
+        redis_server.stop()
+
+
+async def test_a_room_nobody_keeps_alive_expires_and_its_connected_players_are_seated_again(
+        redis_url: str, client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    app = await start_lobby_app(redis_url, lobby_prefix=prefix, room_ttl_s=2, player_ttl_s=60)
+    try:
+        seating = Seating(client, LobbyKeys(prefix, "arena"), SeatingRules(room_ttl_s=2, player_ttl_s=60))
+        # A room on a node that never heart-beats, with a player whose connection that node held: nobody
+        # refreshes the room, so its shadow key expires and a live node decides.
+        seat = await seating.join("p1", "ann", int(time.time() * 1000), conn_id="c1", conn_node="elsewhere",
+                                  new_room_id="forgotten", new_room_node="elsewhere")
+        assert seat.view is not None and seat.view.room_id == "forgotten"
+
+        async def reseated() -> bool:
+            placement = await seating.player("p1")
+            return placement.get("room", "forgotten") not in ("forgotten", "")
+
+        await eventually(reseated, timeout=10)
+        assert await seating.room("forgotten") is None
+        placement = await seating.player("p1")
+        room = await seating.room(placement["room"])
+        assert room is not None and room.node == "test-node" and room.player_ids == ["p1"]
+        assert placement["joined_ms"] == str(seat.joined_ms)  # still first in line
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_an_expired_running_room_whose_host_is_dead_sends_its_players_back_in_line(
+        redis_url: str, client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    app = await start_lobby_app(redis_url, lobby_prefix=prefix, room_ttl_s=2, player_ttl_s=60)
+    try:
+        seating = Seating(client, LobbyKeys(prefix, "arena"), SeatingRules(room_ttl_s=2, player_ttl_s=60))
+        now = int(time.time() * 1000)
+        for i in range(5):
+            await seating.join(f"p{i}", f"n{i}", now + i, conn_id=f"c{i}", conn_node="gone",
+                               new_room_id="lost", new_room_node="gone")
+        assert (await seating.room("lost")) is not None
+
+        async def requeued() -> bool:
+            return await seating.room("lost") is None
+
+        await eventually(requeued, timeout=10)
+        for i in range(5):
+            placement = await seating.player(f"p{i}")
+            assert (placement["status"], placement["room"], placement["conn"]) == ("queued", "", "")
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_when_a_node_dies_its_waiting_room_moves_to_a_live_node_and_its_players_let_go(
+        redis_url: str, client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    app = await start_lobby_app(redis_url, lobby_prefix=prefix, countdown_s=3.0)
+    try:
+        seating = Seating(client, LobbyKeys(prefix, "arena"), SeatingRules())
+        ghost = NodeRegistry(client, prefix, dead_after_s=0.5)
+        await ghost.heartbeat("ghost", "ws://127.0.0.1:1", 0, int(time.time() * 1000))
+        # Two players wait through the ghost node, in a room it hosts.
+        ghost_players = [str(uuid.uuid4()) for _ in range(2)]
+        for player_id in ghost_players:
+            await seating.join(player_id, "ghost-player", int(time.time() * 1000), conn_id=f"c-{player_id}",
+                               conn_node="ghost", new_room_id="haunted", new_room_node="ghost")
+        # A real player joins: the fullest open room is the ghost's.
+        real = await join_lobby(app)
+        status = await recv_until(real, is_type("lobby"))
+        assert status["room"] == "haunted" and len(status["players"]) == 3
+        # The ghost stops heart-beating: within a few seconds its players are gone, the room moved here.
+        await recv_until(real, lambda m: m["type"] == "lobby" and len(m["players"]) == 1, timeout=10)
+        room = await seating.room("haunted")
+        assert room is not None and room.node == "test-node"
+        # Two more players, and the match is found on the live node.
+        others = [await join_lobby(app) for _ in range(2)]
+        found = await matched(real, timeout=10)
+        assert found["room"] == "haunted" and found["node"] == "test-node" and found["url"].startswith(app.url)
+        for ws in others:
+            await matched(ws)
+        assert await ghost.is_alive("ghost") is False
+        live, dead = await ghost.survey()
+        assert [node.node_id for node in live] == ["test-node"] and dead == []
+    finally:
+        await app.__aexit__(None, None, None)
