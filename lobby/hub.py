@@ -31,6 +31,8 @@ log = logging.getLogger("tickroom.lobby")
 
 REFRESH_EVERY_S = 1.0  # periodic read of the rooms local players wait in: countdown ticks, lost notices
 START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so that start.lua sees it due
+# Script outcomes that may have changed rooms other than the one they name.
+WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed"})
 
 
 class Waiter(Protocol):
@@ -388,16 +390,22 @@ class LobbyHub:
         self._deliver_to(waiter, view_of(record))
 
     def _publish(self, mode: str, outcome: Outcome) -> None:
-        """Tell the other nodes concerned that rooms changed; refresh the local waiters of those rooms."""
+        """Tell the other nodes concerned that rooms changed, and refresh the local waiters of those rooms.
+        A notice names the room when the script changed only that one; an empty name (a sweep, an expiry, a
+        leave that may have backfilled from other rooms) means "look at all your rooms again"."""
+        if not outcome.notify:
+            return
+        room_id = outcome.view.room_id if outcome.view is not None else outcome.room
+        wide = outcome.outcome in WIDE_OUTCOMES or (outcome.outcome == "left" and self.config.rules.backfill)
         others = [node for node in outcome.notify if node != self.node_id]
         if others:
-            notice: Notice = {"kind": "room", "mode": mode,
-                              "room": outcome.view.room_id if outcome.view else ""}
+            notice: Notice = {"kind": "room", "mode": mode, "room": "" if wide else room_id}
             self._spawn(self.bus.publish(others, notice), "publish")
         if outcome.view is not None and outcome.view.room_id:
             self._deliver_room(mode, outcome.view)
-        if self.node_id in outcome.notify or (outcome.view is None and outcome.notify):
-            # The script touched rooms it did not name (a backfill, a sweep): look at ours again.
+        elif room_id:
+            self._mark_dirty((mode, room_id))
+        if wide and self.node_id in outcome.notify:
             self._mark_all_dirty(mode)
 
     def _on_notice(self, notice: Notice) -> None:
