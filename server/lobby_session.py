@@ -44,7 +44,10 @@ class LobbyPhase(enum.StrEnum):
 
 
 class IllegalLobbyTransition(RuntimeError):
-    pass
+    def __init__(self, current: LobbyPhase, new: LobbyPhase) -> None:
+        super().__init__(f"a lobby connection cannot go from {current.value} to {new.value}")
+        self.current = current
+        self.new = new
 
 
 LOBBY_TRANSITIONS: dict[LobbyPhase, frozenset[LobbyPhase]] = {
@@ -55,6 +58,12 @@ LOBBY_TRANSITIONS: dict[LobbyPhase, frozenset[LobbyPhase]] = {
     LobbyPhase.MATCHED: frozenset({LobbyPhase.CLOSED}),
     LobbyPhase.CLOSED: frozenset(),
 }
+
+
+def check_lobby_transition(current: LobbyPhase, new: LobbyPhase) -> LobbyPhase:
+    if new not in LOBBY_TRANSITIONS[current]:
+        raise IllegalLobbyTransition(current, new)
+    return new
 
 
 class LobbySession:
@@ -166,9 +175,7 @@ class LobbySession:
         await self.hub.leave(self)
 
     def _to(self, phase: LobbyPhase) -> None:
-        if phase not in LOBBY_TRANSITIONS[self.phase]:
-            raise IllegalLobbyTransition(f"a lobby session cannot go from {self.phase} to {phase}")
-        self.phase = phase
+        self.phase = check_lobby_transition(self.phase, phase)
 
     def _send(self, payload: bytes) -> None:
         send_frames(self.ws, text_frame(payload))

@@ -15,10 +15,12 @@ from server.protocol import (
     Fire,
     Hello,
     Input,
+    Join,
     Leave,
     Ping,
     ProtocolError,
     parse_client_message,
+    parse_lobby_message,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -114,3 +116,25 @@ def test_every_error_code_is_documented_and_every_documented_code_exists() -> No
     in_code = {code.value for code in ErrorCode}
     assert in_code - (handshake | in_session) == set(), "codes missing from docs/protocol.md"
     assert (handshake | in_session) - in_code == set(), "documented codes that the code does not have"
+
+
+def test_lobby_messages_parse_with_arena_as_the_default_mode() -> None:
+    assert parse_lobby_message('{"type":"join","v":1}') == Join(1, "arena")
+    assert parse_lobby_message('{"type":"join","v":1,"mode":"duel"}') == Join(1, "duel")
+    assert isinstance(parse_lobby_message('{"type":"leave"}'), Leave)
+    assert parse_lobby_message('{"type":"ping","t":5}') == Ping(5.0)
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    ('{"type":"join"}', ErrorCode.BAD_FIELD),
+    ('{"type":"join","v":"1"}', ErrorCode.BAD_FIELD),
+    ('{"type":"join","v":1,"mode":7}', ErrorCode.BAD_FIELD),
+    ('{"type":"join","v":1,"mode":""}', ErrorCode.UNKNOWN_MODE),
+    ('{"type":"join","v":1,"mode":"' + "x" * 33 + '"}', ErrorCode.UNKNOWN_MODE),
+    ('{"type":"input","seq":1,"dx":0,"dy":0}', ErrorCode.UNKNOWN_TYPE),  # a game message in the lobby
+    ('[1]', ErrorCode.BAD_MESSAGE),
+])
+def test_bad_lobby_messages_get_their_codes(raw: str, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_lobby_message(raw)
+    assert info.value.code is code

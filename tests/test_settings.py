@@ -27,6 +27,10 @@ def test_environment_values_are_read_and_flags_override_them() -> None:
     ({"TICKROOM_MIN_PLAYERS": "6"}, "min_players"),
     ({"TICKROOM_LOG_LEVEL": "LOUD"}, "TICKROOM_LOG_LEVEL"),
     ({"TICKROOM_JWT_SECRET": ""}, "TICKROOM_JWT_SECRET"),
+    ({"TICKROOM_BACKFILL": "maybe"}, "TICKROOM_BACKFILL"),
+    ({"TICKROOM_PUBLIC_URL": "http://example.org"}, "TICKROOM_PUBLIC_URL"),
+    ({"TICKROOM_LOBBY_PREFIX": "a{b}"}, "TICKROOM_LOBBY_PREFIX"),
+    ({"TICKROOM_NODE_HEARTBEAT_S": "3", "TICKROOM_NODE_DEAD_AFTER_S": "4"}, "node_dead_after_s"),
 ])
 def test_a_bad_value_is_refused_with_the_name_of_the_setting(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
@@ -38,3 +42,14 @@ def test_serve_with_a_bad_flag_exits_2_naming_it() -> None:
     result = subprocess.run([tickroom, "serve", "--max-rooms", "0"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "max_rooms" in result.stderr and "TICKROOM_MAX_ROOMS" in result.stderr
+
+
+@pytest.mark.parametrize(("raw", "value"), [("true", True), ("1", True), ("On", True), ("no", False), ("0", False)])
+def test_switches_take_the_usual_spellings_of_true_and_false(raw: str, value: bool) -> None:
+    assert Settings.load({"TICKROOM_BACKFILL": raw, "TICKROOM_DIRECT_JOIN": raw}).backfill is value
+
+
+def test_the_public_url_defaults_to_the_listening_address() -> None:
+    assert Settings.load({"TICKROOM_PORT": "9100"}).advertised_url == "ws://127.0.0.1:9100"
+    assert Settings.load({"TICKROOM_PUBLIC_URL": "wss://play.example.org/"}).advertised_url == \
+        "wss://play.example.org"
