@@ -16,8 +16,8 @@ from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
 from lobby.seating import RoomView
 from server.auth import Identity
-from server.broadcast import send_frames, text_frame
 from server.connection import GameConnection
+from server.link import ClientLink, TokenBucket
 from server.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -31,7 +31,6 @@ from server.protocol import (
     error_message,
     parse_lobby_message,
 )
-from server.session import TokenBucket
 from server.settings import Settings
 
 
@@ -81,8 +80,7 @@ class LobbySession:
         self._conn_id = f"lobby-{ws.id}"
         self._loop = asyncio.get_running_loop()
         self._clock = clock
-        self._bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, clock())
-        self._closer: asyncio.Task[None] | None = None
+        self.link = ClientLink(ws, TokenBucket(settings.rate_per_s, settings.rate_burst, clock()), clock)
         self._joining: asyncio.Task[None] | None = None
         self._shown: tuple[str, str, int | None, tuple[str, ...]] | None = None
         self._members: dict[str, str] = {}
@@ -120,36 +118,36 @@ class LobbySession:
         if previous_room == view.room_id and view.room_id:
             for player_id, name in members.items():
                 if player_id not in self._members:
-                    self._send(encode({"type": "event", "kind": "join", "id": player_id, "name": name}))
+                    self.link.send(encode({"type": "event", "kind": "join", "id": player_id, "name": name}))
             for player_id in self._members:
                 if player_id not in members:
-                    self._send(encode({"type": "event", "kind": "leave", "id": player_id}))
+                    self.link.send(encode({"type": "event", "kind": "leave", "id": player_id}))
         self._members = members
         countdown = None if view.countdown_ends_ms is None else max(0, view.countdown_ends_ms - now_ms)
-        self._send(encode({
+        self.link.send(encode({
             "type": "lobby", "status": view.state, "mode": self.mode, "room": view.room_id or None,
             "players": [member.wire() for member in view.players], "countdown_ms": countdown,
             "min": self.settings.min_players, "max": self.settings.max_players}))
 
     def countdown(self, room_id: str, remaining_ms: int) -> None:
         if self.phase is LobbyPhase.WAITING:
-            self._send(encode({"type": "countdown", "room": room_id, "ms": remaining_ms}))
+            self.link.send(encode({"type": "countdown", "room": room_id, "ms": remaining_ms}))
 
     def matched(self, view: RoomView, url: str, ticket: str) -> None:
         if self.phase not in (LobbyPhase.JOINING, LobbyPhase.WAITING):
             return
         self._to(LobbyPhase.MATCHED)
-        self._send(encode({
+        self.link.send(encode({
             "type": "match_found", "room": view.room_id, "mode": self.mode, "node": view.node,
             "url": f"{url}/game?room={view.room_id}&ticket={ticket}", "ticket": ticket,
             "players": [member.wire() for member in view.players]}))
-        self._close(CloseCode.NORMAL, "match found")
+        self.link.close(CloseCode.NORMAL, "match found")
 
     def dropped(self, reason: str) -> None:
         if self.phase in (LobbyPhase.JOINING, LobbyPhase.WAITING):
             self._to(LobbyPhase.CONNECTED)
             self._shown = None
-            self._send(error_message(ErrorCode.SEAT_LOST, reason))
+            self.link.send(error_message(ErrorCode.SEAT_LOST, reason))
 
     # -- the connection --------------------------------------------------------------------------------
 
@@ -168,8 +166,7 @@ class LobbySession:
                 self.hub.submit(f"{self.player_id} leaves the lobby", self._leave)
             elif phase is not LobbyPhase.CONNECTED:
                 self.hub.dropped(self)
-            if self._closer is not None:
-                await self._closer
+            await self.link.closed()
 
     async def _leave(self) -> None:
         await self.hub.leave(self)
@@ -177,37 +174,22 @@ class LobbySession:
     def _to(self, phase: LobbyPhase) -> None:
         self.phase = check_lobby_transition(self.phase, phase)
 
-    def _send(self, payload: bytes) -> None:
-        send_frames(self.ws, text_frame(payload))
-
-    def _close(self, code: CloseCode, reason: str) -> None:
-        if self._closer is None:
-            self._closer = self._loop.create_task(self.ws.close(code, reason))
-
-    def _refuse(self, error: ProtocolError) -> None:
-        self._send(error_message(error.code, error.message))
-        if error.close is not None:
-            self._close(error.close, error.code.value)
-
     def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
-        if self._closer is not None:
+        if self.link.closer is not None:
             return
         try:
-            if not self._bucket.take(self._clock()):
-                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down", CloseCode.POLICY)
-            if binary:
-                raise ProtocolError(ErrorCode.BAD_MESSAGE, "binary frames are not supported; send JSON text frames")
+            self.link.admit(binary)
             self._handle(parse_lobby_message(data))
         except ProtocolError as error:
-            self._refuse(error)
+            self.link.refuse(error)
         except Exception:
             self.log.exception("lobby session of player %s failed on a message", self.player_id)
-            self._refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
+            self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
                                        CloseCode.INTERNAL))
 
     def _handle(self, msg: LobbyMessage) -> None:
         if isinstance(msg, Ping):
-            self._send(encode({"type": "pong", "t": msg.t, "st": self.hub.wall_ms()}))
+            self.link.send(encode({"type": "pong", "t": msg.t, "st": self.hub.wall_ms()}))
         elif isinstance(msg, Join):
             if self.phase is not LobbyPhase.CONNECTED:
                 raise ProtocolError(ErrorCode.ALREADY_JOINED, "join was already received on this connection")
@@ -222,7 +204,7 @@ class LobbySession:
             self._joining = self._loop.create_task(self._join())
         elif isinstance(msg, Leave):
             self._left = True
-            self._close(CloseCode.NORMAL, "left")
+            self.link.close(CloseCode.NORMAL, "left")
 
     async def _join(self) -> None:
         try:
@@ -230,11 +212,11 @@ class LobbySession:
         except LobbyUnavailable:
             if self.phase is LobbyPhase.JOINING:
                 self._to(LobbyPhase.CONNECTED)
-            self._refuse(ProtocolError(ErrorCode.LOBBY_UNAVAILABLE,
+            self.link.refuse(ProtocolError(ErrorCode.LOBBY_UNAVAILABLE,
                                        "matchmaking is unavailable right now; send join again in a few seconds"))
         except LobbyRefused as refusal:
-            self._refuse(ProtocolError(ErrorCode(refusal.code), refusal.message, CloseCode.POLICY))
+            self.link.refuse(ProtocolError(ErrorCode(refusal.code), refusal.message, CloseCode.POLICY))
         except Exception:
             self.log.exception("lobby join of player %s failed", self.player_id)
-            self._refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to seat you",
+            self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to seat you",
                                        CloseCode.INTERNAL))

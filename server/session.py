@@ -11,8 +11,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from server.broadcast import send_frames, text_frame
 from server.connection import GameConnection, JoinRequest
+from server.link import ClientLink, TokenBucket
 from server.protocol import (
     PROTOCOL_VERSION,
     Chat,
@@ -26,36 +26,12 @@ from server.protocol import (
     Ping,
     ProtocolError,
     encode,
-    error_message,
     parse_client_message,
 )
 from server.room import Room, Seat
 
 if TYPE_CHECKING:
     from server.node import Node
-
-
-class TokenBucket:
-    """Per-connection flood control: `burst` messages at once, refilled at `rate` per second."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = now
-
-    def take(self, now: float) -> bool:
-        tokens = self._tokens + (now - self._last) * self._rate
-        self._last = now
-        if tokens > self._burst:
-            tokens = self._burst
-        if tokens < 1.0:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1.0
-        return True
 
 
 class PlayerSession:
@@ -72,8 +48,8 @@ class PlayerSession:
         self._loop = asyncio.get_running_loop()
         self._clock = node.clock
         settings = node.settings
-        self._bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, self._clock())
-        self._closer: asyncio.Task[None] | None = None
+        bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, self._clock())
+        self.link = ClientLink(ws, bucket, self._clock)
 
     async def run(self) -> None:
         ws = self.ws
@@ -85,9 +61,9 @@ class PlayerSession:
             with contextlib.suppress(OSError):  # the peer may already be gone
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.send_buffer_bytes)
         if not self.node.claim_player(identity.player_id, ws):
-            self._refuse(ProtocolError(ErrorCode.ALREADY_CONNECTED,
+            self.link.refuse(ProtocolError(ErrorCode.ALREADY_CONNECTED,
                                        "this player is already connected on this node", CloseCode.POLICY))
-            await self._closed()
+            await self.link.closed()
             return
         hello_timer = self._loop.call_later(self.node.settings.hello_timeout_s, self._hello_timeout)
         try:
@@ -101,29 +77,13 @@ class PlayerSession:
                 self._leave_room(left=False)
             finally:
                 self.node.release_player(identity.player_id, ws)
-            await self._closed()
-
-    async def _closed(self) -> None:
-        if self._closer is not None:
-            await self._closer
+            await self.link.closed()
 
     # -- synchronous message handling ----------------------------------------------------------------
 
-    def _send(self, payload: bytes) -> None:
-        send_frames(self.ws, text_frame(payload))
-
-    def _close(self, code: CloseCode, reason: str) -> None:
-        if self._closer is None:
-            self._closer = self._loop.create_task(self.ws.close(code, reason))
-
-    def _refuse(self, error: ProtocolError) -> None:
-        self._send(error_message(error.code, error.message))
-        if error.close is not None:
-            self._close(error.close, error.code.value)
-
     def _hello_timeout(self) -> None:
-        if self.seat is None and self._closer is None:
-            self._refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, "no hello in time", CloseCode.POLICY))
+        if self.seat is None and self.link.closer is None:
+            self.link.refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, "no hello in time", CloseCode.POLICY))
 
     @property
     def conn_id(self) -> str:
@@ -137,29 +97,25 @@ class PlayerSession:
             self.node.unseated(room, seat, self.conn_id, left=left)
 
     def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
-        if self._closer is not None:
+        if self.link.closer is not None:
             return  # closing: whatever still arrives is dropped
         try:
-            if not self._bucket.take(self._clock()):
-                self._refuse(ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; slow down", CloseCode.POLICY))
-                return
-            if binary:
-                raise ProtocolError(ErrorCode.BAD_MESSAGE, "binary frames are not supported; send JSON text frames")
+            self.link.admit(binary)
             msg = parse_client_message(data)
             if self.seat is None:
                 self._before_join(msg)
             else:
                 self._in_room(msg)
         except ProtocolError as error:
-            self._refuse(error)
+            self.link.refuse(error)
         except Exception:
             self.log.exception("session of player %s failed on a message", self.join.identity.player_id)
-            self._refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
+            self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
                                        CloseCode.INTERNAL))
 
     def _before_join(self, msg: ClientMessage) -> None:
         if isinstance(msg, Ping):
-            self._send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
+            self.link.send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
             return
         if not isinstance(msg, Hello):
             raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first", CloseCode.POLICY)
@@ -181,11 +137,11 @@ class PlayerSession:
         elif isinstance(msg, Fire):
             room.queue_fire(seat.pid, msg.seq, msg.angle)
         elif isinstance(msg, Ping):
-            self._send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
+            self.link.send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
         elif isinstance(msg, Chat):
             room.post_chat(seat.pid, msg.text)
         elif isinstance(msg, Leave):
             self._leave_room(left=True)
-            self._close(CloseCode.NORMAL, "left")
+            self.link.close(CloseCode.NORMAL, "left")
         elif isinstance(msg, Hello):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already received")
