@@ -97,7 +97,7 @@ class Node:
 
     async def _run_room(self, room: Room) -> None:
         try:
-            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock).run()
+            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock, self._room_over).run()
         except Exception:
             # The runner handles the game's failures itself; this is the last guard so that a bug in
             # one room never reaches the task group, which would cancel every other room.
@@ -106,11 +106,17 @@ class Node:
             if self.rooms.get(room.room_id) is room:
                 del self.rooms[room.room_id]
                 del self._runners[room.room_id]
-            if room.roster is not None and self.lobby is not None:
-                self.lobby.games.room_over(room.mode, room.room_id)
+            self._room_over(room)
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
     # -- lobby rooms: what the lobby must hear of their players ---------------------------------------
+
+    def _room_over(self, room: Room) -> None:
+        """The match ended (or the room closed without one): its players are free to join again at once,
+        even while the room lingers to show the result."""
+        if room.roster is not None and self.lobby is not None and not room.released:
+            room.released = True
+            self.lobby.games.room_over(room.mode, room.room_id)
 
     def seated(self, room: Room, seat: Seat, conn_id: str) -> None:
         if room.roster is None or self.lobby is None:

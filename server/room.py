@@ -53,6 +53,7 @@ class Room:
         self.roster: set[str] | None = set(roster) if roster is not None else None
         self.join_deadline: float | None = now + settings.join_window_s if roster is not None else None
         self.cancelled = False
+        self.released = False  # the lobby has been told the room is over
         self.game = game
         self.settings = settings
         self.log = logger

@@ -21,8 +21,11 @@ MAX_BEHIND_TICKS = 10
 
 
 class RoomRunner:
-    def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float]) -> None:
+    def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float],
+                 on_finished: Callable[[Room], None] | None = None) -> None:
         self.room = room
+        # Called once when the match ends, before the room lingers (the lobby frees its players then).
+        self.on_finished = on_finished
         self.log = logger
         self.interval = room.settings.tick_interval
         # A fine-grained clock: uvloop's loop.time() moves in whole milliseconds.
@@ -49,6 +52,9 @@ class RoomRunner:
                 finished = clock()
                 stats.duration.add(finished - started)
                 if room.phase is RoomPhase.FINISHED and room.finished_at is not None:
+                    if self.on_finished is not None:
+                        on_finished, self.on_finished = self.on_finished, None
+                        on_finished(room)
                     if finished - room.finished_at >= linger:
                         await self._close_all(CloseCode.NORMAL, "match over")
                         return

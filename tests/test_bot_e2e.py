@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from server.app import App
-from tests.serverkit import start_app
+from tests.serverkit import start_app, start_lobby_app
 
 TICKROOM = str(Path(sys.executable).with_name("tickroom"))
 
@@ -84,3 +84,18 @@ async def test_a_bot_refused_at_the_handshake_counts_errors_and_still_reports(ap
     assert summary["connected"] == 0
     assert summary["errors"] > 0
     assert "token_invalid" in summary["error_codes"]
+
+
+async def test_bots_in_lobby_mode_are_matched_follow_match_found_and_report_their_waits(redis_url: str) -> None:
+    lobby_app = await start_lobby_app(redis_url, countdown_s=1.0, match_time_s=2.0, end_linger_s=0.2)
+    try:
+        code, out, err = await run_bot("--url", lobby_app.url, "--lobby", "--bots", "10", "--duration", "6",
+                                       "--ramp", "0.5", "--json", "--quiet")
+    finally:
+        await lobby_app.__aexit__(None, None, None)
+    assert code == 0, err
+    summary = last_json_line(out)
+    assert summary["connected"] == 10 and summary["errors"] == 0
+    # Two rooms of five at once; after the 2 s matches, back through the lobby for more.
+    assert summary["matched"] >= 20 and summary["rooms"] >= 4
+    assert summary["wait_ms_p50"] is not None and 0 < summary["wait_ms_p50"] <= summary["wait_ms_p99"] < 3000
