@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +34,7 @@ REFRESH_EVERY_S = 1.0  # periodic read of the rooms local players wait in: count
 START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so that start.lua sees it due
 # Script outcomes that may have changed rooms other than the one they name.
 WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed"})
+LATEST_MAX = 10_000  # rooms whose newest view a node remembers
 
 
 class Waiter(Protocol):
@@ -116,7 +118,8 @@ class LobbyHub:
         self._in_room: dict[RoomKey, set[str]] = {}  # room -> connection ids waiting in it
         self._queued: set[str] = set()  # connection ids waiting with no room (no node could host one)
         self._countdowns: dict[RoomKey, int] = {}  # room -> countdown end (wall ms)
-        self._versions: dict[RoomKey, int] = {}  # room -> the newest version delivered
+        # The newest view of each room seen lately (script replies and reads may arrive out of order).
+        self._latest: OrderedDict[RoomKey, RoomView] = OrderedDict()
         self._timers: dict[RoomKey, asyncio.TimerHandle] = {}
         self._dirty: set[RoomKey] = set()
         self._refreshing: asyncio.Task[None] | None = None
@@ -212,7 +215,9 @@ class LobbyHub:
             self._spawn(self.registry.count_room(host), "count-room")
         self._publish(waiter.mode, outcome)
         if view is not None:
-            self._deliver_to(waiter, view)
+            # A newer view may be here already: the reply of a later join, say the one that started the room,
+            # can overtake this one on another connection.
+            self._deliver_to(waiter, self._newest(waiter.mode, view) if view.room_id else view)
         return outcome
 
     async def _connection_gone(self, outcome: Outcome) -> bool:
@@ -265,7 +270,6 @@ class LobbyHub:
                 if not members:
                     del self._in_room[key]
                     self._countdowns.pop(key, None)
-                    self._versions.pop(key, None)
                     timer = self._timers.pop(key, None)
                     if timer is not None:
                         timer.cancel()
@@ -287,6 +291,18 @@ class LobbyHub:
 
     # -- delivering room changes to waiters ----------------------------------------------------------
 
+    def _newest(self, mode: str, view: RoomView) -> RoomView:
+        """`view`, or a newer view of the same room already seen here; remembered either way."""
+        key = (mode, view.room_id)
+        known = self._latest.get(key)
+        if known is not None and known.version > view.version:
+            return known
+        self._latest[key] = view
+        self._latest.move_to_end(key)
+        if len(self._latest) > LATEST_MAX:
+            self._latest.popitem(last=False)
+        return view
+
     def _deliver_to(self, waiter: Waiter, view: RoomView) -> None:
         key = (waiter.mode, view.room_id)
         if view.state == "queued" or not view.room_id:
@@ -294,6 +310,7 @@ class LobbyHub:
             waiter.show(view, self.wall_ms())
             return
         if waiter.player_id not in view.player_ids:
+            self._spawn(self._relocate(waiter), f"relocate:{waiter.player_id}")
             return
         self._place(waiter.conn_id, key)
         if view.state == "running":
@@ -356,10 +373,8 @@ class LobbyHub:
         """Show a room's new state to every local waiter in it; waiters no longer in it look themselves up.
         A read older than one already delivered (reads and notices may cross) is ignored."""
         key = (mode, view.room_id)
-        if view.version < self._versions.get(key, 0):
+        if self._newest(mode, view) is not view:
             return
-        if key in self._in_room:
-            self._versions[key] = view.version
         members = view.player_ids
         for conn_id in list(self._in_room.get(key, ())):
             waiter = self.waiters.get(conn_id)
@@ -376,7 +391,10 @@ class LobbyHub:
         placement = await seating.player(waiter.player_id)
         if waiter.conn_id not in self.waiters:
             return
-        if placement.get("conn") != waiter.conn_id:
+        conn = placement.get("conn", "")
+        # Gone: no placement, or another connection holds the player. A matched player's connection was let go
+        # by the match itself (conn ''), and their room is the one to send them to.
+        if not placement or (conn != waiter.conn_id and (conn or placement.get("status") != "playing")):
             self._unregister(waiter.conn_id)
             waiter.dropped("your place in the lobby is gone; join again")
             return

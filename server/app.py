@@ -96,6 +96,9 @@ class App:
             ping_interval=20,
             ping_timeout=20,
             close_timeout=2,
+            # Bursts of players arriving at once (a lobby wave, a node's players reconnecting) must not overflow
+            # the kernel's accept queue: the default of 100 drops SYNs under 1,500 connections/s.
+            backlog=1024,
             logger=logging.getLogger("tickroom.ws"),
         )
         self._start_lobby()

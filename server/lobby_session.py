@@ -161,7 +161,9 @@ class LobbySession:
             if self._joining is not None:
                 self._joining.cancel()
             phase, self.phase = self.phase, LobbyPhase.CLOSED
-            if phase is LobbyPhase.MATCHED or (self._left and phase is not LobbyPhase.CONNECTED):
+            if phase is LobbyPhase.MATCHED:
+                self.hub.forget(self._conn_id)  # the match released this connection in Redis already
+            elif self._left and phase is not LobbyPhase.CONNECTED:
                 self.hub.forget(self._conn_id)
                 self.hub.submit(f"{self.player_id} leaves the lobby", self._leave)
             elif phase is not LobbyPhase.CONNECTED:

@@ -66,6 +66,17 @@ local function set_conn(player_id, conn_id, conn_node, kind)
   if conn_node ~= '' then redis.call('SADD', node_conns_key(conn_node), player_id) end
 end
 
+-- A matched player's lobby connection is done (match_found ends it): let go of it now, so that closing it
+-- costs no write, and a game connection or another lobby connection may take the player at once.
+local function release_lobby(player_id)
+  local p = redis.call('HMGET', player_key(player_id), 'conn_kind', 'conn_node')
+  if p[1] == 'lobby' then
+    note_node(p[2])  -- that node still has to send match_found
+    if p[2] and p[2] ~= '' then redis.call('SREM', node_conns_key(p[2]), player_id) end
+    redis.call('HSET', player_key(player_id), 'conn', '', 'conn_node', '', 'conn_kind', '')
+  end
+end
+
 local function start_room(room_id)
   local key = room_key(room_id)
   redis.call('HSET', key, 'state', 'running', 'started_ms', now)
@@ -74,7 +85,10 @@ local function start_room(room_id)
   bump(room_id)
   for _, id in ipairs(redis.call('SMEMBERS', players_key(room_id))) do
     -- A player whose hash expired is not brought back as a key without a TTL.
-    if redis.call('EXISTS', player_key(id)) == 1 then redis.call('HSET', player_key(id), 'status', 'playing') end
+    if redis.call('EXISTS', player_key(id)) == 1 then
+      redis.call('HSET', player_key(id), 'status', 'playing')
+      release_lobby(id)
+    end
     redis.call('ZREM', QUEUE, id)
   end
 end
@@ -138,6 +152,7 @@ local function add_to_room(room_id, player_id)
   if settle(room_id) == 'running' then
     redis.call('HSET', pkey, 'status', 'playing')
     redis.call('ZREM', QUEUE, player_id)
+    release_lobby(player_id)
   else
     redis.call('HSET', pkey, 'status', 'waiting')
   end

@@ -25,6 +25,7 @@ touch_player(player_id)
 if room_id and room_id ~= '' then
   touch_room(room_id)
   note_room(room_id)
+  if status == 'playing' then release_lobby(player_id) end  -- match_found again: this connection is done too
 else
   if status then outcome = 'requeued' end
   room_id = seat(player_id, {new_room_id}, new_room_node)
