@@ -212,7 +212,7 @@ class LobbyHub:
         self.waiters[waiter.conn_id] = waiter
         view = outcome.view
         if view is not None and view.room_id == new_room:
-            self._spawn(self.registry.count_room(host), "count-room")
+            self.upkeep.placed(host)
         self._publish(waiter.mode, outcome)
         if view is not None:
             # A newer view may be here already: the reply of a later join, say the one that started the room,

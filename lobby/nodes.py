@@ -79,8 +79,9 @@ class NodeRegistry:
         await self.client.zrem(self.index, node_id)
 
     async def count_room(self, node_id: str) -> None:
-        """A room was just placed on the node: count it in the index at once, so that a burst of new rooms
-        spreads over the nodes instead of all going to the one that was least loaded at the last heartbeat."""
+        """A room was just placed on the node: count it in the index at once (the next heartbeat sets the true
+        figure there again). The index score is a hint for operators; nodes choose by the load in the hashes
+        they survey, which each node bumps in its own copy as it places rooms (lobby/upkeep.py)."""
         await self.client.zincrby(self.index, 1, node_id)
 
     async def url_of(self, node_id: str) -> str | None:

@@ -4,6 +4,7 @@ nodes, keeps its players' and rooms' keys alive, sweeps up after dead nodes, and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,6 +56,13 @@ class Upkeep:
         if not self.live:
             return self.node_id if self._local_state().accepting else ""
         return next((node.node_id for node in self.live if node.accepting), "")
+
+    def placed(self, node_id: str) -> None:
+        """A new room was just put on `node_id`: count it now, so that a burst of new rooms spreads over the
+        nodes instead of all going to the one that was least loaded at the last heartbeat."""
+        self.live = sorted((dataclasses.replace(node, load=node.load + 1) if node.node_id == node_id else node
+                            for node in self.live), key=lambda node: (node.load, node.node_id))
+        self._spawn(self.registry.count_room(node_id), "count-room")
 
     async def heartbeat_loop(self) -> None:
         backoff = Backoff()

@@ -214,7 +214,8 @@ class Room:
         players = len(self._connected)
         settings = self.settings
         if self.phase is RoomPhase.WAITING and self.roster is not None:
-            if self.roster <= {seat.player_id for seat in self._connected}:
+            # Everyone the lobby matched is in (and they are enough: a player who left shrinks the roster).
+            if self.roster <= {seat.player_id for seat in self._connected} and players >= settings.min_players:
                 self._start(now)
             elif self.join_deadline is not None and now >= self.join_deadline:
                 if players >= settings.min_players:

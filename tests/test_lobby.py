@@ -393,3 +393,24 @@ async def test_a_finished_match_frees_its_players_and_its_keys(redis_url: str) -
     finally:
         await app.__aexit__(None, None, None)
 
+
+
+async def test_a_match_whose_roster_shrank_below_three_in_the_join_window_does_not_start_with_two(
+        redis_url: str) -> None:
+    app = await start_lobby_app(redis_url, join_window_s=1.0)
+    try:
+        tokens = [new_token() for _ in range(3)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await matched(ws) for ws in lobbies]
+        first, _ = await play(tokens[0], founds[0])
+        second, _ = await play(tokens[1], founds[1])
+        await first.send('{"type":"leave"}')
+        assert await closed_with(first) == 1000
+        third, welcome = await play(tokens[2], founds[2])
+        # Everyone still matched is in, but two are too few: the room waits for its window, then cancels.
+        assert welcome["state"] == "waiting"
+        error = await recv_until(third, is_type("error"), timeout=5)
+        assert error["code"] == "match_cancelled"
+        assert await closed_with(second) == 1000
+    finally:
+        await app.__aexit__(None, None, None)
