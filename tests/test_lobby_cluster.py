@@ -1,0 +1,769 @@
+"""The lobby across three real `tickroom serve` processes on one Redis: matched through one node, playing on
+another, a dead host's waiting room moved to a live node, and hundreds of bots coming and going at random."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.clusterkit import (
+    Cluster,
+    Dump,
+    Message,
+    dump,
+    http_json,
+    open_ws,
+    redis_client,
+    refusal,
+    wait_heartbeats_after,
+    wait_nodes_surveyed,
+    wait_until,
+)
+from tests.serverkit import is_event, is_type, lobby_prefix, new_token, recv_until
+
+# Node ids sort so that new rooms go to "a-host" while every node is equally loaded.
+HOST, FRONT, OTHER = "a-host", "b-front", "c-front"
+NODE_IDS = (HOST, FRONT, OTHER)
+JOIN = orjson.dumps({"type": "join", "v": 1, "mode": "arena"}).decode()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    redis = redis_client(redis_url)
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+def cluster_of(tmp_path: Path, redis_url: str, database_url: str) -> Iterator[Callable[..., Cluster]]:
+    """Makes the test's cluster (used as `async with`); kills whatever it left running, whatever happened."""
+    made: list[Cluster] = []
+
+    def make(prefix: str, *extra_args: str) -> Cluster:
+        cluster = Cluster(tmp_path, redis_url, database_url, prefix, NODE_IDS, extra_args)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.kill_leftovers()
+
+
+async def join_lobby(cluster: Cluster, node_id: str, token: str) -> ClientConnection:
+    ws = await open_ws(f"{cluster[node_id].url}/lobby", token)
+    await ws.send(JOIN)
+    return ws
+
+
+async def match_of(ws: ClientConnection) -> Message:
+    """The match_found a lobby connection gets, with no error before it."""
+    message = await recv_until(ws, lambda m: m["type"] in ("match_found", "error"), timeout=10)
+    assert message["type"] == "match_found", message
+    return message
+
+
+async def play(token: str, found: Message) -> tuple[ClientConnection, Message]:
+    """Follow `match_found` to the game: connect to its url with the token, say hello, get welcome."""
+    ws = await open_ws(found["url"], token)
+    await ws.send('{"type":"hello","v":1}')
+    return ws, await recv_until(ws, lambda m: m["type"] in ("welcome", "error"))
+
+
+def room_key(prefix: str, room_id: str) -> str:
+    return f"{prefix}:{{arena}}:room:{room_id}"
+
+
+async def test_a_player_matched_through_a_front_node_plays_on_the_host_and_a_dead_hosts_waiting_room_moves(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--end-linger-s", "0.2") as cluster:
+        host, front = cluster[HOST], cluster[FRONT]
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+
+        # Matched through b-front's lobby into a room hosted by a-host, the least-loaded node (first by id).
+        tokens = [new_token(f"p{i}") for i in range(3)]
+        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
+        founds = [await match_of(ws) for ws in lobbies]
+        room = founds[0]["room"]
+        assert {(found["room"], found["node"]) for found in founds} == {(room, HOST)}
+        for found in founds:
+            assert found["url"].startswith(f"{host.url}/game?room={room}&ticket=")
+        # The front node refuses the ticket: the room is not its own, and it says whose it is.
+        status, code, message = await refusal(founds[0]["url"].replace(host.url, front.url), tokens[0])
+        assert (status, code) == (421, "wrong_node") and HOST in message
+        games = []
+        for token, found in zip(tokens, founds, strict=True):
+            game, welcome = await play(token, found)
+            assert welcome["type"] == "welcome" and welcome["room"] == room, welcome
+            games.append(game)
+        await recv_until(games[0], is_event("phase", state="running"))
+        for game in games:
+            await game.close()
+
+        # Once a-host is idle again (and every node has seen it), the next room goes there too: two players
+        # wait in it through b-front, then a-host dies.
+        async def room_over() -> bool:
+            return not await client.exists(room_key(prefix, room))
+
+        await wait_until(room_over, 10, f"room {room} over and gone from Redis")
+        await wait_heartbeats_after(client, prefix, NODE_IDS, int(time.time() * 1000))
+        assert await client.hget(f"{prefix}:node:{HOST}", "load") == "0"
+        waiting_tokens = [new_token(f"w{i}") for i in range(2)]
+        waiting = [await join_lobby(cluster, FRONT, token) for token in waiting_tokens]
+        status_msg = await recv_until(waiting[1], is_type("lobby"))
+        waiting_room = status_msg["room"]
+        assert status_msg["status"] == "waiting" and len(status_msg["players"]) == 2
+        assert await client.hget(room_key(prefix, waiting_room), "node") == HOST
+
+        await cluster.kill(HOST)
+
+        async def swept() -> bool:
+            node = await client.hget(room_key(prefix, waiting_room), "node")
+            indexed = {str(n) for n in await client.zrange(f"{prefix}:nodes", 0, -1)}
+            return node in (FRONT, OTHER) and HOST not in indexed
+
+        took = await wait_until(swept, 8, f"room {waiting_room} moved off the dead a-host")
+        assert took < 5, f"the sweep took {took:.1f} s"
+        new_host = str(await client.hget(room_key(prefix, waiting_room), "node"))
+        assert not await client.exists(f"{prefix}:{{arena}}:node:{HOST}:rooms",
+                                       f"{prefix}:{{arena}}:node:{HOST}:conns")
+
+        # A third player, through c-front, completes the moved room; all three play on its new host.
+        third_token = new_token("third")
+        players = [*waiting_tokens, third_token]
+        lobbies = [*waiting, await join_lobby(cluster, OTHER, third_token)]
+        founds = [await match_of(ws) for ws in lobbies]
+        assert {(found["room"], found["node"]) for found in founds} == {(waiting_room, new_host)}
+        games = []
+        for token, found in zip(players, founds, strict=True):
+            assert found["url"].startswith(f"{cluster[new_host].url}/game?room={waiting_room}&ticket=")
+            game, welcome = await play(token, found)
+            assert welcome["type"] == "welcome" and welcome["room"] == waiting_room, welcome
+            games.append(game)
+        await recv_until(games[0], is_event("phase", state="running"))
+        for game in games:
+            await game.close()
+        assert cluster.problems() == []
+
+
+# -- hundreds of bots on three nodes -------------------------------------------------------------------------
+
+BOTS = 300
+# Most bots arrive in a rush (rooms fill at once), then steadily, then a trickle (rooms count down and start
+# with 3 or 4): (share of the bots, from, to) in seconds.
+ARRIVALS = ((0.65, 0.0, 6.0), (0.25, 6.0, 16.0), (0.1, 16.0, 30.0))
+LOBBY_GRACE_S, RECONNECT_GRACE_S, JOIN_WINDOW_S = 0.5, 1.0, 2.0
+GRACE_ARGS = ("--lobby-grace-s", str(LOBBY_GRACE_S), "--reconnect-grace-s", str(RECONNECT_GRACE_S),
+              "--join-window-s", str(JOIN_WINDOW_S))
+SEED = 20_251_123
+MAX_PLAYERS, MIN_PLAYERS = 5, 3
+# What a bot does in one visit to the lobby, and how often.
+PLANS = {"play": 55, "leave": 15, "drop": 12, "abort": 8, "no_show": 10}
+PATIENCE_S = 8.0  # how long a bot that means to play waits for its match
+LAST_ROUND_S = 34.0  # no bot visits the lobby after this, so that the run ends in time
+# The lobby errors after which the connection closes and the bot tries again a little later.
+TRY_AGAIN = frozenset({"already_connected", "already_in_match"})
+
+
+@dataclass
+class LobbyVisit:
+    """One lobby connection of one bot: every message it got, with the time it got it."""
+
+    player: str
+    node: str
+    plan: str
+    opened: float
+    seen: list[tuple[float, Message]] = field(default_factory=list)
+    ended: float = 0.0
+    how: str = ""  # matched, left, dropped, aborted, refused, closed (by the server), failed
+
+
+@dataclass
+class GameVisit:
+    """One game connection of one bot, following a match_found."""
+
+    player: str
+    room: str
+    host: str
+    opened: float
+    refused: tuple[int, str] | None = None
+    welcome: Message | None = None
+    running_with: int | None = None  # players present when the match started (the phase event to running)
+    errors: list[str] = field(default_factory=list)
+    last_state: float | None = None  # when the last `state` before any `match_end` arrived: the match was on
+    match_end: float | None = None  # when `match_end` arrived
+    ended: float = 0.0
+    how: str = ""  # left, dropped, aborted, closed (by the server), refused, failed
+    close_code: int | None = None
+
+
+@dataclass
+class Seen:
+    """Everything every bot saw, on one clock (this process's monotonic clock)."""
+
+    lobbies: list[LobbyVisit] = field(default_factory=list)
+    games: list[GameVisit] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def match_founds(self) -> list[tuple[LobbyVisit, float, Message]]:
+        return [(visit, t, m) for visit in self.lobbies for t, m in visit.seen if m["type"] == "match_found"]
+
+
+class Bot:
+    """One player who visits the lobby a few times, and plays (or not) what it is matched into."""
+
+    def __init__(self, index: int, cluster: Cluster, seen: Seen, rng: random.Random, last_round_at: float) -> None:
+        self.player_id = str(uuid.uuid4())
+        self.token = new_token(f"bot{index}", player_id=self.player_id)
+        self.cluster = cluster
+        self.seen = seen
+        self.rng = rng
+        self.last_round_at = last_round_at  # no visit to the lobby starts after this (monotonic) time
+
+    async def run(self, start_in: float) -> None:
+        rng = self.rng
+        await asyncio.sleep(start_in)
+        rounds = rng.choice((1, 1, 1, 2, 2, 3))
+        for round_no in range(rounds):
+            if time.monotonic() > self.last_round_at:
+                return
+            plan = rng.choices(list(PLANS), weights=list(PLANS.values()))[0]
+            found = await self.visit_lobby(plan)
+            if found is not None and plan != "no_show":
+                await self.play(found)
+            if round_no + 1 < rounds:
+                # Often back at once (within the grace windows: the seat is given back), else a while later.
+                await asyncio.sleep(rng.uniform(0, 0.3) if rng.random() < 0.5 else rng.uniform(0.6, 3.0))
+
+    async def visit_lobby(self, plan: str) -> Message | None:
+        """Join through a random node; the match_found if one came."""
+        for _attempt in range(8):
+            node = self.rng.choice(NODE_IDS)
+            visit = LobbyVisit(self.player_id, node, plan, time.monotonic())
+            self.seen.lobbies.append(visit)
+            try:
+                async with asyncio.timeout(20):
+                    try:
+                        found = await self._lobby(visit)
+                    finally:
+                        visit.ended = time.monotonic()
+            except TimeoutError:
+                visit.how = "failed"
+                self.seen.failures.append(f"{self.player_id}: lobby visit on {node} hung")
+                return None
+            except (OSError, InvalidStatus, ConnectionClosed) as error:
+                visit.how = "failed"
+                self.seen.failures.append(f"{self.player_id}: lobby on {node}: {error!r}")
+                return None
+            if visit.how != "refused":
+                return found
+            await asyncio.sleep(self.rng.uniform(0.2, 0.6))
+        return None
+
+    async def _lobby(self, visit: LobbyVisit) -> Message | None:
+        rng = self.rng
+        ws = await open_ws(f"{self.cluster[visit.node].url}/lobby", self.token)
+        try:
+            await ws.send(JOIN)
+            patience = PATIENCE_S if visit.plan in ("play", "no_show") else rng.uniform(0.0, 0.8)
+            deadline = time.monotonic() + patience
+            joins = 1
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), remaining)
+                except TimeoutError:
+                    break
+                except ConnectionClosed:
+                    visit.how = "closed"
+                    return None
+                message: Message = orjson.loads(raw)
+                visit.seen.append((time.monotonic(), message))
+                if message["type"] == "match_found":
+                    visit.how = "matched"
+                    return message
+                if message["type"] == "error":
+                    if message["code"] in TRY_AGAIN:
+                        visit.how = "refused"
+                        return None
+                    if message["code"] in ("seat_lost", "lobby_unavailable") and joins < 5:
+                        joins += 1
+                        await ws.send(JOIN)
+            # Patience ran out: give the place up, or just vanish (a clean close or a dead TCP connection).
+            ending = visit.plan if visit.plan in ("leave", "drop", "abort") else rng.choice(("leave", "drop"))
+            if ending == "leave":
+                with contextlib.suppress(ConnectionClosed):  # a match_found and its close may be on their way
+                    await ws.send('{"type":"leave"}')
+                visit.how = "left"
+                # A match_found may have crossed the leave: the seat is then kept, as for any matched player.
+                return await self._drain_for_match(ws, visit)
+            if ending == "abort":
+                visit.how = "aborted"
+                ws.transport.abort()
+            else:
+                visit.how = "dropped"
+            return None
+        finally:
+            await ws.close()
+
+    async def _drain_for_match(self, ws: ClientConnection, visit: LobbyVisit) -> Message | None:
+        found = None
+        try:
+            async with asyncio.timeout(3):
+                async for raw in ws:
+                    message: Message = orjson.loads(raw)
+                    visit.seen.append((time.monotonic(), message))
+                    if message["type"] == "match_found":
+                        found = message
+        except (TimeoutError, ConnectionClosed):
+            pass
+        return found
+
+    async def play(self, found: Message) -> None:
+        rng = self.rng
+        if rng.random() < 0.25:
+            await asyncio.sleep(rng.uniform(0.2, 1.5))  # a slow client: the others start, or leave, meanwhile
+        game = GameVisit(self.player_id, found["room"], found["node"], time.monotonic())
+        self.seen.games.append(game)
+        try:
+            async with asyncio.timeout(20):
+                await self._game(game, found, stay=rng.uniform(0.2, 2.5), ending=rng.choice(("left", "dropped",
+                                                                                                "aborted")))
+        except InvalidStatus as error:
+            body = orjson.loads(error.response.body or b"{}")
+            game.refused = (error.response.status_code, str(body.get("error")))
+            game.how = "refused"
+        except ConnectionClosed as error:
+            game.how, game.close_code = "closed", error.rcvd.code if error.rcvd else None
+        except (TimeoutError, OSError) as error:
+            game.how = "failed"
+            self.seen.failures.append(f"{self.player_id}: game {found['room']}: {error!r}")
+        game.ended = time.monotonic()
+
+    async def _game(self, game: GameVisit, found: Message, stay: float, ending: str) -> None:
+        ws = await open_ws(found["url"], self.token)
+        present: set[int] = set()
+        try:
+            await ws.send('{"type":"hello","v":1}')
+            await ws.send('{"type":"input","seq":1,"dx":1,"dy":0}')
+            deadline = time.monotonic() + stay
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), remaining)
+                except TimeoutError:
+                    break
+                except ConnectionClosed:
+                    game.how, game.close_code = "closed", ws.close_code
+                    return
+                now = time.monotonic()
+                if isinstance(raw, str) and raw.startswith('{"type":"state"'):
+                    if game.match_end is None:  # the hot path: states are not decoded
+                        game.last_state = now
+                    continue
+                message: Message = orjson.loads(raw)
+                kind = message["type"]
+                if kind == "welcome":
+                    game.welcome = message
+                    present = {player["p"] for player in message["players"]}
+                elif kind == "event" and message["kind"] == "join":
+                    present.add(message["p"])
+                elif kind == "event" and message["kind"] == "leave":
+                    present.discard(message["p"])
+                elif kind == "event" and message["kind"] == "phase" and message["state"] == "running":
+                    game.running_with = len(present)
+                elif kind == "error":
+                    game.errors.append(message["code"])
+                elif kind == "match_end":
+                    game.match_end = now
+            game.how = ending
+            if ending == "left":
+                with contextlib.suppress(TimeoutError, ConnectionClosed):
+                    await ws.send('{"type":"leave"}')
+                    async with asyncio.timeout(3):
+                        async for _ in ws:
+                            pass
+            elif ending == "aborted":
+                ws.transport.abort()
+        finally:
+            await ws.close()
+
+
+# -- reading the lobby back from Redis ------------------------------------------------------------------------
+
+# One consistent look at the lobby, taken inside Redis while the bots run.
+SNAPSHOT = """
+local base = ARGV[1]
+local rooms = {}
+for _, id in ipairs(redis.call('SMEMBERS', base .. ':rooms')) do
+  local r = redis.call('HMGET', base .. ':room:' .. id, 'state', 'node', 'players')
+  rooms[#rooms + 1] = {id, r[1] or '', r[2] or '', r[3] or '[]',
+                       redis.call('SMEMBERS', base .. ':room:' .. id .. ':players')}
+end
+local queue = {}
+for _, id in ipairs(redis.call('ZRANGE', base .. ':queue', 0, -1)) do
+  local p = redis.call('HMGET', base .. ':player:' .. id, 'status', 'room')
+  queue[#queue + 1] = {id, p[1] or '', p[2] or ''}
+end
+return cjson.encode({available = redis.call('ZRANGE', base .. ':rooms:available', 0, -1, 'WITHSCORES'),
+                     rooms = rooms, queue = queue})
+"""
+
+
+def as_list(value: Any) -> list[Any]:
+    """cjson encodes an empty table as an object."""
+    return value if isinstance(value, list) else []
+
+
+def roster_ids(raw: str) -> list[str]:
+    return [entry["id"] for entry in as_list(orjson.loads(raw or "[]"))]
+
+
+def check_snapshot(snapshot: Message, problems: list[str]) -> None:
+    """The invariants that hold at every instant, each broken one described in `problems`."""
+    flat = as_list(snapshot["available"])
+    available = {flat[k]: int(float(flat[k + 1])) for k in range(0, len(flat), 2)}
+    seats: dict[str, str] = {}
+    open_rooms: dict[str, int] = {}
+    for room_id, state, _node, roster_raw, members_raw in as_list(snapshot["rooms"]):
+        members, roster = set(as_list(members_raw)), roster_ids(roster_raw)
+        if len(members) > MAX_PLAYERS:
+            problems.append(f"room {room_id} holds {len(members)} players")
+        if sorted(roster) != sorted(members):
+            problems.append(f"room {room_id}: join-order list {roster} is not its set {sorted(members)}")
+        for player in members:
+            if player in seats:
+                problems.append(f"player {player} sits in rooms {seats[player]} and {room_id} at once")
+            seats[player] = room_id
+        if state in ("waiting", "countdown"):
+            open_rooms[room_id] = len(members)
+    if available != open_rooms:
+        problems.append(f"rooms:available {available} is not the open rooms {open_rooms}")
+    if len(open_rooms) > 1:
+        problems.append(f"players wait in several open rooms at once: {open_rooms}")
+    for player, status, room_id in as_list(snapshot["queue"]):
+        if not status:
+            problems.append(f"queued player {player} has no player hash")
+        elif status == "queued" and open_rooms:
+            problems.append(f"player {player} waits with no room while {open_rooms} has a seat")
+        elif status == "waiting" and open_rooms.get(room_id) is None:
+            problems.append(f"waiting player {player} is in room {room_id!r}, which is not open")
+        elif status not in ("waiting", "queued"):
+            problems.append(f"the queue lists player {player}, who is {status}")
+
+
+async def watch_lobby(client: aioredis.Redis, base: str, problems: list[str], stop: asyncio.Event) -> int:
+    """Check a consistent snapshot of the lobby every 0.2 s until `stop`; how many were checked."""
+    snapshot_script = client.register_script(SNAPSHOT)
+    count = 0
+    while not stop.is_set():
+        check_snapshot(orjson.loads(await snapshot_script(keys=[], args=[base])), problems)
+        count += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    return count
+
+
+def check_quiet_lobby(prefix: str, state: Dump) -> list[str]:
+    """The lobby once every bot is gone and every grace window, countdown and join window has passed."""
+    base = f"{prefix}:{{arena}}"
+    available_key, queue_key, rooms_key = f"{base}:rooms:available", f"{base}:queue", f"{base}:rooms"
+    nodes_key = f"{prefix}:nodes"
+    room_hash = re.compile(re.escape(f"{base}:room:") + r"([^:]+)$")
+    room_part = re.compile(re.escape(f"{base}:room:") + r"([^:]+):(players|ttl)$")
+    player_hash = re.compile(re.escape(f"{base}:player:") + r"([^:]+)$")
+    node_set = re.compile(re.escape(f"{base}:node:") + r"([^:]+):(rooms|conns)$")
+    node_hash = re.compile(re.escape(f"{prefix}:node:") + r"([^:{}]+)$")
+    values, problems = state.values, []
+    rooms = {m[1]: value for key, value in values.items() if (m := room_hash.match(key))}
+    players = {m[1]: value for key, value in values.items() if (m := player_hash.match(key))}
+    nodes = {m[1] for key in values if (m := node_hash.match(key))}
+
+    # Keys without a TTL are indexes, and every member of an index exists.
+    for key, ttl in state.ttls.items():
+        if ttl == -1 and key not in (available_key, queue_key, rooms_key, nodes_key) and not node_set.match(key):
+            problems.append(f"{key} has no TTL and is no index")
+        if (m := room_part.match(key)) and m[1] not in rooms:
+            problems.append(f"{key} outlives its room")
+    for index in (available_key, rooms_key):
+        for room_id in values.get(index, ()):
+            if room_id not in rooms:
+                problems.append(f"{index} lists room {room_id}, which does not exist")
+    for player in values.get(queue_key, {}):
+        if player not in players:
+            problems.append(f"the queue lists player {player}, who has no player hash")
+    for node_id in values.get(nodes_key, {}):
+        if node_id not in nodes:
+            problems.append(f"{nodes_key} lists node {node_id}, which has no live hash")
+    for key, members in values.items():
+        if (m := node_set.match(key)) and m[2] == "rooms":
+            problems.extend(f"{key} lists room {room_id}, not hosted there" for room_id in members
+                            if rooms.get(room_id, {}).get("node") != m[1])
+        elif m:
+            problems.append(f"{key} still lists {sorted(members)} though every client is gone")
+
+    # Every seated player is in exactly one room, which lists them; rooms agree with themselves.
+    seats: dict[str, list[str]] = {}
+    open_rooms: dict[str, int] = {}
+    for room_id, room in rooms.items():
+        roster, members = roster_ids(room.get("players", "[]")), values.get(f"{base}:room:{room_id}:players", set())
+        if sorted(roster) != sorted(members) or len(set(roster)) != len(roster):
+            problems.append(f"room {room_id}: join-order list {roster} is not its set {sorted(members)}")
+        if len(members) > MAX_PLAYERS:
+            problems.append(f"room {room_id} holds {len(members)} players")
+        if state.ttls.get(f"{base}:room:{room_id}:ttl", -2) <= 0:
+            problems.append(f"room {room_id} has no shadow key")
+        for player in members:
+            seats.setdefault(player, []).append(room_id)
+        if room.get("state") != "running":
+            open_rooms[room_id] = len(members)
+    for player, held in seats.items():
+        if len(held) > 1:
+            problems.append(f"player {player} sits in {held}")
+        if player not in players:
+            problems.append(f"room {held[0]} lists player {player}, who has no player hash")
+    for player, placement in players.items():
+        room_id = placement.get("room", "")
+        if room_id and player not in values.get(f"{base}:room:{room_id}:players", set()):
+            problems.append(f"player {player} points at room {room_id}, which does not list them")
+        if placement.get("status") in ("waiting", "queued"):
+            problems.append(f"player {player} still waits ({placement}) after every client left")
+        if placement.get("conn"):
+            problems.append(f"player {player} still has a connection registered: {placement}")
+    available = {room_id: int(score) for room_id, score in values.get(available_key, {}).items()}
+    if available != {room_id: count for room_id, count in open_rooms.items() if count < MAX_PLAYERS}:
+        problems.append(f"rooms:available {available} is not the open rooms {open_rooms}")
+    if len(open_rooms) > 1:
+        problems.append(f"several open rooms: {open_rooms}")
+    if open_rooms:
+        problems.append(f"rooms still wait for players after every client left: {open_rooms}")
+    if values.get(queue_key):
+        problems.append(f"the queue still holds {sorted(values[queue_key])}")
+    return problems
+
+
+# -- what the bots saw -----------------------------------------------------------------------------------------
+
+
+def check_what_bots_saw(seen: Seen, cluster: Cluster) -> list[str]:
+    problems: list[str] = []
+    hosts: dict[str, set[str]] = {}
+    biggest_found: dict[str, int] = {}
+    for visit in seen.lobbies:
+        if visit.how == "closed":
+            problems.append(f"the lobby closed on {visit.player} without a match: {visit.seen}")
+        shown_rooms: set[str] = set()
+        for _t, message in visit.seen:
+            kind = message["type"]
+            if kind == "lobby":
+                shown_rooms.add(message["room"])
+                if len(message["players"]) > MAX_PLAYERS:
+                    problems.append(f"lobby message lists {len(message['players'])} players: {message}")
+            elif kind == "match_found":
+                room, listed = message["room"], [player["id"] for player in message["players"]]
+                hosts.setdefault(room, set()).add(message["node"])
+                biggest_found[room] = max(biggest_found.get(room, 0), len(listed))
+                if not 1 <= len(listed) <= MAX_PLAYERS or visit.player not in listed:
+                    problems.append(f"match_found for {visit.player} lists {listed}")
+                # The match_found of a room the player waited in is sent as it starts: it has the minimum.
+                if room in shown_rooms and len(listed) < MIN_PLAYERS:
+                    problems.append(f"room {room} started with {len(listed)} players: {message}")
+                if not message["url"].startswith(f"{cluster[message['node']].url}/game?room={room}&ticket="):
+                    problems.append(f"match_found url {message['url']} is not node {message['node']}'s")
+            elif kind == "error" and message["code"] not in TRY_AGAIN:
+                problems.append(f"lobby error for {visit.player}: {message}")
+    problems.extend(f"room {room} reported hosted by {sorted(nodes)}" for room, nodes in hosts.items()
+                    if len(nodes) > 1)
+    problems.extend(f"room {room}: no match_found listed {MIN_PLAYERS} or more players ({count})"
+                    for room, count in biggest_found.items() if count < MIN_PLAYERS)
+    for game in seen.games:
+        if game.refused is not None and game.refused[1] not in ("not_in_room", "room_not_found"):
+            problems.append(f"game {game.room} refused {game.player}: {game.refused}")
+        if game.welcome is not None and (game.welcome["room"] != game.room or
+                                         len(game.welcome["players"]) > MAX_PLAYERS):
+            problems.append(f"welcome does not match its match_found: {game.welcome}")
+        if game.running_with is not None and game.running_with < MIN_PLAYERS:
+            problems.append(f"room {game.room}'s match started with {game.running_with} players present")
+        unexpected = [code for code in game.errors if code not in ("match_cancelled", "room_closed")]
+        if unexpected:
+            problems.append(f"game {game.room} gave {game.player} errors {unexpected}")
+    problems.extend(one_game_at_a_time(seen))
+    problems.extend(refused_while_gone(seen))
+    return problems
+
+
+def refused_while_gone(seen: Seen, slack: float = 0.5) -> list[str]:
+    """`already_in_match` is for a player connected to a match, `already_connected` for one with another lobby
+    connection open. A bot has one connection at a time, so either refusal is only a race with the close of its
+    previous connection, and never comes `slack` seconds or more after that close."""
+    last_game: dict[str, list[GameVisit]] = {}
+    for game in seen.games:
+        last_game.setdefault(game.player, []).append(game)
+    lobby_ends: dict[str, list[float]] = {}
+    for visit in seen.lobbies:
+        lobby_ends.setdefault(visit.player, []).append(visit.ended)
+    problems = []
+    for visit in seen.lobbies:
+        for t, message in visit.seen:
+            if message["type"] != "error" or message["code"] not in TRY_AGAIN:
+                continue
+            if message["code"] == "already_in_match":
+                games = [game for game in last_game.get(visit.player, []) if game.ended < t]
+                last = max(games, key=lambda game: game.ended, default=None)
+                closed: float | None = None if last is None else last.ended
+                ended = "" if last is None or last.match_end is None else \
+                    f"; its match ended {last.ended - last.match_end:.2f} s before it left"
+            else:
+                closed = max((end for end in lobby_ends.get(visit.player, []) if end < t), default=None)
+                ended = ""
+            if closed is None or t - closed > slack:
+                since = "none open before" if closed is None else f"{t - closed:.2f} s after the last one closed"
+                problems.append(f"{message['code']} for {visit.player} ({since}{ended}): {message['message']}")
+    return problems
+
+
+def one_game_at_a_time(seen: Seen, slack: float = 0.5) -> list[str]:
+    """A player is never seated in a second room while still holding a seat in a room whose match goes on.
+
+    A player holds a seat in room R from its match_found until they leave the game, are refused at its door,
+    are closed out by the server, see the match end, or stay away longer than the reconnect grace. R's match
+    goes on at least as long as some bot still receives its states before any `match_end`."""
+    alive_until: dict[str, float] = {}
+    for game in seen.games:
+        if game.last_state is not None:
+            alive_until[game.room] = max(alive_until.get(game.room, 0.0), game.last_state)
+    games_of: dict[str, list[GameVisit]] = {}
+    for game in seen.games:
+        games_of.setdefault(game.player, []).append(game)
+
+    def released(player: str, room: str, at: float) -> bool:
+        visits = [game for game in games_of.get(player, []) if game.room == room and game.opened <= at]
+        if not visits:
+            return False  # matched but never came: the seat is still theirs
+        last = max(visits, key=lambda game: game.opened)
+        if last.ended > at:
+            return False
+        if last.how in ("left", "refused", "closed", "failed") or last.match_end is not None:
+            return True
+        return last.ended + RECONNECT_GRACE_S <= at + slack
+
+    problems = []
+    matched: dict[str, list[tuple[float, str]]] = {}
+    for visit, t, message in seen.match_founds():
+        matched.setdefault(visit.player, []).append((t, message["room"]))
+    for visit in seen.lobbies:
+        first_seen: dict[str, float] = {}
+        for t, message in visit.seen:
+            if message["type"] in ("lobby", "match_found") and message.get("room"):
+                first_seen.setdefault(message["room"], t)
+        for room, t in first_seen.items():
+            for t_old, old in matched.get(visit.player, []):
+                if old != room and t_old < t and not released(visit.player, old, t) \
+                        and alive_until.get(old, 0.0) > t + slack:
+                    problems.append(f"player {visit.player} was seated in {room} at {t:.2f} while still holding "
+                                    f"a seat in {old} (matched at {t_old:.2f}, running until "
+                                    f"{alive_until[old]:.2f})")
+    return problems
+
+
+def summary(seen: Seen, snapshots: int) -> str:
+    founds = seen.match_founds()
+    welcomed = [game for game in seen.games if game.welcome is not None]
+    small_starts = sorted(game.running_with for game in seen.games
+                          if game.running_with is not None and game.running_with < MIN_PLAYERS)
+    lobby_endings = Counter(visit.how for visit in seen.lobbies)
+    game_endings = Counter(game.how for game in seen.games)
+    refusals = Counter(game.refused[1] for game in seen.games if game.refused)
+    errors = Counter(code for game in seen.games for code in game.errors)
+    lobby_errors = Counter(m["code"] for visit in seen.lobbies for _, m in visit.seen if m["type"] == "error")
+    gave_up = Counter(visit.how for visit in seen.lobbies
+                      if visit.how in ("left", "dropped", "aborted") and not any(
+                          m["type"] == "match_found" for _, m in visit.seen))
+    sizes: dict[str, int] = {}
+    for _, _, message in founds:
+        sizes[message["room"]] = max(sizes.get(message["room"], 0), len(message["players"]))
+    started = dict(sorted(Counter(sizes.values()).items()))
+    hosts = dict(sorted(Counter({m["room"]: m["node"] for _, _, m in founds}.values()).items()))
+    return (f"{len(seen.lobbies)} lobby visits {dict(lobby_endings)}, {len(founds)} match_found in "
+            f"{len({m['room'] for _, _, m in founds})} rooms, {len(seen.games)} game visits {dict(game_endings)}, "
+            f"{len(welcomed)} welcomed, refusals {dict(refusals)}, game errors {dict(errors)}, "
+            f"lobby errors {dict(lobby_errors)}, gave up waiting {dict(gave_up)}, rooms by size at start {started}, "
+            f"rooms by host {hosts}, game starts seen with fewer than {MIN_PLAYERS} present: {small_starts}, "
+            f"{snapshots} Redis snapshots")
+
+
+async def node_stats(cluster: Cluster) -> dict[str, Any]:
+    answers = {}
+    for node_id, node in cluster.nodes.items():
+        _, answers[node_id] = await asyncio.to_thread(http_json, f"{node.http}/stats")
+    return answers
+
+
+async def test_hundreds_of_bots_joining_leaving_and_dropping_on_three_nodes_keep_the_lobby_consistent(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    base = f"{prefix}:{{arena}}"
+    async with cluster_of(prefix, *GRACE_ARGS) as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        seen, while_running = Seen(), list[str]()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_lobby(client, base, while_running, stop))
+        try:
+            last_round_at = time.monotonic() + LAST_ROUND_S
+            bots = [Bot(k, cluster, seen, random.Random(SEED + k), last_round_at) for k in range(BOTS)]
+            spread = random.Random(SEED)
+            waves = [spread.choices(ARRIVALS, weights=[share for share, _, _ in ARRIVALS])[0] for _ in bots]
+            arrivals = [spread.uniform(start, end) for _, start, end in waves]
+            async with asyncio.timeout(75):
+                await asyncio.gather(*(bot.run(start_in) for bot, start_in in zip(bots, arrivals, strict=True)))
+        finally:
+            stop.set()
+            snapshots = await watcher
+        print(summary(seen, snapshots))
+
+        # Quiet: no node has a connection or a room, nobody waits, twice in a row (0.2 s apart, so that the
+        # lobby writes of the last rooms to close have run). Then whatever is wrong stays wrong: read it all.
+        quiet_reads: list[bool] = []
+
+        async def quiet() -> bool:
+            stats = await node_stats(cluster)
+            waiting = await client.zcard(f"{base}:queue") + await client.zcard(f"{base}:rooms:available")
+            quiet_reads.append(waiting == 0 and not any(
+                answer["connections"] or answer["rooms"] for answer in stats.values()))
+            return quiet_reads[-2:] == [True, True]
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(quiet, 10, "the lobby settled", interval=0.2)
+        state = await dump(client, prefix)
+        leftover = [key for key, value in state.values.items()
+                    if key.startswith(f"{base}:room:") and isinstance(value, dict) and value.get("state")]
+        # Rooms still in Redis must be matches nobody ever came to (their host never opened them); any other is
+        # a room whose end the lobby never heard of.
+        logs = "\n".join(node.log_path.read_text(errors="replace") for node in cluster.nodes.values())
+        found = {
+            "bots that could not do what they meant to": seen.failures,
+            "the lobby in Redis while the bots ran": while_running,
+            "what the bots saw": check_what_bots_saw(seen, cluster),
+            "the lobby in Redis once quiet": check_quiet_lobby(prefix, state),
+            "rooms closed on their host but still in Redis": [
+                key for key in leftover if f"room {key.rsplit(':', 1)[1]} created" in logs],
+            "errors in the nodes' logs": cluster.problems(),
+        }
+        print(f"rooms left in Redis: {len(leftover)}")
+        for what, items in found.items():
+            if items:
+                print(f"{len(items)} problem(s) with {what}:", *items[:12], sep="\n  ")
+        assert {what: len(items) for what, items in found.items() if items} == {}
