@@ -16,6 +16,7 @@ from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
 from lobby.seating import RoomView
 from server.auth import Identity
+from server.broadcast import send_frames, text_frame
 from server.connection import GameConnection
 from server.link import ClientLink, TokenBucket
 from server.protocol import (
@@ -115,19 +116,22 @@ class LobbySession:
         previous_room = self._shown[0] if self._shown is not None else None
         self._shown = shown
         members = {member.player_id: member.name for member in view.players}
+        frames = []  # the events and the new status go out in one write
         if previous_room == view.room_id and view.room_id:
             for player_id, name in members.items():
                 if player_id not in self._members:
-                    self.link.send(encode({"type": "event", "kind": "join", "id": player_id, "name": name}))
+                    frames.append(text_frame(encode({"type": "event", "kind": "join", "id": player_id,
+                                                     "name": name})))
             for player_id in self._members:
                 if player_id not in members:
-                    self.link.send(encode({"type": "event", "kind": "leave", "id": player_id}))
+                    frames.append(text_frame(encode({"type": "event", "kind": "leave", "id": player_id})))
         self._members = members
         countdown = None if view.countdown_ends_ms is None else max(0, view.countdown_ends_ms - now_ms)
-        self.link.send(encode({
+        frames.append(text_frame(encode({
             "type": "lobby", "status": view.state, "mode": self.mode, "room": view.room_id or None,
             "players": [member.wire() for member in view.players], "countdown_ms": countdown,
-            "min": self.settings.min_players, "max": self.settings.max_players}))
+            "min": self.settings.min_players, "max": self.settings.max_players})))
+        send_frames(self.ws, b"".join(frames))
 
     def countdown(self, room_id: str, remaining_ms: int) -> None:
         if self.phase is LobbyPhase.WAITING:
