@@ -191,7 +191,7 @@ def redis_client(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Dump:
     """Every key under a prefix with its value and TTL (-1: none), read while nothing changes."""
 

@@ -9,7 +9,6 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +17,8 @@ import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys
 from lobby.seating import Member, Outcome, RoomRecord, RoomView, Seating, SeatingRules
+from tests.clusterkit import Dump
+from tests.clusterkit import dump as dump_prefix
 
 # Time is injected: every test passes its own clock readings, starting here.
 T = 1_000_000
@@ -96,37 +97,9 @@ async def expire_shadow(lobby: Seating, room_id: str) -> None:
 # -- reading a whole lobby back --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Dump:
-    """Every key of one lobby, read while nothing runs: decoded values by key, and each key's TTL (-1: none)."""
-
-    values: dict[str, Any]
-    ttls: dict[str, int]
-
-
 async def dump(lobby: Seating) -> Dump:
-    client = lobby.client
-    keys = sorted([key async for key in client.scan_iter(match=f"{lobby.keys.base}:*", count=1000)])
-    async with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.type(key)
-        kinds = await pipe.execute()
-    async with client.pipeline(transaction=False) as pipe:
-        for key, kind in zip(keys, kinds, strict=True):
-            if kind == "hash":
-                pipe.hgetall(key)
-            elif kind == "set":
-                pipe.smembers(key)
-            elif kind == "zset":
-                pipe.zrange(key, 0, -1, withscores=True)
-            else:
-                pipe.get(key)
-            pipe.ttl(key)
-        replies = await pipe.execute()
-    values: dict[str, Any] = {}
-    for key, kind, value in zip(keys, kinds, replies[0::2], strict=True):
-        values[key] = {member: score for member, score in value} if kind == "zset" else value
-    return Dump(values, dict(zip(keys, replies[1::2], strict=True)))
+    """Every key of this test's lobby, with its TTL."""
+    return await dump_prefix(lobby.client, lobby.keys.base)
 
 
 def check_lobby(lobby: Seating, state: Dump, started: dict[str, int]) -> None:
