@@ -48,10 +48,9 @@ class NodeRegistry:
             await pipe.execute()
 
     async def deregister(self, node_id: str) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.node_key(node_id))
-            pipe.zrem(self.index, node_id)
-            await pipe.execute()
+        """A node stops: it is dead at once, and stays in the index until a live node has swept up after it
+        (moved its waiting rooms, freed its players), as after a crash but without the wait."""
+        await self.client.delete(self.node_key(node_id))
 
     async def survey(self) -> tuple[list[NodeInfo], list[str]]:
         """Live nodes, least loaded first, and the ids of dead nodes still waiting to be swept up after."""

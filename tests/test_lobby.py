@@ -414,3 +414,30 @@ async def test_a_match_whose_roster_shrank_below_three_in_the_join_window_does_n
         assert await closed_with(second) == 1000
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_a_node_that_shuts_down_hands_its_waiting_rooms_to_a_live_node(redis_url: str) -> None:
+    prefix = lobby_prefix()
+    host = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="a-host", countdown_s=0.5)
+    front = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="z-front", countdown_s=0.5)
+    try:
+        await asyncio.sleep(0.5)  # both heart-beat and see each other
+        waiting = [await join_lobby(front) for _ in range(2)]
+        status = await recv_until(waiting[0], is_type("lobby"))
+        _, room = await http_get(front, f"/lobby/rooms/{status['room']}")
+        assert room["node"] == "a-host"
+        await host.__aexit__(None, None, None)
+        for _ in range(100):
+            _, room = await http_get(front, f"/lobby/rooms/{status['room']}")
+            if room["node"] == "z-front":
+                break
+            await asyncio.sleep(0.05)
+        assert room["node"] == "z-front" and len(room["players"]) == 2
+        third = await join_lobby(front)
+        found = await matched(third)
+        assert found["room"] == status["room"] and found["url"].startswith(front.url)
+        for ws in waiting:
+            assert (await matched(ws))["node"] == "z-front"
+    finally:
+        await front.__aexit__(None, None, None)
+        await host.__aexit__(None, None, None)

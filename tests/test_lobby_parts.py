@@ -47,10 +47,11 @@ async def test_a_node_that_stops_heartbeating_is_dead_within_its_ttl_until_forgo
     assert [m.decode() for m in await registry.client.zrange(registry.index, 0, -1)] == ["busy"]
 
 
-async def test_a_deregistered_node_is_gone_at_once(registry: NodeRegistry) -> None:
+async def test_a_deregistered_node_is_dead_at_once_and_left_for_a_sweep(registry: NodeRegistry) -> None:
     await registry.heartbeat("a", "ws://a:8000", 1, now_ms=1)
     await registry.deregister("a")
     assert await registry.live_nodes() == [] and await registry.least_loaded() is None
+    assert await registry.survey() == ([], ["a"])
 
 
 def test_a_ticket_is_accepted_for_its_player_and_room_only() -> None:
