@@ -7,8 +7,10 @@ without touching anyone's data. TEST_REDIS_URL / TEST_DATABASE_URL point the sui
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -44,11 +46,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres | ExternalServer]:
+def postgres_server() -> Iterator[LocalPostgres | ExternalServer]:
     if url := os.environ.get("TEST_DATABASE_URL"):
         yield ExternalServer(url)
         return
-    with LocalPostgres.start(tmp_path_factory.mktemp("postgres"), fast=True, prefer="system") as server:
+    # Not under pytest's own temporary root: as root, Postgres runs as another user who needs to reach its
+    # data directory, and every pytest session that starts makes that root private again (mode 0700), which
+    # would pull the directory from under a server of another test run on the same machine.
+    with tempfile.TemporaryDirectory(prefix="tickroom-test-postgres-") as data_dir, \
+            LocalPostgres.start(Path(data_dir), fast=True, prefer="system") as server:
         yield server
 
 
