@@ -22,7 +22,7 @@ from typing import Protocol
 from lobby.keys import LobbyKeys
 from lobby.nodes import NodeRegistry
 from lobby.notices import Notice, NoticeBus
-from lobby.outage import OUTAGE, LobbyUnavailable, stop_if_cancelled
+from lobby.outage import OUTAGE, Backoff, LobbyUnavailable, stop_if_cancelled
 from lobby.seating import Outcome, RoomRecord, RoomView, Seating, SeatingRules
 from lobby.tickets import Ticket, mint_ticket
 from lobby.upkeep import LocalState, Upkeep
@@ -128,13 +128,22 @@ class LobbyHub:
         self.writes = WriteQueue()
         self.games = GameReports(self.writes, self.seatings, self._publish, self.wall_ms, config.node_id)
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
-                             self._spawn, self.wall_ms, heartbeat_s=config.heartbeat_s,
+                             self._spawn, self.writes.submit, self.wall_ms, heartbeat_s=config.heartbeat_s,
                              presence_every_s=config.presence_every_s)
 
     # -- lifetime --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The hub's background work; runs until cancelled (by the node's task group at shutdown)."""
+        """The hub's background work; runs until cancelled (by the node's task group at shutdown). A failure
+        that escapes a loop restarts the hub after a pause: it never reaches the rooms' task group."""
+        backoff = Backoff(low=1.0, high=30.0)
+        while True:
+            try:
+                await self._run_once()
+            except Exception as error:
+                await backoff.wait("the lobby hub", error)
+
+    async def _run_once(self) -> None:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.upkeep.heartbeat_loop(), name="lobby-heartbeat")
@@ -146,11 +155,14 @@ class LobbyHub:
         finally:
             for timer in self._timers.values():
                 timer.cancel()
+            self._timers.clear()  # the periodic read arms them again
             for task in list(self._tasks):
                 task.cancel()
 
     async def deregister(self) -> None:
-        """Leave the node registry at a clean shutdown, so no new room is placed here."""
+        """At a clean shutdown: stop heart-beating and be dead at once, so that no new room is placed here and
+        the other nodes sweep up after this one without waiting for its heartbeat to expire."""
+        await self.upkeep.stop_heartbeat()
         try:
             await self.registry.deregister(self.node_id)
         except OUTAGE:
@@ -247,10 +259,11 @@ class LobbyHub:
         seating = self.seatings[waiter.mode]
 
         async def detach() -> None:
-            outcome = await seating.detach(waiter.player_id, waiter.conn_id, self.wall_ms(), keep_node=True)
-            if outcome.outcome == "detached":
-                asyncio.get_running_loop().call_later(self.config.lobby_grace_s, self.submit,
-                                                      f"{waiter.player_id}'s lobby grace is over", release)
+            await seating.detach(waiter.player_id, waiter.conn_id, self.wall_ms(), keep_node=True)
+            # Whatever detach answered (a retried detach whose first reply was lost answers "stale"): the
+            # release only acts if no connection holds the player by then.
+            asyncio.get_running_loop().call_later(self.config.lobby_grace_s, self.submit,
+                                                  f"{waiter.player_id}'s lobby grace is over", release)
 
         async def release() -> None:
             # Only if no connection took the player back meanwhile ("" = "none holds them").
@@ -333,7 +346,12 @@ class LobbyHub:
         waiter.matched(view, url, ticket)
 
     async def _match_later(self, waiter: Waiter, view: RoomView) -> None:
-        url = await self.registry.url_of(view.node)
+        try:
+            url = await self.registry.url_of(view.node)
+        except Exception:
+            # The waiter is no longer registered anywhere: it must hear something, or it would wait for ever.
+            waiter.dropped("matchmaking could not reach the node hosting your match; join again")
+            raise
         if url is None:
             # The host died between the match and now: the sweep re-queues the room's players.
             log.warning("room %s is matched on node %s, which is not registered", view.room_id, view.node)

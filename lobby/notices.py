@@ -91,7 +91,7 @@ class NoticeBus:
                             on_notice(notice)
                     else:
                         on_expired(_text(message["data"]))
-            except OUTAGE as error:
+            except Exception as error:  # outages, and anything unexpected: subscribe again
                 await backoff.wait("notices", error)
             finally:
                 try:

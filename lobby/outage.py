@@ -11,13 +11,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("tickroom.lobby")
 
-# Redis is unreachable (down, restarting, loading, or the network is): try again later. Anything else that
-# Redis answers (a script error, a wrong type) is a bug and is raised as it is.
-OUTAGE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis cannot serve us now (down, restarting, loading, failing over to a replica, out of memory, or the network
+# is down): try again later. Anything else that Redis answers (a script error, a wrong type) is a bug and is
+# raised as it is; background loops log it and carry on rather than take the node down.
+OUTAGE: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError,
+                                           MasterDownError, TryAgainError, OSError)
 
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -61,7 +64,9 @@ class Backoff:
     async def wait(self, what: str, error: BaseException) -> None:
         """Sleep before the next try; a task being cancelled stops here instead."""
         stop_if_cancelled()
-        if not self.failing:
+        if not isinstance(error, OUTAGE):
+            log.error("%s failed: %r; retrying with back-off", what, error, exc_info=error)
+        elif not self.failing:
             log.warning("Redis unreachable (%s: %s); %s retries with back-off", type(error).__name__, error, what)
             self.failing = True
         await asyncio.sleep(self.delay * self._rng.uniform(0.5, 1.0))

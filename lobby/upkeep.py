@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,11 +31,12 @@ class LocalState:
 
 Publish = Callable[[str, Outcome], None]
 Spawn = Callable[[Awaitable[None], str], None]
+Submit = Callable[[str, Callable[[], Awaitable[object]]], None]
 
 
 class Upkeep:
     def __init__(self, node_id: str, url: str, registry: NodeRegistry, seatings: Mapping[str, Seating],
-                 local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn,
+                 local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn, submit: Submit,
                  wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float) -> None:
         self.node_id = node_id
         self.url = url
@@ -43,9 +45,12 @@ class Upkeep:
         self._local_state = local_state
         self._publish = publish
         self._spawn = spawn
+        self._submit = submit
         self.wall_ms = wall_ms
         self.heartbeat_s = heartbeat_s
         self.presence_every_s = presence_every_s
+        self.stopping = False
+        self._beating = asyncio.Lock()  # held while a heartbeat is in flight
         self.live: list[NodeInfo] = []
         self.urls: dict[str, str] = {node_id: url}
         self.reachable = False
@@ -64,14 +69,23 @@ class Upkeep:
                             for node in self.live), key=lambda node: (node.load, node.node_id))
         self._spawn(self.registry.count_room(node_id), "count-room")
 
+    async def stop_heartbeat(self) -> None:
+        """No heartbeat after this returns (one in flight is waited for): the node can deregister for good."""
+        self.stopping = True
+        async with self._beating:
+            pass
+
     async def heartbeat_loop(self) -> None:
         backoff = Backoff()
         while True:
             stop_if_cancelled()
             try:
-                state = self._local_state()
-                await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
-                                              accepting=state.accepting)
+                async with self._beating:
+                    if self.stopping:
+                        return
+                    state = self._local_state()
+                    await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
+                                                  accepting=state.accepting)
                 live, dead = await self.registry.survey()
                 self.live = live
                 self.urls.update({node.node_id: node.url for node in live})
@@ -82,6 +96,9 @@ class Upkeep:
                         await self.sweep(node_id)
             except OUTAGE as error:
                 self.reachable = False
+                await backoff.wait("heartbeat", error)
+                continue
+            except Exception as error:  # a Redis answer we did not expect: never take the rooms down with it
                 await backoff.wait("heartbeat", error)
                 continue
             await asyncio.sleep(self.heartbeat_s)
@@ -105,7 +122,7 @@ class Upkeep:
             try:
                 await self.refresh_presence()
                 backoff.reset("presence")
-            except OUTAGE as error:
+            except Exception as error:  # outages, and anything unexpected: keep refreshing
                 await backoff.wait("presence", error)
                 continue
             await asyncio.sleep(self.presence_every_s)
@@ -123,7 +140,8 @@ class Upkeep:
         for mode, seating in self.seatings.items():
             room_id = seating.keys.room_id_of_shadow(key)
             if room_id is not None:
-                self._spawn(self.expire(mode, room_id), f"expire:{room_id}")
+                # Through the write queue: an expiry met by an outage is tried again, not forgotten.
+                self._submit(f"expire {room_id}", functools.partial(self.expire, mode, room_id))
 
     async def expire(self, mode: str, room_id: str) -> None:
         """A room's shadow key expired (every node hears it; the first to decide wins, the others see it gone)."""

@@ -35,6 +35,17 @@ class WriteQueue:
         self._writes.append((what, write))
         self._ready.set()
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every queued write is done, for at most `timeout` seconds; True if they all were."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._writes:
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("shutting down with %d lobby write(s) not done; the sweep of this node repairs them",
+                            len(self._writes))
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     async def run(self) -> None:
         """Run the writes one by one until cancelled; a write that meets an outage is tried again."""
         backoff = Backoff()
@@ -87,14 +98,22 @@ class GameReports:
 
     def left(self, mode: str, player_id: str, conn_id: str) -> None:
         """The player gave up their seat in a match (`leave`, or the reconnect grace ran out): `conn_id` is
-        the connection that must still hold them ('' for "none"), so a player who came back keeps it."""
-        self.conns.discard(conn_id)
+        the connection that must still hold them ('' for "none"), so a player who came back keeps it. The
+        connection counts as live until the write is done, so that a quick lobby join cannot take it over and
+        get back the seat being given up."""
 
         async def leave() -> None:
-            outcome = await self.seatings[mode].leave(player_id, self.wall_ms(), conn_id=conn_id, scope="seat")
+            try:
+                outcome = await self.seatings[mode].leave(player_id, self.wall_ms(), conn_id=conn_id, scope="seat")
+            finally:
+                self.conns.discard(conn_id)
             self._publish(mode, outcome)
 
         self.writes.submit(f"{player_id} leaves their match", leave)
+
+    def gone(self, conn_id: str) -> None:
+        """A game connection ended after its match: nothing to write, only to forget."""
+        self.conns.discard(conn_id)
 
     def room_over(self, mode: str, room_id: str) -> None:
         async def finish() -> None:

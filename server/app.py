@@ -144,6 +144,10 @@ class App:
             self._server = None
         if self.node is not None:
             self.node.stop_rooms()
+        if self.hub is not None:
+            # What the rooms and sessions told the lobby while closing (finish, leave) is written before the
+            # hub stops, as far as Redis answers within the bound.
+            await self.hub.writes.drain(timeout=2.0)
         if self._hub_task is not None:
             self._hub_task.cancel()
 

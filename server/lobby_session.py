@@ -86,6 +86,7 @@ class LobbySession:
         self._shown: tuple[str, str, int | None, tuple[str, ...]] | None = None
         self._members: dict[str, str] = {}
         self._left = False  # the client sent `leave`: give the place up at once
+        self._tried = False  # a join was sent to Redis at least once
 
     # -- the Waiter interface ------------------------------------------------------------------------
 
@@ -172,6 +173,10 @@ class LobbySession:
                 self.hub.submit(f"{self.player_id} leaves the lobby", self._leave)
             elif phase is not LobbyPhase.CONNECTED:
                 self.hub.dropped(self)
+            elif self._tried:
+                # A join that timed out may have seated the player all the same: give that seat up, if this
+                # connection holds it (the leave is guarded by the connection id, so it is harmless if not).
+                self.hub.submit(f"{self.player_id} leaves the lobby", self._leave)
             await self.link.closed()
 
     async def _leave(self) -> None:
@@ -206,6 +211,7 @@ class LobbySession:
                 raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"unknown mode {msg.mode!r}; this lobby has "
                                     f"{sorted(self.hub.seatings)}")
             self.mode = msg.mode
+            self._tried = True
             self._to(LobbyPhase.JOINING)
             self._joining = self._loop.create_task(self._join())
         elif isinstance(msg, Leave):

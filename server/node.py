@@ -131,7 +131,10 @@ class Node:
         match ends, a player who left gives their seat up at once; one who dropped keeps it for the
         reconnect grace window (they come back through the lobby), then gives it up."""
         lobby = self.lobby
-        if room.roster is None or lobby is None or room.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+        if room.roster is None or lobby is None:
+            return
+        if room.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+            lobby.games.gone(conn_id)  # the match is over: the lobby freed its players already
             return
         if left:
             room.dismiss(seat.player_id)

@@ -54,6 +54,7 @@ class Room:
         self.join_deadline: float | None = now + settings.join_window_s if roster is not None else None
         self.cancelled = False
         self.released = False  # the lobby has been told the room is over
+        self._empty_since: float | None = None  # when the last connected player left
         self.game = game
         self.settings = settings
         self.log = logger
@@ -132,6 +133,8 @@ class Room:
             return
         seat.conn = None
         self._connected.remove(seat)
+        if not self._connected:
+            self._empty_since = now
         self._moves.pop(seat.pid, None)
         if self.phase is RoomPhase.CLOSED:
             return
@@ -260,10 +263,17 @@ class Room:
                     "ranking": ranking})
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
 
-    @property
-    def abandoned(self) -> bool:
-        """Nobody is connected any more in a phase where nobody can come back to an unfinished match."""
-        return not self._connected and self.phase is not RoomPhase.FINISHED
+    def abandoned(self, now: float) -> bool:
+        """Nobody is connected in a phase where nobody can come back to an unfinished match. The players of a
+        lobby match may come back: before it starts the join window decides, once it runs the room waits
+        for the reconnect grace after its last player dropped."""
+        if self._connected or self.phase is RoomPhase.FINISHED:
+            return False
+        if self.roster is None:
+            return True
+        if self.phase is RoomPhase.WAITING:
+            return False
+        return self._empty_since is not None and now - self._empty_since >= self.settings.reconnect_grace_s
 
     def close(self) -> None:
         if self.phase is not RoomPhase.CLOSED:

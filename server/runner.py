@@ -62,7 +62,7 @@ class RoomRunner:
                     self.log.info("room %s cancelled: too few matched players arrived", room.room_id)
                     await self._close_all(CloseCode.NORMAL, "match cancelled", room.cancel_frames())
                     return
-                elif room.abandoned:
+                elif room.abandoned(finished):
                     self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
                     return
                 deadline += interval

@@ -75,12 +75,16 @@ def _http_get(app: App, path: str) -> tuple[int, Any]:
 async def test_three_players_count_down_then_get_match_found_and_play_on_the_hosting_node(node: App) -> None:
     tokens = [new_token(f"p{i}") for i in range(3)]
     lobbies = [await join_lobby(node, token) for token in tokens]
-    first = await recv_until(lobbies[0], is_type("lobby"))
-    assert (first["status"], first["min"], first["max"]) == ("waiting", 3, 5)
-    # The first player sees the others arrive, in join order, then the countdown start.
-    joined = await recv_until(lobbies[0], is_event("join"))
-    assert joined["name"] == "p1"
-    status = await recv_until(lobbies[0], lambda m: m["type"] == "lobby" and m["status"] == "countdown")
+    # The first player sees the others arrive (as events, or already in its first status if they were
+    # seated before its own reply came back), in join order, then the countdown start.
+    seen = []
+    while not seen or not (seen[-1]["type"] == "lobby" and seen[-1]["status"] == "countdown"):
+        seen.append(await recv_json(lobbies[0]))
+    first = next(m for m in seen if m["type"] == "lobby")
+    assert (first["min"], first["max"], first["players"][0]["name"]) == (3, 5, "p0")
+    joins = [m["name"] for m in seen if m["type"] == "event" and m["kind"] == "join"]
+    assert joins == ["p0", "p1", "p2"][len(first["players"]):]  # everyone not in the first status, in order
+    status = seen[-1]
     assert [p["name"] for p in status["players"]] == ["p0", "p1", "p2"] and 0 < status["countdown_ms"] <= 1000
     founds = [await matched(ws) for ws in lobbies]
     assert len({found["room"] for found in founds}) == 1
@@ -441,3 +445,18 @@ async def test_a_node_that_shuts_down_hands_its_waiting_rooms_to_a_live_node(red
     finally:
         await front.__aexit__(None, None, None)
         await host.__aexit__(None, None, None)
+
+
+async def test_a_matched_player_who_blips_before_the_others_arrive_does_not_end_the_match(node: App) -> None:
+    tokens = [new_token() for _ in range(3)]
+    lobbies = [await join_lobby(node, token) for token in tokens]
+    founds = [await matched(ws) for ws in lobbies]
+    first, _ = await play(tokens[0], founds[0])
+    await first.close()  # alone in the room, and gone for a moment: the room must wait for the others
+    again, welcome = await play(tokens[0], founds[0])
+    assert welcome["type"] == "welcome"
+    others = [(await play(token, found)) for token, found in zip(tokens[1:], founds[1:], strict=True)]
+    assert all(w["type"] == "welcome" for _, w in others)
+    assert await recv_until(again, is_event("phase", state="running"))
+    for ws in (again, *(ws for ws, _ in others)):
+        await ws.close()

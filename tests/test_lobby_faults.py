@@ -188,3 +188,32 @@ async def test_when_a_node_dies_its_waiting_room_moves_to_a_live_node_and_its_pl
         assert [node.node_id for node in live] == ["test-node"] and dead == []
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_a_redis_failover_to_read_only_stops_no_tick_and_the_lobby_comes_back(tmp_path: Path) -> None:
+    redis_server = LocalRedis.start(tmp_path / "redis", persist=False)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    app: App | None = None
+    try:
+        app = await start_lobby_app(redis_server.url)
+        tokens = [new_token() for _ in range(3)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await matched(ws) for ws in lobbies]
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+        # Redis becomes a replica (of nothing that answers): every write is refused with READONLY.
+        await admin.execute_command("REPLICAOF", "127.0.0.1", "1")
+        assert await states_within(games[0], 1.5) >= 80
+        waiting = await join_lobby(app)
+        assert (await recv_until(waiting, is_type("error"), timeout=10))["code"] == "lobby_unavailable"
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        await waiting.send('{"type":"join","v":1}')
+        assert (await recv_until(waiting, is_type("lobby"), timeout=10))["status"] == "waiting"
+        assert app.node is not None and founds[0]["room"] in app.node.rooms
+        for ws in (*games, waiting):
+            await ws.close()
+    finally:
+        if app is not None:
+            await app.__aexit__(None, None, None)
+        await admin.aclose()
+        redis_server.stop()

@@ -774,3 +774,33 @@ async def test_300_players_on_3_nodes_joining_leaving_and_rejoining_at_once_brea
         check_lobby(lobby, await dump(lobby), started)
 
     assert 5 in started.values(), "no room filled up to start at once"
+
+
+async def test_an_open_room_whose_keys_expired_unhandled_is_skipped_and_forgotten(client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    await fill(lobby, "r", ["p1", "p2"], T)
+    # The room's hash is gone but its entry in rooms:available stayed (its expiry event was lost).
+    await client.delete(lobby.keys.room("r"))
+    seat = await join(lobby, "p3", T + 10, room="fresh")
+    assert (seat.outcome, view_of(seat).room_id, view_of(seat).player_ids) == ("seated", "fresh", ["p3"])
+    assert await lobby.open_rooms() == [("fresh", 1)]
+    assert "r" not in await members_of(lobby, lobby.keys.rooms)
+    assert await client.exists(lobby.keys.room("r"), lobby.keys.room_players("r")) == 0
+
+
+async def test_a_sweep_with_no_node_to_take_rooms_sends_their_waiting_players_to_the_queue(
+        client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    # Two players wait through node-b in a room that the dying node-a hosts.
+    await fill(lobby, "r", ["p1", "p2"], T, node="node-a")
+    for player in ("p1", "p2"):
+        await lobby.client.hset(lobby.keys.player(player), mapping={"conn_node": "node-b"})
+        await lobby.client.srem(lobby.keys.node_conns("node-a"), player)
+        await lobby.client.sadd(lobby.keys.node_conns("node-b"), player)
+    swept = await lobby.sweep("node-a", T + 100, new_host="")
+    assert swept.outcome == "swept" and "node-b" in swept.notify
+    assert await lobby.room("r") is None and await lobby.open_rooms() == []
+    for player in ("p1", "p2"):
+        placement = await lobby.player(player)
+        assert (placement["status"], placement["room"]) == ("queued", "")
+    assert [member for member, _ in await queue(lobby)] == ["p1", "p2"]

@@ -185,6 +185,14 @@ local function seat(player_id, fresh, node)
   local pkey = player_key(player_id)
   redis.call('ZADD', QUEUE, redis.call('HGET', pkey, 'joined_ms'), player_id)
   local room_id = redis.call('ZREVRANGEBYSCORE', AVAILABLE, '(' .. rules.max, '-inf', 'LIMIT', 0, 1)[1]
+  -- An open room whose hash expired without its expiry being handled (an event lost, expiry events off):
+  -- forget it here rather than seat anyone in a room that is not there.
+  while room_id and redis.call('EXISTS', room_key(room_id)) == 0 do
+    redis.call('ZREM', AVAILABLE, room_id)
+    redis.call('SREM', ROOMS, room_id)
+    redis.call('DEL', players_key(room_id), shadow_key(room_id))
+    room_id = redis.call('ZREVRANGEBYSCORE', AVAILABLE, '(' .. rules.max, '-inf', 'LIMIT', 0, 1)[1]
+  end
   if not room_id then
     room_id = table.remove(fresh, 1)
     if not room_id or room_id == '' or node == '' then

@@ -1,6 +1,6 @@
 -- A node died. Its connections are gone: players waiting through it lose their seat at once, matched players
 -- count as disconnected (they may come back through the lobby). Rooms it hosted that had not started move to
--- `new_host`; running ones go to recovery (their players keep their place in line). Idempotent: a second
+-- `new_host` (or, when no node takes rooms, are dissolved into the queue); running ones go to recovery (their players keep their place in line). Idempotent: a second
 -- sweep of the same node finds nothing left to do.
 -- ARGV[4..]: dead_node, new_host
 local dead, new_host = ARGV[4], ARGV[5]
@@ -22,7 +22,9 @@ for _, room_id in ipairs(redis.call('SMEMBERS', node_rooms_key(dead))) do
   if state == 'running' then
     requeue_running(room_id)
     recovered = recovered + 1
-  elseif state and new_host ~= '' then
+  elseif state and new_host == '' then
+    dissolve(room_id, {}, '')  -- no live node takes rooms: its players wait in the queue instead
+  elseif state then
     redis.call('HSET', room_key(room_id), 'node', new_host)
     bump(room_id)
     for _, id in ipairs(redis.call('SMEMBERS', players_key(room_id))) do
