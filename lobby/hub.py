@@ -101,7 +101,8 @@ class LobbyRefused(Exception):
 
 class LobbyHub:
     def __init__(self, client: object, config: HubConfig, local_state: Callable[[], LocalState],
-                 wall_ms: Callable[[], int] | None = None) -> None:
+                 wall_ms: Callable[[], int] | None = None,
+                 evict: Callable[[str, set[str]], None] | None = None) -> None:
         from redis.asyncio import Redis
 
         assert isinstance(client, Redis)
@@ -128,7 +129,8 @@ class LobbyHub:
         self.writes = WriteQueue()
         self.games = GameReports(self.writes, self.seatings, self._publish, self.wall_ms, config.node_id)
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
-                             self._spawn, self.writes.submit, self.wall_ms, heartbeat_s=config.heartbeat_s,
+                             self._spawn, self.writes.submit, evict or (lambda mode, kept: None), self.wall_ms,
+                             heartbeat_s=config.heartbeat_s,
                              presence_every_s=config.presence_every_s)
 
     # -- lifetime --------------------------------------------------------------------------------------

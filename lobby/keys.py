@@ -58,6 +58,10 @@ class LobbyKeys:
         """Set of the players whose connection is on a node (for the sweep when it dies)."""
         return f"{self.base}:node:{node_id}:conns"
 
+    def node_swept(self, node_id: str) -> str:
+        """Set of the running rooms a sweep took from a node (kept an hour, for a node that only stalled)."""
+        return f"{self.base}:node:{node_id}:swept"
+
     def room_id_of_shadow(self, key: str) -> str | None:
         """The room id if `key` is one of this mode's shadow keys, else None."""
         head, tail = f"{self.base}:room:", ":ttl"

@@ -38,14 +38,17 @@ class NodeRegistry:
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}"
 
-    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int, *, accepting: bool = True) -> None:
-        """Say this node is alive (for `dead_after_s` more), where it is, how loaded, and if it takes rooms."""
+    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int, *, accepting: bool = True) -> bool:
+        """Say this node is alive (for `dead_after_s` more), where it is, how loaded, and if it takes rooms.
+        False when the node's hash had expired: the others may have taken it for dead and swept it."""
         async with self.client.pipeline(transaction=True) as pipe:
+            pipe.exists(self.node_key(node_id))
             pipe.hset(self.node_key(node_id), mapping={"url": url, "load": load, "heartbeat_ms": now_ms,
                                                        "accepting": int(accepting)})
             pipe.pexpire(self.node_key(node_id), self.dead_after_ms)
             pipe.zadd(self.index, {node_id: load})
-            await pipe.execute()
+            replies = await pipe.execute()
+        return bool(replies[0])
 
     async def deregister(self, node_id: str) -> None:
         """A node stops: it is dead at once, and stays in the index until a live node has swept up after it

@@ -32,12 +32,13 @@ class LocalState:
 Publish = Callable[[str, Outcome], None]
 Spawn = Callable[[Awaitable[None], str], None]
 Submit = Callable[[str, Callable[[], Awaitable[object]]], None]
+Evict = Callable[[str, set[str]], None]  # (mode, the rooms a sweep took from this node)
 
 
 class Upkeep:
     def __init__(self, node_id: str, url: str, registry: NodeRegistry, seatings: Mapping[str, Seating],
                  local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn, submit: Submit,
-                 wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float) -> None:
+                 evict: Evict, wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float) -> None:
         self.node_id = node_id
         self.url = url
         self.registry = registry
@@ -46,10 +47,12 @@ class Upkeep:
         self._publish = publish
         self._spawn = spawn
         self._submit = submit
+        self._evict = evict
         self.wall_ms = wall_ms
         self.heartbeat_s = heartbeat_s
         self.presence_every_s = presence_every_s
         self.stopping = False
+        self._beats = 0
         self._beating = asyncio.Lock()  # held while a heartbeat is in flight
         self.live: list[NodeInfo] = []
         self.urls: dict[str, str] = {node_id: url}
@@ -84,15 +87,19 @@ class Upkeep:
                     if self.stopping:
                         return
                     state = self._local_state()
-                    await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
-                                                  accepting=state.accepting)
+                    was_alive = await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
+                                                              accepting=state.accepting)
+                    if not was_alive and self._beats:
+                        await self._fence()
+                    self._beats += 1
                 live, dead = await self.registry.survey()
                 self.live = live
                 self.urls.update({node.node_id: node.url for node in live})
                 self.reachable = True
                 backoff.reset("heartbeat")
                 for node_id in dead:
-                    if node_id != self.node_id:
+                    # Asked again just before: a node that only stalled may have come back meanwhile.
+                    if node_id != self.node_id and not await self.registry.is_alive(node_id):
                         await self.sweep(node_id)
             except OUTAGE as error:
                 self.reachable = False
@@ -102,6 +109,20 @@ class Upkeep:
                 await backoff.wait("heartbeat", error)
                 continue
             await asyncio.sleep(self.heartbeat_s)
+
+    async def _fence(self) -> None:
+        """This node's heartbeat had expired (a stall longer than the dead-after time, or Redis lost its data):
+        another node may have swept it, giving its running matches' players back to the lobby. Close exactly
+        the rooms a sweep wrote down as taken, so that none of their players is in two rooms."""
+        log.error("node %s found its heartbeat gone (a stall, or Redis lost its data); checking for rooms the "
+                  "other nodes took over", self.node_id)
+        for mode, seating in self.seatings.items():
+            key = seating.keys.node_swept(self.node_id)
+            taken = {room_id.decode() if isinstance(room_id, bytes) else str(room_id)
+                     for room_id in await seating.client.smembers(key)}
+            if taken:
+                self._evict(mode, taken)
+                await seating.client.delete(key)
 
     async def sweep(self, dead: str) -> None:
         """Free what a dead node held; any number of nodes may sweep the same node, the first does the work."""

@@ -123,7 +123,7 @@ class App:
                            ticket_ttl_s=settings.ticket_ttl_s, lobby_grace_s=settings.lobby_grace_s,
                            heartbeat_s=settings.node_heartbeat_s,
                            dead_after_s=settings.node_dead_after_s)
-        self.hub = LobbyHub(client, config, self.node.lobby_state)
+        self.hub = LobbyHub(client, config, self.node.lobby_state, evict=self.node.evict_lobby_rooms)
         self.node.lobby = self.hub
         self._lobby_http = LobbyEndpoints(self.hub)
         self._hub_task = self._tasks.create_task(self.hub.run(), name="lobby-hub")

@@ -156,6 +156,14 @@ class Node:
             room.dismiss(player_id)
             self.lobby.games.left(room.mode, player_id, "")
 
+    def evict_lobby_rooms(self, mode: str, taken: set[str]) -> None:
+        """Close this node's lobby rooms of `mode` that a sweep took over while this node stalled: their players
+        were given back to the lobby and may already play elsewhere."""
+        for room in list(self.rooms.values()):
+            if room.roster is not None and room.mode == mode and room.room_id in taken and not room.evicted:
+                log.error("room %s was taken over while this node stalled; closing it", room.room_id)
+                room.evicted = True
+
     def lobby_state(self) -> LocalState:
         """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""
         state = LocalState(load=len(self.rooms), accepting=self.accepting and len(self.rooms) < self.settings.max_rooms)

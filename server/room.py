@@ -53,6 +53,7 @@ class Room:
         self.roster: set[str] | None = set(roster) if roster is not None else None
         self.join_deadline: float | None = now + settings.join_window_s if roster is not None else None
         self.cancelled = False
+        self.evicted = False  # the lobby gave this room's players back while its node stalled
         self.released = False  # the lobby has been told the room is over
         self._empty_since: float | None = None  # when the last connected player left
         self.game = game
@@ -347,6 +348,11 @@ class Room:
 
     def crash_frames(self, message: str) -> bytes:
         return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))
+
+    def evicted_frames(self) -> bytes:
+        return text_frame(error_message(
+            ErrorCode.ROOM_CLOSED, "this node lost its hold on the room while it stalled; join through the lobby "
+            "again to be seated"))
 
     def cancel_frames(self) -> bytes:
         return text_frame(error_message(

@@ -58,6 +58,9 @@ class RoomRunner:
                     if finished - room.finished_at >= linger:
                         await self._close_all(CloseCode.NORMAL, "match over")
                         return
+                elif room.evicted:
+                    await self._close_all(CloseCode.GOING_AWAY, "room taken over", room.evicted_frames())
+                    return
                 elif room.cancelled:
                     self.log.info("room %s cancelled: too few matched players arrived", room.room_id)
                     await self._close_all(CloseCode.NORMAL, "match cancelled", room.cancel_frames())

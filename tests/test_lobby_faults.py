@@ -17,6 +17,7 @@ from lobby.seating import Seating, SeatingRules
 from server.app import App
 from server.embedded import LocalRedis
 from tests.serverkit import (
+    closed_with,
     is_event,
     is_type,
     join_lobby,
@@ -217,3 +218,30 @@ async def test_a_redis_failover_to_read_only_stops_no_tick_and_the_lobby_comes_b
             await app.__aexit__(None, None, None)
         await admin.aclose()
         redis_server.stop()
+
+
+async def test_a_node_taken_for_dead_while_it_stalled_closes_the_matches_the_others_took_over(
+        redis_url: str, client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    app = await start_lobby_app(redis_url, lobby_prefix=prefix)
+    try:
+        tokens = [new_token() for _ in range(3)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await matched(ws) for ws in lobbies]
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+        # As if the node had stalled past the dead-after time: its heartbeat expired, another node swept it,
+        # and its match's players went back to the lobby.
+        await client.delete(NodeRegistry(client, prefix).node_key("test-node"))
+        seating = Seating(client, LobbyKeys(prefix, "arena"), SeatingRules())
+        swept = await seating.sweep("test-node", int(time.time() * 1000), new_host="")
+        assert swept.counts == {"moved": 0, "recovered": 1}
+        # The node notices at its next heartbeat and closes that match, so nobody plays in two rooms.
+        error = await recv_until(games[0], is_type("error"), timeout=5)
+        assert error["code"] == "room_closed"
+        assert await closed_with(games[0]) == 1001
+        # Its players are free to join the lobby again, and are seated afresh.
+        again = await join_lobby(app, tokens[0])
+        assert (await recv_until(again, is_type("lobby")))["status"] == "waiting"
+    finally:
+        await app.__aexit__(None, None, None)

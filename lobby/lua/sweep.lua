@@ -22,6 +22,9 @@ for _, room_id in ipairs(redis.call('SMEMBERS', node_rooms_key(dead))) do
   if state == 'running' then
     requeue_running(room_id)
     recovered = recovered + 1
+    -- Written down for the node, should it only have stalled: it closes exactly these rooms when it is back.
+    redis.call('SADD', node_swept_key(dead), room_id)
+    redis.call('EXPIRE', node_swept_key(dead), 3600)
   elseif state and new_host == '' then
     dissolve(room_id, {}, '')  -- no live node takes rooms: its players wait in the queue instead
   elseif state then
