@@ -114,8 +114,8 @@ class Upkeep:
         """This node's heartbeat had expired (a stall longer than the dead-after time, or Redis lost its data):
         another node may have swept it, giving its running matches' players back to the lobby. Close exactly
         the rooms a sweep wrote down as taken, so that none of their players is in two rooms."""
-        log.error("node %s found its heartbeat gone (a stall, or Redis lost its data); checking for rooms the "
-                  "other nodes took over", self.node_id)
+        log.warning("node %s found its heartbeat gone (a stall, or Redis lost its data); checking for rooms the "
+                    "other nodes took over", self.node_id)
         for mode, seating in self.seatings.items():
             key = seating.keys.node_swept(self.node_id)
             taken = {room_id.decode() if isinstance(room_id, bytes) else str(room_id)

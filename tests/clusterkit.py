@@ -116,7 +116,7 @@ class Cluster:
         args = ["serve", "--host", "127.0.0.1", "--port", str(node.port), "--node-id", node_id,
                 "--public-url", node.url, "--redis-url", self.redis_url, "--database-url", self.database_url,
                 "--lobby-prefix", self.prefix, "--countdown-s", "1", "--node-heartbeat-s", "0.2",
-                "--node-dead-after-s", "1", *self.extra_args]
+                "--node-dead-after-s", "2", *self.extra_args]
         with node.log_path.open("wb") as log:
             node.process = await asyncio.create_subprocess_exec(
                 TICKROOM, *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,

@@ -110,7 +110,7 @@ def lobby_prefix() -> str:
 async def start_lobby_app(redis_url: str, **overrides: Any) -> App:
     """A node with a real lobby: seat tickets required, short timers unless overridden."""
     values: dict[str, Any] = {"redis_url": redis_url, "direct_join": False, "lobby_prefix": lobby_prefix(),
-                              "countdown_s": 1.0, "node_heartbeat_s": 0.2, "node_dead_after_s": 1.0}
+                              "countdown_s": 1.0, "node_heartbeat_s": 0.2, "node_dead_after_s": 2.0}
     values.update(overrides)
     return await start_app(**values)
 
