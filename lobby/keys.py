@@ -34,6 +34,11 @@ class LobbyKeys:
         """Set of every room id of the mode, for listing."""
         return f"{self.base}:rooms"
 
+    @property
+    def leaderboard(self) -> str:
+        """Sorted set of player ids by total score (lobby/leaderboard.py; kept in step with Postgres)."""
+        return f"{self.base}:leaderboard"
+
     def room(self, room_id: str) -> str:
         """Hash: mode, node, state, created_ms, started_ms, countdown_ends_ms, players (JSON, join order)."""
         return f"{self.base}:room:{room_id}"

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from lobby.keys import LobbyKeys
+from lobby.leaderboard import Leaderboard, Standing
 from lobby.nodes import NodeInfo, NodeRegistry
 from lobby.tickets import Ticket, TicketError, mint_ticket, verify_ticket
 from server.auth import AuthError, mint_token, verify_token
@@ -82,3 +84,31 @@ def test_expired_forged_and_foreign_tickets_are_refused() -> None:
         verify_ticket(SECRET, login, player_id="0b6f7a2e-4a39-4c47-a1a4-3b0e8d2b4c11", room_id="r")
     with pytest.raises(AuthError):
         verify_token(SECRET, mint_ticket(SECRET, Ticket("0b6f7a2e-4a39-4c47-a1a4-3b0e8d2b4c11", "r", "n")))
+
+
+@pytest.fixture
+async def leaderboard(redis_url: str) -> AsyncIterator[Leaderboard]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield Leaderboard(client, LobbyKeys(f"t{uuid.uuid4().hex[:8]}", "arena"))
+    await client.aclose()
+
+
+async def test_the_leaderboard_adds_points_ranks_best_first_and_shares_ranks_on_ties(
+        leaderboard: Leaderboard) -> None:
+    assert await leaderboard.top(10) == [] and await leaderboard.standing("ann") is None
+    assert await leaderboard.add("ann", 100) == 100
+    await leaderboard.add("bob", 240)
+    await leaderboard.add("cy", 100)
+    assert await leaderboard.add("ann", -10) == 90
+    await leaderboard.add("ann", 10)
+    assert await leaderboard.top(10) == [Standing(1, "bob", 240), Standing(2, "ann", 100), Standing(2, "cy", 100)]
+    assert await leaderboard.top(1) == [Standing(1, "bob", 240)]
+    assert await leaderboard.standing("cy") == Standing(2, "cy", 100)
+
+
+async def test_the_leaderboard_can_be_replaced_whole(leaderboard: Leaderboard) -> None:
+    await leaderboard.add("old", 5)
+    await leaderboard.replace({"a": 3, "b": 7})
+    assert [s.player_id for s in await leaderboard.top(10)] == ["b", "a"]
+    await leaderboard.replace({})
+    assert await leaderboard.top(10) == []

@@ -1,0 +1,62 @@
+"""The leaderboard in Redis: one sorted set per game mode, player ids scored by their total score.
+
+This is the interface the rest of the server uses; the persistence issue keeps it in step with Postgres (it
+adds each kill's points as they happen and rebuilds the set from Postgres when Redis lost it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lobby.keys import LobbyKeys
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    rank: int  # 1 for the best score; equal scores share a rank
+    player_id: str
+    score: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Leaderboard:
+    def __init__(self, client: aioredis.Redis, keys: LobbyKeys) -> None:
+        self.client = client
+        self.key = keys.leaderboard
+
+    async def add(self, player_id: str, points: int) -> int:
+        """Add `points` (may be negative) to the player's score; their new score."""
+        score = await self.client.zincrby(self.key, points, player_id)
+        assert score is not None  # ZINCRBY always answers the new score
+        return int(score)
+
+    async def replace(self, scores: dict[str, int]) -> None:
+        """Set the whole board at once (a rebuild from Postgres): atomically, so readers never see it half done."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key)
+            if scores:
+                pipe.zadd(self.key, scores)
+            await pipe.execute()
+
+    async def top(self, limit: int) -> list[Standing]:
+        """The best `limit` players, best first; equal scores share a rank (1, 1, 3)."""
+        entries: list[Any] = await self.client.zrevrange(self.key, 0, max(0, limit - 1), withscores=True)
+        standings: list[Standing] = []
+        for position, (player_id, score) in enumerate(entries, start=1):
+            tied = standings and standings[-1].score == int(score)
+            standings.append(Standing(standings[-1].rank if tied else position, _text(player_id), int(score)))
+        return standings
+
+    async def standing(self, player_id: str) -> Standing | None:
+        """One player's rank and score, or None if they have none."""
+        score = await self.client.zscore(self.key, player_id)
+        if score is None:
+            return None
+        better = await self.client.zcount(self.key, f"({score}", "+inf")
+        return Standing(int(better) + 1, player_id, int(score))
