@@ -45,8 +45,9 @@ class Leaderboard:
             await pipe.execute()
 
     async def top(self, limit: int) -> list[Standing]:
-        """The best `limit` players, best first; equal scores share a rank (1, 1, 3)."""
+        """The best `limit` players, best first; equal scores share a rank (1, 1, 3) and are listed by player id."""
         entries: list[Any] = await self.client.zrevrange(self.key, 0, max(0, limit - 1), withscores=True)
+        entries.sort(key=lambda entry: (-entry[1], _text(entry[0])))
         standings: list[Standing] = []
         for position, (player_id, score) in enumerate(entries, start=1):
             tied = standings and standings[-1].score == int(score)
