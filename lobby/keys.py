@@ -8,6 +8,12 @@ base (`lobby/lua/common.lua`); this class names them for Python readers, tests a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+def text(value: Any) -> str:
+    """A Redis reply as text: bytes from a client without `decode_responses`, str from one with it."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from lobby.keys import LobbyKeys
+from lobby.keys import LobbyKeys, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +20,6 @@ class Standing:
     player_id: str
     score: int
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Leaderboard:
@@ -47,11 +44,11 @@ class Leaderboard:
     async def top(self, limit: int) -> list[Standing]:
         """The best `limit` players, best first; equal scores share a rank (1, 1, 3) and are listed by player id."""
         entries: list[Any] = await self.client.zrevrange(self.key, 0, max(0, limit - 1), withscores=True)
-        entries.sort(key=lambda entry: (-entry[1], _text(entry[0])))
+        entries.sort(key=lambda entry: (-entry[1], text(entry[0])))
         standings: list[Standing] = []
         for position, (player_id, score) in enumerate(entries, start=1):
             tied = standings and standings[-1].score == int(score)
-            standings.append(Standing(standings[-1].rank if tied else position, _text(player_id), int(score)))
+            standings.append(Standing(standings[-1].rank if tied else position, text(player_id), int(score)))
         return standings
 
     async def standing(self, player_id: str) -> Standing | None:

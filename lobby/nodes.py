@@ -8,9 +8,10 @@ a live node has swept up after it (`forget`), so that a sweeper dying half-way l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
+
+from lobby.keys import text
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +21,6 @@ class NodeInfo:
     load: int
     accepting: bool = True  # False: full, or draining; it keeps its rooms but takes no new one
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class NodeRegistry:
@@ -57,7 +55,7 @@ class NodeRegistry:
 
     async def survey(self) -> tuple[list[NodeInfo], list[str]]:
         """Live nodes, least loaded first, and the ids of dead nodes still waiting to be swept up after."""
-        ids = [_text(node_id) for node_id in await self.client.zrange(self.index, 0, -1)]
+        ids = [text(node_id) for node_id in await self.client.zrange(self.index, 0, -1)]
         if not ids:
             return [], []
         async with self.client.pipeline(transaction=False) as pipe:
@@ -69,7 +67,7 @@ class NodeRegistry:
             if url is None:
                 dead.append(node_id)
             else:
-                live.append(NodeInfo(node_id, _text(url), int(load), accepting is None or _text(accepting) == "1"))
+                live.append(NodeInfo(node_id, text(url), int(load), accepting is None or text(accepting) == "1"))
         live.sort(key=lambda node: (node.load, node.node_id))
         return live, dead
 
@@ -88,7 +86,7 @@ class NodeRegistry:
 
     async def url_of(self, node_id: str) -> str | None:
         url = await self.client.hget(self.node_key(node_id), "url")
-        return None if url is None else _text(url)
+        return None if url is None else text(url)
 
     async def least_loaded(self) -> NodeInfo | None:
         nodes = await self.live_nodes()

@@ -15,15 +15,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from lobby.keys import text
 from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
 
 log = logging.getLogger("tickroom.lobby.notices")
 
 Notice = dict[str, Any]
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class NoticeBus:
@@ -50,7 +48,7 @@ class NoticeBus:
         """Make Redis publish key expiry events (`notify-keyspace-events` with E and x), keeping the flags
         already set. False when the server refuses CONFIG (a managed Redis): set it in its configuration."""
         try:
-            current = _text((await self.client.config_get("notify-keyspace-events")).get(
+            current = text((await self.client.config_get("notify-keyspace-events")).get(
                 "notify-keyspace-events", ""))
             wanted = "".join(sorted(set(current) | {"E", "x"}))
             if "A" in current or ("E" in current and "x" in current):
@@ -80,7 +78,7 @@ class NoticeBus:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
-                    source = _text(message["channel"])
+                    source = text(message["channel"])
                     if source == channel:
                         try:
                             notice = orjson.loads(message["data"])
@@ -90,7 +88,7 @@ class NoticeBus:
                         if isinstance(notice, dict):
                             on_notice(notice)
                     else:
-                        on_expired(_text(message["data"]))
+                        on_expired(text(message["data"]))
             except Exception as error:  # outages, and anything unexpected: subscribe again
                 await backoff.wait("notices", error)
             finally:

@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from lobby.keys import LobbyKeys
+from lobby.keys import LobbyKeys, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +96,12 @@ class RoomRecord:
         return [member.player_id for member in self.players]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _optional_int(value: Any) -> int | None:
     if value is None:
         return None
-    text = _text(value)
-    return int(float(text)) if text else None
+    written = text(value)
+    return int(float(written)) if written else None
 
 
 def _members(raw: Any) -> tuple[Member, ...]:
@@ -210,7 +207,7 @@ class Seating:
     def _record(self, room_id: str, fields: dict[Any, Any]) -> RoomRecord | None:
         if not fields:
             return None
-        record = {_text(k): _text(v) for k, v in fields.items()}
+        record = {text(k): text(v) for k, v in fields.items()}
         if "state" not in record:
             return None
         return RoomRecord(room_id=room_id, mode=record.get("mode", self.keys.mode), node=record.get("node", ""),
@@ -224,7 +221,7 @@ class Seating:
 
     async def rooms(self, room_ids: Iterable[str] | None = None) -> list[RoomRecord]:
         """The given rooms (default: every room of the mode) that exist, in one round trip."""
-        ids = sorted(_text(room_id) for room_id in await self.client.smembers(self.keys.rooms)) \
+        ids = sorted(text(room_id) for room_id in await self.client.smembers(self.keys.rooms)) \
             if room_ids is None else list(room_ids)
         if not ids:
             return []
@@ -236,12 +233,12 @@ class Seating:
                 if (record := self._record(room_id, fields)) is not None]
 
     async def player(self, player_id: str) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in (await self.client.hgetall(self.keys.player(player_id))).items()}
+        return {text(k): text(v) for k, v in (await self.client.hgetall(self.keys.player(player_id))).items()}
 
     async def open_rooms(self) -> list[tuple[str, int]]:
         """Rooms with a free seat and their player counts, fullest first."""
         entries: list[Any] = await self.client.zrevrange(self.keys.available, 0, -1, withscores=True)
-        return [(_text(room_id), int(score)) for room_id, score in entries]
+        return [(text(room_id), int(score)) for room_id, score in entries]
 
     async def queue_length(self) -> int:
         return int(await self.client.zcard(self.keys.queue))

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from lobby.keys import text
 from lobby.nodes import NodeInfo, NodeRegistry
 from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
 from lobby.seating import Outcome, Seating
@@ -118,8 +119,7 @@ class Upkeep:
                     "other nodes took over", self.node_id)
         for mode, seating in self.seatings.items():
             key = seating.keys.node_swept(self.node_id)
-            taken = {room_id.decode() if isinstance(room_id, bytes) else str(room_id)
-                     for room_id in await seating.client.smembers(key)}
+            taken = {text(room_id) for room_id in await seating.client.smembers(key)}
             if taken:
                 self._evict(mode, taken)
                 await seating.client.delete(key)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -108,7 +109,8 @@ class App:
 
     @property
     def public_url(self) -> str:
-        return self.settings.public_url.rstrip("/") or self.url
+        # The settings' rule, with the port actually bound (port 0 asks the kernel for a free one).
+        return dataclasses.replace(self.settings, port=self.port).advertised_url
 
     def _start_lobby(self) -> None:
         settings = self.settings
