@@ -147,7 +147,8 @@ class Seating:
         self.keys = keys
         self.rules = rules
         self._rules_json = rules.as_json(keys.mode)
-        self._scripts = {name: client.register_script(_script(name)) for name in SCRIPTS}
+        self._sources = {name: _script(name) for name in SCRIPTS}
+        self._scripts = {name: client.register_script(source) for name, source in self._sources.items()}
 
     async def _call(self, name: str, now_ms: int, *args: str | int) -> Outcome:
         # EVALSHA directly: redis-py's Script.__call__ costs a few percent of a lobby join in checks.
@@ -155,10 +156,9 @@ class Seating:
         try:
             raw = await self.client.evalsha(script.sha, 1, self.keys.available, self.keys.base, now_ms,
                                             self._rules_json, *args)
-        except NoScriptError:  # Redis restarted or its script cache was flushed: load it again
-            script.sha = await self.client.script_load(script.script)
-            raw = await self.client.evalsha(script.sha, 1, self.keys.available, self.keys.base, now_ms,
-                                            self._rules_json, *args)
+        except NoScriptError:  # Redis restarted or its script cache was flushed: EVAL runs and caches it again
+            raw = await self.client.eval(self._sources[name], 1, self.keys.available, self.keys.base, now_ms,
+                                         self._rules_json, *args)
         return parse_outcome(raw)
 
     async def load_scripts(self) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import jwt
+from lobby import signing
 
-ALGORITHM = "HS256"
 TICKET_TYPE = "seat"
 
 
@@ -36,17 +35,16 @@ def mint_ticket(secret: str, ticket: Ticket, *, ttl_s: float = 60.0, now: float 
     issued = time.time() if now is None else now
     claims = {"typ": TICKET_TYPE, "sub": ticket.player_id, "room": ticket.room_id, "node": ticket.node_id,
               "mode": ticket.mode, "iat": int(issued), "exp": int(issued + ttl_s)}
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return signing.encode(claims, secret)
 
 
 def verify_ticket(secret: str, token: str, *, player_id: str, room_id: str) -> Ticket:
     """The ticket's content, if it is valid, unexpired, and for this player and this room."""
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
-                            options={"require": ["exp", "sub", "room", "typ"]})
-    except jwt.ExpiredSignatureError as exc:
+        claims = signing.decode(token, secret, require=("exp", "sub", "room", "typ"))
+    except signing.TokenExpired as exc:
         raise TicketError("ticket_expired", "the seat ticket has expired; join through the lobby again") from exc
-    except jwt.InvalidTokenError as exc:
+    except signing.TokenInvalid as exc:
         raise TicketError("ticket_invalid", f"the seat ticket is invalid: {exc}") from exc
     if claims.get("typ") != TICKET_TYPE:
         raise TicketError("ticket_invalid", "this token is not a seat ticket")

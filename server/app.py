@@ -16,7 +16,6 @@ from http import HTTPStatus
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -27,6 +26,7 @@ from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from server.auth import AuthError, Identity, verify_token
 from server.connection import GameConnection, JoinRequest
+from server.listener import Listener, Timeouts
 from server.lobby_http import LobbyEndpoints
 from server.lobby_session import LobbySession
 from server.node import Node
@@ -66,7 +66,7 @@ class App:
         self.settings = settings
         self.modes = dict(modes)
         self._stack = AsyncExitStack()
-        self._server: Server | None = None
+        self._server: Listener | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self.node: Node | None = None
         self.hub: LobbyHub | None = None
@@ -76,8 +76,7 @@ class App:
     @property
     def port(self) -> int:
         assert self._server is not None
-        port: int = next(iter(self._server.sockets)).getsockname()[1]
-        return port
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -86,22 +85,11 @@ class App:
     async def __aenter__(self) -> App:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self.node = Node(self.settings, self.modes, self._tasks)
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            process_request=self._process_request,
-            create_connection=GameConnection,
-            max_size=MAX_FRAME_BYTES,
-            compression=None,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=2,
-            # Bursts of players arriving at once (a lobby wave, a node's players reconnecting) must not overflow
-            # the kernel's accept queue: the default of 100 drops SYNs under 1,500 connections/s.
-            backlog=1024,
-            logger=logging.getLogger("tickroom.ws"),
-        )
+        self._server = Listener(self._process_request, self._handle, max_size=MAX_FRAME_BYTES, timeouts=Timeouts(),
+                                logger=logging.getLogger("tickroom.ws"))
+        # Bursts of players arriving at once (a lobby wave, a node's players reconnecting) must not overflow
+        # the kernel's accept queue: the default of 100 drops SYNs under 1,500 connections/s.
+        await self._server.start(self.settings.host, self.settings.port, backlog=1024)
         self._start_lobby()
         log.info("node %s listening on %s (players are sent to %s)", self.settings.node_id, self.url,
                  self.public_url)
@@ -141,7 +129,7 @@ class App:
         if self.hub is not None:
             await self.hub.deregister()
         if self._server is not None:
-            self._server.close(close_connections=True)
+            self._server.close()
             await self._server.wait_closed()
             self._server = None
         if self.node is not None:
@@ -155,7 +143,7 @@ class App:
 
     # -- handshake ---------------------------------------------------------------------------------
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: GameConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         assert self.node is not None
@@ -176,7 +164,6 @@ class App:
             identity = verify_token(self.settings.jwt_secret, token)
         except AuthError as error:
             return refuse(HTTPStatus.UNAUTHORIZED, ErrorCode(error.code), error.message)
-        assert isinstance(connection, GameConnection)
         if url.path == "/lobby":
             connection.identity = identity
             return None
@@ -235,8 +222,8 @@ class App:
         connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(record.player_ids))
         return None
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, GameConnection) and self.node is not None
+    async def _handle(self, ws: GameConnection) -> None:
+        assert self.node is not None
         if ws.join_request is None:
             assert ws.identity is not None and self.hub is not None
             await LobbySession(self.hub, ws, ws.identity, self.settings, logging.getLogger("tickroom.lobby.session"),

@@ -6,9 +6,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import jwt
+from lobby import signing
 
-ALGORITHM = "HS256"
 DEV_SECRET = "tickroom-development-secret-change-me"
 NAME_MAX = 32
 # Player ids minted by `tickroom token NAME` are stable per name, so a developer who mints a
@@ -44,15 +43,15 @@ def mint_token(secret: str, name: str, *, player_id: str | None = None, ttl_s: f
         "iat": int(issued),
         "exp": int(issued + ttl_s),
     }
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return signing.encode(claims, secret)
 
 
 def verify_token(secret: str, token: str) -> Identity:
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
-    except jwt.ExpiredSignatureError as exc:
+        claims = signing.decode(token, secret, require=("exp", "sub"))
+    except signing.TokenExpired as exc:
         raise AuthError("token_expired", "the token has expired") from exc
-    except jwt.InvalidTokenError as exc:
+    except signing.TokenInvalid as exc:
         raise AuthError("token_invalid", f"the token is invalid: {exc}") from exc
     sub = claims.get("sub")
     try:

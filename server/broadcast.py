@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import struct
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
+
+from server.connection import GameConnection
 
 _OPEN = State.OPEN
 _TEXT_FIN = 0x81
@@ -27,7 +28,7 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _TEXT_FIN, 127, length) + payload
 
 
-def send_frames(connection: ServerConnection, frames: bytes) -> bool:
+def send_frames(connection: GameConnection, frames: bytes) -> bool:
     """Write already framed bytes to one connection if it is open; False if it was not."""
     if connection.protocol.state is not _OPEN:
         return False

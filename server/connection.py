@@ -1,26 +1,32 @@
-"""A websockets server connection that hands each complete data message to a callback as it arrives.
+"""One client's TCP connection: websockets' Sans-I/O `ServerProtocol` parses the HTTP handshake and the frames;
+this class only moves bytes between it and the transport, and hands each data message to a callback.
 
-websockets normally queues each message and wakes the handler task to `recv()` it: a task step per
-message. Game input arrives at 30 Hz per player, so here every data message (text or binary, whole or
-reassembled from fragments) goes synchronously to `on_message`, in arrival order; messages that come
-before the session attaches wait in a short list that the session drains first.
+websockets' own asyncio connection costs a few hundred µs of CPU per connection (a handler task, a
+keepalive task, futures, timeouts, an async context manager per send), about five times what the
+kernel and the event loop spend. A lobby connection lives for one join, so that cost is most of a
+join. Here a connection is one `asyncio.Protocol` and one task (handshake, then the session), and
+`Listener` drives keepalive pings and every deadline from one timer for all connections.
 
-The common frame, a small final masked text frame starting right at a frame boundary, is cut out of
-the bytes directly: websockets' generator-based parser costs more than the rest of handling an input.
-Anything else (partial frames, longer or fragmented or binary messages, control frames, the closing
-handshake) goes through websockets' own parser unchanged, which then sees a stream that starts at a
-frame boundary, exactly as if the frames we took had never been there.
+Every complete data message (text or binary, whole or reassembled from fragments) goes synchronously
+to `on_message`, in arrival order; messages that come before the session attaches wait in a short list
+that the session drains first. The common frame, a small final masked text frame starting right at a
+frame boundary, is cut out of the bytes directly: websockets' generator-based parser costs more than
+the rest of handling an input. Anything else (partial frames, longer or fragmented or binary messages,
+control frames, the closing handshake) goes through websockets' parser unchanged, which then sees a
+stream that starts at a frame boundary, exactly as if the frames we took had never been there.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request, Response
 from websockets.protocol import Event, Protocol, State
+from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 try:
@@ -30,11 +36,16 @@ except ImportError:  # websockets without its C extension
 
 from server.auth import Identity
 
+if TYPE_CHECKING:
+    from server.listener import Listener
+
 _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _DATA = (_TEXT, _BINARY, _CONT)
+_CONNECTING = State.CONNECTING
 _OPEN = State.OPEN
+_CLOSED = State.CLOSED
 _FIN_TEXT = 0x81  # FIN, no RSV bits, opcode 1
 _MASKED = 0x80
 _SHORT = 126  # payload lengths below this fit in the second header byte
@@ -76,19 +87,37 @@ MessageHandler = Callable[[Payload, bool], None]
 # Messages that may wait for the session to attach; more than that is a flood the session will refuse.
 EARLY_LIMIT = 256
 # Bytes we may owe a client that does not read. Rooms skip states long before this; what else can pile
-# up is websockets' automatic answers (a pong per ping), which a client controls.
+# up is the protocol's automatic answers (a pong per ping), which a client controls.
 MAX_UNSENT_BYTES = 1 << 20
 
 
-class GameConnection(ServerConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class GameConnection(asyncio.Protocol):
+    """A client connection, from the opening handshake to the TCP close (`/game`, `/lobby` and plain HTTP)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.protocol = ServerProtocol(max_size=listener.max_size, logger=listener.logger)
+        self.id = listener.next_id()  # unique among all nodes' connections (a random prefix per process)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self.request: Request | None = None
         self.join_request: JoinRequest | None = None  # set for /game
         self.identity: Identity | None = None  # set for /lobby
         self.on_message: MessageHandler | None = None
         self._early: list[tuple[Payload, bool]] = []
         self._fragments: list[Payload] = []
         self._fragments_binary = False
+        # Keepalive and deadlines, read by the listener's sweep (see `Listener.sweep`).
+        self.heard = True  # bytes arrived since the last sweep
+        self.silent_since = 0.0
+        self.ping_sent = False
+        self.deadline: float | None = None  # the opening or closing handshake must end by then
+        self._lost: asyncio.Future[None] = listener.loop.create_future()
+
+    # -- the session's side --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.protocol.state
 
     def attach(self, handler: MessageHandler) -> None:
         """Route messages to `handler` from now on, after those that arrived before."""
@@ -100,24 +129,51 @@ class GameConnection(ServerConnection):
     def detach(self) -> None:
         self.on_message = None
 
-    def _deliver(self, payload: Payload, binary: bool) -> None:
-        handler = self.on_message
-        if handler is not None:
-            handler(payload, binary)
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "", *, last: bytes = b"") -> None:
+        """Start the closing handshake (once), after the frames `last` (in the same write); the TCP connection
+        ends when the client answers, or at the close timeout."""
+        if self.protocol.state is not _OPEN:
             return
-        if len(self._early) < EARLY_LIMIT:
-            self._early.append((payload, binary))
+        self.protocol.send_close(code, reason)
+        if last:
+            self.transport.write(b"".join((last, *self.protocol.data_to_send())))
+        else:
+            self._flush()
+        self.deadline = self.listener.loop.time() + self.listener.close_timeout
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Until the TCP connection is gone."""
+        if not self._lost.done():
+            await asyncio.shield(self._lost)
+
+    @property
+    def closed(self) -> bool:
+        return self._lost.done()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+        self.deadline = self.listener.loop.time() + self.listener.open_timeout
+        self.listener.connected(self)
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
+        protocol = self.protocol
+        if protocol.state is _CONNECTING:
+            self._receive(data)
+            return
         if self.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
-            self.logger.warning("dropping a client that sends but does not read (%d unsent bytes)",
-                                self.transport.get_write_buffer_size())
+            self.listener.logger.warning("dropping a client that sends but does not read (%d unsent bytes)",
+                                         self.transport.get_write_buffer_size())
             self.transport.abort()
             return
         handler = self.on_message
-        protocol = self.protocol
         if handler is None or protocol.state is not _OPEN or not at_frame_boundary(protocol):
-            super().data_received(data)
+            self._receive(data)
             return
         pos = 0
         end = len(data)
@@ -136,12 +192,50 @@ class GameConnection(ServerConnection):
             pos = stop
             handler(payload, False)
         if pos < end:
-            super().data_received(data[pos:] if pos else data)
+            self._receive(data[pos:] if pos else data)
 
-    def process_event(self, event: Event) -> None:
-        if self.request is None or not isinstance(event, Frame) or event.opcode not in _DATA:
-            super().process_event(event)  # the handshake request, and control frames
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._flush()
+        # The WebSocket closing handshake ends in a TCP close; nothing is written after the peer's EOF.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()  # idempotent; the protocol's state is CLOSED from here on
+        self.on_message = None
+        self.listener.disconnected(self)
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    # -- bytes in, events out, bytes to send ---------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._flush()
+        if self.deadline is None and protocol.close_expected():
+            self.deadline = self.listener.loop.time() + self.listener.close_timeout
+        for event in events:
+            self._process(event)
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:
+                # The WebSocket is closed and the server ends TCP first (RFC 6455 7.1.1). A full close, not a
+                # half-close: nothing more is read, and the transport still sends what it holds first.
+                self.transport.close()
+
+    def _process(self, event: Event) -> None:
+        if isinstance(event, Request):
+            if self.request is None:
+                self.request = event
+                self.listener.handshake(self, event)
             return
+        if not isinstance(event, Frame) or event.opcode not in _DATA:
+            return  # pings are answered by the protocol itself; pongs only show the client is alive
         if event.opcode is _CONT:
             self._fragments.append(event.data)
             if event.fin:
@@ -153,3 +247,35 @@ class GameConnection(ServerConnection):
         else:
             self._fragments = [event.data]
             self._fragments_binary = event.opcode is _BINARY
+
+    def _deliver(self, payload: Payload, binary: bool) -> None:
+        handler = self.on_message
+        if handler is not None:
+            handler(payload, binary)
+            return
+        if len(self._early) < EARLY_LIMIT:
+            self._early.append((payload, binary))
+
+    def respond(self, response: Response) -> None:
+        """Send the handshake's answer: 101 opens the WebSocket, anything else ends the connection."""
+        if self.protocol.state is not _CONNECTING or self.closed:
+            return
+        self.protocol.send_response(response)
+        self._flush()
+        if self.protocol.state is _OPEN:
+            self.deadline = None
+            self.silent_since = self.listener.loop.time()
+        else:
+            self.deadline = self.listener.loop.time() + self.listener.close_timeout
+
+    def send_ping(self) -> None:
+        self.protocol.send_ping(b"")
+        self._flush()
+        self.ping_sent = True
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close at once with `code`, without waiting for the client's answer."""
+        if self.protocol.state is _OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+        self.transport.abort()

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
-from websockets.asyncio.server import ServerConnection
-
 from server.broadcast import send_frames, text_frame
+from server.connection import GameConnection
 from server.protocol import CloseCode, ErrorCode, ProtocolError, error_message
 
 
@@ -36,24 +34,27 @@ class TokenBucket:
 
 
 class ClientLink:
-    def __init__(self, ws: ServerConnection, bucket: TokenBucket, clock: Callable[[], float]) -> None:
+    def __init__(self, ws: GameConnection, bucket: TokenBucket, clock: Callable[[], float]) -> None:
         self.ws = ws
-        self.closer: asyncio.Task[None] | None = None
+        self.closing = False
         self._bucket = bucket
         self._clock = clock
-        self._loop = asyncio.get_running_loop()
 
     def send(self, payload: bytes) -> None:
         send_frames(self.ws, text_frame(payload))
 
-    def close(self, code: CloseCode, reason: str) -> None:
-        if self.closer is None:
-            self.closer = self._loop.create_task(self.ws.close(code, reason))
+    def close(self, code: CloseCode, reason: str, *, last: bytes = b"") -> None:
+        """Close once, after the message `last` if given (one write for both)."""
+        if not self.closing:
+            self.closing = True
+            self.ws.close(code, reason, last=text_frame(last) if last else b"")
 
     def refuse(self, error: ProtocolError) -> None:
-        self.send(error_message(error.code, error.message))
-        if error.close is not None:
-            self.close(error.close, error.code.value)
+        message = error_message(error.code, error.message)
+        if error.close is None:
+            self.send(message)
+        else:
+            self.close(error.close, error.code.value, last=message)
 
     def admit(self, binary: bool) -> None:
         """Raise `ProtocolError` for a message over the flood limit, or a binary one."""
@@ -63,6 +64,6 @@ class ClientLink:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "binary frames are not supported; send JSON text frames")
 
     async def closed(self) -> None:
-        """Wait for the closing handshake this side started, if any."""
-        if self.closer is not None:
-            await self.closer
+        """Wait for the closing handshake this side started, if any (the close timeout bounds it)."""
+        if self.closing:
+            await self.ws.wait_closed()

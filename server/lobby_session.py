@@ -142,11 +142,10 @@ class LobbySession:
         if self.phase not in (LobbyPhase.JOINING, LobbyPhase.WAITING):
             return
         self._to(LobbyPhase.MATCHED)
-        self.link.send(encode({
+        self.link.close(CloseCode.NORMAL, "match found", last=encode({
             "type": "match_found", "room": view.room_id, "mode": self.mode, "node": view.node,
             "url": f"{url}/game?room={view.room_id}&ticket={ticket}", "ticket": ticket,
             "players": [member.wire() for member in view.players]}))
-        self.link.close(CloseCode.NORMAL, "match found")
 
     def dropped(self, reason: str) -> None:
         if self.phase in (LobbyPhase.JOINING, LobbyPhase.WAITING):
@@ -186,7 +185,7 @@ class LobbySession:
         self.phase = check_lobby_transition(self.phase, phase)
 
     def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
-        if self.link.closer is not None:
+        if self.link.closing:
             return
         try:
             self.link.admit(binary)

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 
 import orjson
-from websockets.asyncio.server import ServerConnection
 
 from game.base import GameFactory
 from lobby.hub import LobbyHub
 from lobby.upkeep import LocalState
-from server.connection import JoinRequest
+from server.connection import GameConnection, JoinRequest
 from server.lifecycle import RoomPhase
 from server.protocol import CloseCode, ErrorCode, ProtocolError
 from server.room import Room, Seat
@@ -41,7 +40,7 @@ class Node:
         self.modes = dict(modes)
         self.rooms: dict[str, Room] = {}
         self._tasks = tasks
-        self._players: dict[str, ServerConnection] = {}
+        self._players: dict[str, GameConnection] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._rng = rng or random.Random()
         self.clock = clock
@@ -59,14 +58,14 @@ class Node:
 
     # -- players -----------------------------------------------------------------------------------
 
-    def claim_player(self, player_id: str, ws: ServerConnection) -> bool:
+    def claim_player(self, player_id: str, ws: GameConnection) -> bool:
         """One connection per player on this node; False if the player already has one."""
         if player_id in self._players:
             return False
         self._players[player_id] = ws
         return True
 
-    def release_player(self, player_id: str, ws: ServerConnection) -> None:
+    def release_player(self, player_id: str, ws: GameConnection) -> None:
         if self._players.get(player_id) is ws:
             del self._players[player_id]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from game.base import Game
 from server.auth import Identity
 from server.broadcast import send_frames, text_frame
+from server.connection import GameConnection
 from server.lifecycle import RoomPhase, check_transition
 from server.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode, error_message
 from server.settings import Settings
@@ -36,7 +36,7 @@ class Seat:
     player_id: str
     name: str
     color: str
-    conn: ServerConnection | None = None
+    conn: GameConnection | None = None
     slow_since: float | None = None
     roster: dict[str, object] = field(default_factory=dict)
 
@@ -83,10 +83,10 @@ class Room:
     def player_count(self) -> int:
         return len(self._connected)
 
-    def connections(self) -> list[ServerConnection]:
+    def connections(self) -> list[GameConnection]:
         return [seat.conn for seat in self._connected if seat.conn is not None]
 
-    def join(self, identity: Identity, conn: ServerConnection, now: float) -> Seat:
+    def join(self, identity: Identity, conn: GameConnection, now: float) -> Seat:
         """Seat a player (or take a returning one back); raise `ProtocolError` when refused."""
         if self.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
             raise ProtocolError(ErrorCode.ROOM_CLOSED, f"room {self.room_id} is over", CloseCode.POLICY)

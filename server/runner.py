@@ -84,4 +84,7 @@ class RoomRunner:
             for conn in connections:
                 send_frames(conn, last_frames)
         self.room.close()
-        await asyncio.gather(*(conn.close(code, reason) for conn in connections), return_exceptions=True)
+        for conn in connections:
+            conn.close(code, reason)
+        # Each ends when its client answers, or at the close timeout (the listener's sweep).
+        await asyncio.gather(*(conn.wait_closed() for conn in connections))

@@ -82,7 +82,7 @@ class PlayerSession:
     # -- synchronous message handling ----------------------------------------------------------------
 
     def _hello_timeout(self) -> None:
-        if self.seat is None and self.link.closer is None:
+        if self.seat is None and not self.link.closing:
             self.link.refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, "no hello in time", CloseCode.POLICY))
 
     @property
@@ -97,7 +97,7 @@ class PlayerSession:
             self.node.unseated(room, seat, self.conn_id, left=left)
 
     def _on_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
-        if self.link.closer is not None:
+        if self.link.closing:
             return  # closing: whatever still arrives is dropped
         try:
             self.link.admit(binary)

@@ -74,10 +74,16 @@ def _http_get(app: App, path: str) -> tuple[int, Any]:
 
 async def test_three_players_count_down_then_get_match_found_and_play_on_the_hosting_node(node: App) -> None:
     tokens = [new_token(f"p{i}") for i in range(3)]
-    lobbies = [await join_lobby(node, token) for token in tokens]
-    # The first player sees the others arrive (as events, or already in its first status if they were
-    # seated before its own reply came back), in join order, then the countdown start.
+    # Joins sent on separate connections have no order until one is answered, so each player joins once
+    # the one before has its status.
+    lobbies: list[ClientConnection] = []
     seen = []
+    for token in tokens:
+        lobbies.append(await join_lobby(node, token))
+        first_status = await recv_until(lobbies[-1], lambda m: m["type"] == "lobby")
+        if len(lobbies) == 1:
+            seen.append(first_status)
+    # The first player sees the others arrive, in join order, then the countdown start.
     while not seen or not (seen[-1]["type"] == "lobby" and seen[-1]["status"] == "countdown"):
         seen.append(await recv_json(lobbies[0]))
     first = next(m for m in seen if m["type"] == "lobby")

@@ -1,0 +1,178 @@
+"""The node's listening socket: each connection's handshake and session run as one task, and one timer a second
+keeps every connection's time (keepalive pings, opening and closing handshake deadlines) instead of a task or
+timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import itertools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from server.connection import GameConnection
+
+ProcessRequest = Callable[[GameConnection, Request], Awaitable[Response | None]]
+Handler = Callable[[GameConnection], Awaitable[None]]
+
+_OPEN = State.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    open_s: float = 10.0  # from TCP accept to the end of the opening handshake
+    close_s: float = 2.0  # for the client to answer a close frame (or a refused handshake)
+    ping_interval_s: float = 20.0  # a ping after this much silence from the client,
+    ping_timeout_s: float = 20.0  # and the connection is dropped after this much more
+    sweep_s: float = 1.0  # how often all of the above is checked (each deadline may be late by this much)
+
+
+class Listener:
+    """`await Listener(...).start(host, port)`; `close()` then `await wait_closed()` to stop."""
+
+    def __init__(self, process_request: ProcessRequest, handler: Handler, *, max_size: int, timeouts: Timeouts,
+                 logger: logging.Logger) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.max_size = max_size
+        self.logger = logger
+        self.open_timeout = timeouts.open_s
+        self.close_timeout = timeouts.close_s
+        self._timeouts = timeouts
+        self._process_request = process_request
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.connections: set[GameConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._all_gone: asyncio.Future[None] | None = None
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+
+    async def start(self, host: str, port: int, *, backlog: int) -> None:
+        self._server = await self.loop.create_server(lambda: GameConnection(self), host, port, backlog=backlog)
+        self._sweeper = self.loop.call_later(self._timeouts.sweep_s, self.sweep)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    # -- connections ---------------------------------------------------------------------------------
+
+    def next_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
+    def connected(self, conn: GameConnection) -> None:
+        if self._closing:
+            conn.abort()
+            return
+        self.connections.add(conn)
+
+    def disconnected(self, conn: GameConnection) -> None:
+        self.connections.discard(conn)
+        if self._all_gone is not None and not self.connections and not self._all_gone.done():
+            self._all_gone.set_result(None)
+
+    def handshake(self, conn: GameConnection, request: Request) -> None:
+        task = self.loop.create_task(self._serve(conn, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: GameConnection, request: Request) -> None:
+        try:
+            try:
+                response = await self._process_request(conn, request)
+            except Exception:
+                self.logger.error("process_request failed", exc_info=True)
+                response = conn.protocol.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR,
+                                                "Failed to open a WebSocket connection.\nSee server log for more "
+                                                "information.\n")
+            if response is None:
+                response = conn.protocol.accept(request)
+            if response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS and self._closing:
+                response = conn.protocol.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+            conn.respond(response)
+            if conn.state is not _OPEN:
+                return
+            failed = False
+            try:
+                await self._handler(conn)
+            except Exception:
+                failed = True
+                self.logger.error("connection handler failed", exc_info=True)
+            finally:
+                conn.close(CloseCode.INTERNAL_ERROR if failed else CloseCode.NORMAL_CLOSURE)
+        except Exception:
+            self.logger.error("connection failed", exc_info=True)
+            conn.abort()
+
+    # -- time ----------------------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Abort connections past their handshake deadline; ping those silent for `ping_interval_s`, and drop
+        those silent for `ping_interval_s + ping_timeout_s` (a pong, like any bytes, counts as heard)."""
+        try:
+            self._sweep(self.loop.time())
+        except Exception:  # never let one bad connection stop the keepalive of all the others
+            self.logger.exception("connection sweep failed")
+        finally:
+            self._sweeper = self.loop.call_later(self._timeouts.sweep_s, self.sweep)
+
+    def _sweep(self, now: float) -> None:
+        interval = self._timeouts.ping_interval_s
+        limit = interval + self._timeouts.ping_timeout_s
+        for conn in list(self.connections):
+            deadline = conn.deadline
+            if deadline is not None:
+                if now >= deadline:
+                    conn.abort()
+                continue
+            if conn.state is not _OPEN:
+                continue
+            if conn.heard:
+                conn.heard = False
+                conn.silent_since = now
+                conn.ping_sent = False
+                continue
+            silent = now - conn.silent_since
+            if silent >= limit:
+                conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            elif silent >= interval and not conn.ping_sent:
+                conn.send_ping()
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Stop accepting; close open connections with `code`; refuse handshakes still being answered (503)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.state is _OPEN:
+                conn.close(code, reason)
+            elif conn.request is None:
+                conn.abort()  # no request yet: nothing to answer
+
+    async def wait_closed(self) -> None:
+        """Until every connection is gone and every session has returned (the close timeout bounds the wait)."""
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self.connections:
+            self._all_gone = self.loop.create_future()
+            await self._all_gone
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
