@@ -31,6 +31,8 @@ from lobby.writes import GameReports, Write, WriteQueue
 log = logging.getLogger("tickroom.lobby")
 
 REFRESH_EVERY_S = 1.0  # periodic read of the rooms local players wait in: countdown ticks, lost notices
+PROBE_RETRY_S = 0.25  # a join that found the player busy on another connection tries again this often,
+PROBE_MARGIN_S = 1.0  # until that connection's probe is over, plus this for the drop to reach Redis
 START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so that start.lua sees it due
 # Script outcomes that may have changed rooms other than the one they name.
 WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed"})
@@ -66,6 +68,9 @@ class Waiter(Protocol):
     def dropped(self, reason: str) -> None:
         """The player's place is gone (another node swept it up, say): they must join again."""
 
+    async def probe(self, timeout_s: float) -> bool:
+        """Whether the client still answers (a ping); one that does not is disconnected, and False."""
+
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
@@ -77,6 +82,7 @@ class HubConfig:
     modes: tuple[str, ...]
     ticket_ttl_s: float = 60.0
     lobby_grace_s: float = 5.0
+    stale_probe_s: float = 2.0
     heartbeat_s: float = 1.0
     dead_after_s: float = 5.0
     refresh_every_s: float = REFRESH_EVERY_S
@@ -212,6 +218,10 @@ class LobbyHub:
                 outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(),
                                              conn_id=waiter.conn_id, conn_node=self.node_id,
                                              new_room_id=new_room, new_room_node=host, takeover=outcome.conn)
+            if outcome.outcome == "busy" and outcome.conn_kind == "lobby" and outcome.conn:
+                outcome = await self._after_probe(waiter, outcome, lambda: seating.join(
+                    waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id, conn_node=self.node_id,
+                    new_room_id=new_room, new_room_node=host))
         except OUTAGE as error:
             raise LobbyUnavailable(str(error)) from error
         if not waiter.active:
@@ -233,6 +243,31 @@ class LobbyHub:
             # can overtake this one on another connection.
             self._deliver_to(waiter, self._newest(waiter.mode, view) if view.room_id else view)
         return outcome
+
+    async def _after_probe(self, waiter: Waiter, busy: Outcome,
+                           join_again: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """The player waits in the lobby on another connection, which may be a dead one that nobody noticed
+        yet (a half-open TCP connection). Its node pings it (a "kick" notice, or here at once when it is ours)
+        and drops it if it does not answer within `stale_probe_s`; the drop frees the player's connection in
+        Redis, and the join, tried again meanwhile, takes the player's seat back. A live one keeps the player."""
+        if busy.conn_node == self.node_id:
+            other = self.waiters.get(busy.conn)
+            if other is not None:
+                self._spawn(self._probe(other), "probe")
+        else:
+            notice: Notice = {"kind": "kick", "mode": waiter.mode, "conn": busy.conn}
+            self._spawn(self.bus.publish([busy.conn_node], notice), "kick")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.stale_probe_s + PROBE_MARGIN_S
+        outcome = busy
+        while outcome.outcome == "busy" and waiter.active and loop.time() < deadline:
+            await asyncio.sleep(PROBE_RETRY_S)
+            outcome = await join_again()
+        return outcome
+
+    async def _probe(self, waiter: Waiter) -> None:
+        if not await waiter.probe(self.config.stale_probe_s):
+            log.info("dropped a lobby connection of player %s that no longer answered", waiter.player_id)
 
     async def _connection_gone(self, outcome: Outcome) -> bool:
         """Is the connection that holds a busy player gone (its node dead, or a stale one of ours)?"""
@@ -448,6 +483,11 @@ class LobbyHub:
 
     def _on_notice(self, notice: Notice) -> None:
         mode = notice.get("mode")
+        if notice.get("kind") == "kick":
+            waiter = self.waiters.get(str(notice.get("conn")))
+            if waiter is not None:
+                self._spawn(self._probe(waiter), "probe")
+            return
         if notice.get("kind") != "room" or not isinstance(mode, str) or mode not in self.seatings:
             log.debug("ignoring notice %r", notice)
             return

@@ -111,6 +111,7 @@ class App:
         config = HubConfig(node_id=settings.node_id, url=self.public_url, prefix=settings.lobby_prefix,
                            secret=settings.jwt_secret, rules=rules, modes=tuple(sorted(self.modes)),
                            ticket_ttl_s=settings.ticket_ttl_s, lobby_grace_s=settings.lobby_grace_s,
+                           stale_probe_s=settings.stale_probe_s,
                            heartbeat_s=settings.node_heartbeat_s,
                            dead_after_s=settings.node_dead_after_s)
         self.hub = LobbyHub(client, config, self.node.lobby_state, evict=self.node.evict_lobby_rooms)

@@ -112,6 +112,7 @@ class GameConnection(asyncio.Protocol):
         self.ping_sent = False
         self.deadline: float | None = None  # the opening or closing handshake must end by then
         self._lost: asyncio.Future[None] = listener.loop.create_future()
+        self._probe: asyncio.Future[bool] | None = None  # set while a probe waits for the client's answer
 
     # -- the session's side --------------------------------------------------------------------------
 
@@ -144,6 +145,28 @@ class GameConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.transport.abort()
 
+    async def probe(self, timeout_s: float) -> bool:
+        """Whether the client still answers: a ping, then any bytes within `timeout_s`. A client that does not
+        (a half-open TCP connection: the device went away without closing) is dropped with 1011, at once
+        instead of at the keepalive timeout, and the answer is False."""
+        if self.protocol.state is not _OPEN:
+            return False
+        if self._probe is None:
+            self._probe = self.listener.loop.create_future()
+            self.protocol.send_ping(b"probe")
+            self._flush()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(self._probe)
+        except TimeoutError:
+            self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return False
+
+    def _answered(self, alive: bool) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None and not probe.done():
+            probe.set_result(alive)
+
     async def wait_closed(self) -> None:
         """Until the TCP connection is gone."""
         if not self._lost.done():
@@ -162,6 +185,8 @@ class GameConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
+        if self._probe is not None:
+            self._answered(True)
         protocol = self.protocol
         if protocol.state is _CONNECTING:
             self._receive(data)
@@ -204,6 +229,7 @@ class GameConnection(asyncio.Protocol):
         self.protocol.receive_eof()  # idempotent; the protocol's state is CLOSED from here on
         self.on_message = None
         self.listener.disconnected(self)
+        self._answered(False)
         if not self._lost.done():
             self._lost.set_result(None)
 

@@ -153,6 +153,9 @@ class LobbySession:
             self._shown = None
             self.link.send(error_message(ErrorCode.SEAT_LOST, reason))
 
+    async def probe(self, timeout_s: float) -> bool:
+        return await self.ws.probe(timeout_s)
+
     # -- the connection --------------------------------------------------------------------------------
 
     async def run(self) -> None:

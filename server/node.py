@@ -41,6 +41,7 @@ class Node:
         self.rooms: dict[str, Room] = {}
         self._tasks = tasks
         self._players: dict[str, GameConnection] = {}
+        self._released: dict[str, asyncio.Future[None]] = {}  # players whose dropped connection is being let go
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._rng = rng or random.Random()
         self.clock = clock
@@ -58,16 +59,30 @@ class Node:
 
     # -- players -----------------------------------------------------------------------------------
 
-    def claim_player(self, player_id: str, ws: GameConnection) -> bool:
-        """One connection per player on this node; False if the player already has one."""
-        if player_id in self._players:
-            return False
+    async def claim_player(self, player_id: str, ws: GameConnection) -> bool:
+        """One connection per player on this node; False if the player keeps another one. That other one is
+        probed first: if it does not answer within `stale_probe_s` (a device that went away without closing),
+        it is dropped and this one takes over once its session has let go."""
+        while (held := self._players.get(player_id)) is not None:
+            if await held.probe(self.settings.stale_probe_s):
+                return False
+            released = self._released.get(player_id)
+            if released is None:
+                released = self._released[player_id] = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self.settings.stale_probe_s):
+                    await asyncio.shield(released)
+            except TimeoutError:
+                return False
         self._players[player_id] = ws
         return True
 
     def release_player(self, player_id: str, ws: GameConnection) -> None:
         if self._players.get(player_id) is ws:
             del self._players[player_id]
+            released = self._released.pop(player_id, None)
+            if released is not None and not released.done():
+                released.set_result(None)
 
     @property
     def connections(self) -> int:

@@ -60,7 +60,7 @@ class PlayerSession:
             # buffer (where the room skips it) within seconds instead of after megabytes of stale states.
             with contextlib.suppress(OSError):  # the peer may already be gone
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.send_buffer_bytes)
-        if not self.node.claim_player(identity.player_id, ws):
+        if not await self.node.claim_player(identity.player_id, ws):
             self.link.refuse(ProtocolError(ErrorCode.ALREADY_CONNECTED,
                                        "this player is already connected on this node", CloseCode.POLICY))
             await self.link.closed()

@@ -82,6 +82,10 @@ class Settings:
     lobby_grace_s: float = _setting(5.0, "TICKROOM_LOBBY_GRACE_S",
                                     "seconds a waiting player whose lobby connection dropped keeps their seat",
                                     low=0, high=600)
+    stale_probe_s: float = _setting(2.0, "TICKROOM_STALE_PROBE_S",
+                                    "seconds a player's older connection has to answer a ping when the player "
+                                    "connects again; one that does not is dropped and the new one takes over",
+                                    low=0.1, high=60)
     reconnect_grace_s: float = _setting(30.0, "TICKROOM_RECONNECT_GRACE_S",
                                         "seconds a player who dropped out of a running match keeps their seat",
                                         low=0, high=3600)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import struct
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -23,7 +26,8 @@ def node_settings(**overrides: Any) -> Settings:
     # Rooms by id (direct joins); Redis at a port where nothing listens: the lobby waits for it in the
     # background while rooms run, as a node does through a Redis outage.
     values: dict[str, Any] = {"node_id": "test-node", "port": 0, "redis_url": "redis://127.0.0.1:1",
-                              "database_url": "postgresql://unused", "direct_join": True}
+                              "database_url": "postgresql://unused", "direct_join": True,
+                              "stale_probe_s": 0.5}
     values.update(overrides)
     return Settings.load(environ={}, **values)
 
@@ -124,3 +128,56 @@ async def join_lobby(app: App, token: str | None = None, mode: str = "arena") ->
     ws = await open_lobby(app, token)
     await ws.send(orjson.dumps({"type": "join", "v": 1, "mode": mode}).decode())
     return ws
+
+
+class RawClient:
+    """A WebSocket client that answers nothing by itself, to see exactly what the server sends and when."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, *, handshake: bool = True, path: str = "/ws", token: str | None = None) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        if handshake:
+            key = base64.b64encode(os.urandom(16)).decode()
+            auth = f"Authorization: Bearer {token}\r\n" if token else ""
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert head.startswith(b"HTTP/1.1 101"), head
+        return client
+
+    async def frame(self, timeout: float = 3.0) -> tuple[int, bytes]:
+        """The next frame from the server: (opcode, payload)."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+        return first & 0x0F, await self.reader.readexactly(length)
+
+    async def at_eof(self, timeout: float = 3.0, *, unread_ok: bool = False) -> bool:
+        """Whether the server ends the connection within `timeout` (with nothing more sent, unless `unread_ok`)."""
+        rest = await asyncio.wait_for(self.reader.read(), timeout)
+        return unread_ok or rest == b""
+
+    async def message(self, timeout: float = 3.0) -> dict[str, Any]:
+        """The next text frame's JSON, skipping pings."""
+        while True:
+            opcode, payload = await self.frame(timeout)
+            if opcode == 0x1:
+                message: dict[str, Any] = orjson.loads(payload)
+                return message
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send(0x1, orjson.dumps(message))
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -4,9 +4,7 @@ timeouts: keepalive pings and drops, handshake deadlines, the closing handshake,
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +19,7 @@ from websockets.http11 import Request, Response
 
 from server.connection import GameConnection, Payload
 from server.listener import Listener, Timeouts
+from tests.serverkit import RawClient
 
 FAST = Timeouts(open_s=0.5, close_s=0.4, ping_interval_s=0.4, ping_timeout_s=0.4, sweep_s=0.05)
 Handler = Callable[[GameConnection], Awaitable[None]]
@@ -46,45 +45,6 @@ async def listening(handler: Handler = wait_for_close, timeouts: Timeouts = FAST
     finally:
         listener.close()
         await asyncio.wait_for(listener.wait_closed(), 5)
-
-
-class RawClient:
-    """A WebSocket client that answers nothing by itself, to see exactly what the server sends and when."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, *, handshake: bool = True) -> RawClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        client = cls(reader, writer)
-        if handshake:
-            key = base64.b64encode(os.urandom(16)).decode()
-            writer.write(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
-            assert head.startswith(b"HTTP/1.1 101"), head
-        return client
-
-    async def frame(self, timeout: float = 3.0) -> tuple[int, bytes]:
-        """The next frame from the server: (opcode, payload)."""
-        first, second = await asyncio.wait_for(self.reader.readexactly(2), timeout)
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-        return first & 0x0F, await self.reader.readexactly(length)
-
-    async def at_eof(self, timeout: float = 3.0) -> bool:
-        return await asyncio.wait_for(self.reader.read(), timeout) == b""
-
-    def send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def close_code(payload: bytes) -> int:
