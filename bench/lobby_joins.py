@@ -331,16 +331,17 @@ def versions() -> str:
 
 # Where a join's node time goes, as subtrees of the node's stacks (they overlap: a join includes its Redis call).
 PROFILE_SUBTREES = [
-    ("ServerConnection.handshake", "WebSocket opening handshake (websockets), ours included"),
+    ("Listener._serve", "a connection's task: the opening handshake, then its session"),
     ("App._process_request", "  our part of it: routing and the token check"),
-    ("verify_token", "    the token check (PyJWT HS256)"),
+    ("verify_token", "    the token check (lobby/signing.py, HS256)"),
+    ("ServerProtocol.accept", "  websockets' Sans-I/O accept (checks the upgrade, builds the 101)"),
     ("LobbySession._join", "the join: the script call, then telling the waiters"),
     ("Seating.join", "  join.lua through redis-py"),
     ("LobbyHub._publish", "  delivering the room's new state to its local waiters"),
-    ("mint_ticket", "    seat tickets for match_found (PyJWT HS256)"),
+    ("mint_ticket", "    seat tickets for match_found (HS256)"),
     ("NodeRegistry.count_room", "  counting a new room on its host (one call per new room)"),
     ("WriteQueue.run", "the queued leave of each matched player (its seat is kept)"),
-    ("Connection.close", "closing handshake after match_found"),
+    ("GameConnection.close", "closing handshake after match_found"),
     ("BlockingConnectionPool.get_connection", "redis-py: taking a pooled connection (all calls)"),
     ("BlockingConnectionPool.release", "redis-py: giving it back (all calls)"),
 ]
