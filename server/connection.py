@@ -251,7 +251,10 @@ class GameConnection(asyncio.Protocol):
                 self.transport.write(data)
             else:
                 # The WebSocket is closed and the server ends TCP first (RFC 6455 7.1.1). A full close, not a
-                # half-close: nothing more is read, and the transport still sends what it holds first.
+                # half-close: nothing more is read, and the transport still sends what it holds first; a client
+                # that does not read that is cut at the close timeout.
+                if self.deadline is None:
+                    self.deadline = self.listener.loop.time() + self.listener.close_timeout
                 self.transport.close()
 
     def _process(self, event: Event) -> None:

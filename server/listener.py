@@ -137,6 +137,8 @@ class Listener:
                     conn.abort()
                 continue
             if conn.state is not _OPEN:
+                # Closing or closed without a deadline yet (should not happen): bound it all the same.
+                conn.deadline = now + self.close_timeout
                 continue
             if conn.heard:
                 conn.heard = False
@@ -169,8 +171,9 @@ class Listener:
         if self._server is not None:
             await self._server.wait_closed()
         if self.connections:
-            self._all_gone = self.loop.create_future()
-            await self._all_gone
+            if self._all_gone is None:
+                self._all_gone = self.loop.create_future()
+            await asyncio.shield(self._all_gone)
         while self._tasks:
             await asyncio.wait(set(self._tasks))
         if self._sweeper is not None:

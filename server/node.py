@@ -66,6 +66,7 @@ class Node:
         while (held := self._players.get(player_id)) is not None:
             if await held.probe(self.settings.stale_probe_s):
                 return False
+            held.abort()  # no answer, or already closing (its client may be gone): it is replaced now
             released = self._released.get(player_id)
             if released is None:
                 released = self._released[player_id] = asyncio.get_running_loop().create_future()

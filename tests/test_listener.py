@@ -165,3 +165,26 @@ async def test_shutdown_closes_open_connections_with_1001_and_refuses_new_ones()
     assert not listener.connections
     with pytest.raises((OSError, InvalidStatus)):
         await connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
+
+
+async def test_a_client_that_stops_reading_then_half_closes_is_cut_at_the_close_timeout() -> None:
+    """Its end of stream closes the WebSocket, but the transport cannot flush what the client never reads:
+    without a deadline it would stay forever (and keep shutdown waiting)."""
+    flooded = asyncio.Event()
+
+    async def flood(conn: GameConnection) -> None:
+        frame = b"\x82\x7e\xff\xff" + bytes(65535)  # binary frames the client never reads
+        while conn.transport.get_write_buffer_size() < 4 << 20:
+            conn.transport.write(frame)
+        flooded.set()
+        await conn.wait_closed()
+
+    async with listening(flood) as listener:
+        client = await RawClient.open(listener.port)
+        await asyncio.wait_for(flooded.wait(), 5)
+        client.writer.write_eof()
+        started = time.monotonic()
+        while listener.connections:
+            assert time.monotonic() - started < FAST.close_s + 2.0, "the connection was never cut"
+            await asyncio.sleep(0.02)
+        client.close()
