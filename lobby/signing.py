@@ -67,6 +67,16 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _json_object(segment: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(_unb64(segment))
+    except orjson.JSONDecodeError as exc:
+        raise TokenInvalid(f"the {what} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenInvalid(f"the {what} is not a JSON object")
+    return value
+
+
 def decode(token: str, secret: str, *, require: tuple[str, ...] = (), now: float | None = None) -> dict[str, Any]:
     """The claims of a valid token; `TokenExpired` or `TokenInvalid` (with the reason) otherwise."""
     if len(token) > MAX_TOKEN_CHARS:
@@ -79,12 +89,7 @@ def decode(token: str, secret: str, *, require: tuple[str, ...] = (), now: float
     if len(parts) != 3:
         raise TokenInvalid("not enough segments" if len(parts) < 3 else "too many segments")
     header_b64, payload_b64, signature_b64 = parts
-    try:
-        header = orjson.loads(_unb64(header_b64))
-    except orjson.JSONDecodeError as exc:
-        raise TokenInvalid("the header is not JSON") from exc
-    if not isinstance(header, dict):
-        raise TokenInvalid("the header is not a JSON object")
+    header = _json_object(header_b64, "header")
     if header.get("alg") != "HS256":
         raise TokenInvalid("the algorithm is not allowed (HS256 only)")
     if "crit" in header:
@@ -92,12 +97,7 @@ def decode(token: str, secret: str, *, require: tuple[str, ...] = (), now: float
     expected = hmac.digest(_key(secret), header_b64 + b"." + payload_b64, hashlib.sha256)
     if not hmac.compare_digest(expected, _unb64(signature_b64)):
         raise TokenInvalid("signature verification failed")
-    try:
-        claims = orjson.loads(_unb64(payload_b64))
-    except orjson.JSONDecodeError as exc:
-        raise TokenInvalid("the payload is not JSON") from exc
-    if not isinstance(claims, dict):
-        raise TokenInvalid("the payload is not a JSON object")
+    claims = _json_object(payload_b64, "payload")
     for name in require:
         if name not in claims:
             raise TokenInvalid(f'the token is missing the "{name}" claim')

@@ -6,6 +6,9 @@ connection keeps the player, and the new one is refused as before."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+
+import pytest
 
 from server.app import App
 from tests.serverkit import (
@@ -83,41 +86,40 @@ async def test_a_lobby_player_whose_connection_went_dead_joins_again_into_the_sa
         await app.__aexit__(None, None, None)
 
 
-async def test_a_kick_notice_drops_the_dead_connection_on_the_other_node(redis_url: str) -> None:
+@pytest.fixture
+async def two_nodes(redis_url: str) -> AsyncIterator[tuple[App, App]]:
     prefix = lobby_prefix()
     first = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="a-node", countdown_s=600)
     second = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="b-node", countdown_s=600)
     try:
-        token = new_token("traveller")
-        stale, room = await silent_lobby_player(first, token)
-        again = await join_lobby(second, token)
-        status = await recv_until(again, is_type("lobby"), timeout=PROBE_S + 5)
-        assert status["room"] == room
-        assert await stale.at_eof(timeout=5, unread_ok=True)  # node a dropped it (after a ping it left unread)
-        assert first.hub is not None and not first.hub.waiters
-        await again.close()
-        stale.close()
+        yield first, second
     finally:
         await second.__aexit__(None, None, None)
         await first.__aexit__(None, None, None)
 
 
-async def test_a_live_lobby_connection_on_another_node_keeps_the_player(redis_url: str) -> None:
-    prefix = lobby_prefix()
-    first = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="a-node", countdown_s=600)
-    second = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="b-node", countdown_s=600)
-    try:
-        token = new_token()
-        alive = await join_lobby(first, token)
-        room = (await recv_until(alive, is_type("lobby")))["room"]
-        refused = await join_lobby(second, token)
-        error = await recv_until(refused, is_type("error"), timeout=PROBE_S + 5)
-        assert error["code"] == "already_connected"
-        await alive.send('{"type":"ping","t":3}')
-        assert (await recv_until(alive, is_type("pong")))["t"] == 3
-        assert first.hub is not None and len(first.hub.waiters) == 1
-        await alive.close()
-        assert room
-    finally:
-        await second.__aexit__(None, None, None)
-        await first.__aexit__(None, None, None)
+async def test_a_kick_notice_drops_the_dead_connection_on_the_other_node(two_nodes: tuple[App, App]) -> None:
+    first, second = two_nodes
+    token = new_token("traveller")
+    stale, room = await silent_lobby_player(first, token)
+    again = await join_lobby(second, token)
+    status = await recv_until(again, is_type("lobby"), timeout=PROBE_S + 5)
+    assert status["room"] == room
+    assert await stale.at_eof(timeout=5, unread_ok=True)  # node a dropped it (after a ping it left unread)
+    assert first.hub is not None and not first.hub.waiters
+    await again.close()
+    stale.close()
+
+
+async def test_a_live_lobby_connection_on_another_node_keeps_the_player(two_nodes: tuple[App, App]) -> None:
+    first, second = two_nodes
+    token = new_token()
+    alive = await join_lobby(first, token)
+    assert (await recv_until(alive, is_type("lobby")))["room"]
+    refused = await join_lobby(second, token)
+    error = await recv_until(refused, is_type("error"), timeout=PROBE_S + 5)
+    assert error["code"] == "already_connected"
+    await alive.send('{"type":"ping","t":3}')
+    assert (await recv_until(alive, is_type("pong")))["t"] == 3
+    assert first.hub is not None and len(first.hub.waiters) == 1
+    await alive.close()
