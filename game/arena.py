@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from game.base import Json, RankEntry
 
 _US = 1_000_000  # microseconds per second
+SNAPSHOT_VERSION = 1  # the layout of `ArenaGame.snapshot`; a restore refuses any other
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,37 @@ class ArenaGame:
     @property
     def end_reason(self) -> str | None:
         return self._end_reason
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Json]:
+        return {"v": SNAPSHOT_VERSION, "started": self._started, "now_us": self._now_us,
+                "players": [{"pid": p.pid, "x": p.x, "y": p.y, "hp": p.hp, "kills": p.kills, "deaths": p.deaths,
+                             "score": p.score, "alive": p.alive, "in_match": p.in_match,
+                             "respawn_us": p.respawn_us}
+                            for p in sorted(self._players.values(), key=lambda p: p.pid)]}
+
+    def restore(self, snapshot: dict[str, Json]) -> None:
+        if snapshot.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"arena snapshot version {snapshot.get('v')!r} is not {SNAPSHOT_VERSION}")
+        if self._players:
+            raise ValueError("restore needs a game without players")
+        config = self.config
+        for entry in snapshot["players"]:
+            player = _Player(int(entry["pid"]), min(max(float(entry["x"]), 0.0), config.width),
+                             min(max(float(entry["y"]), 0.0), config.height),
+                             min(max(int(entry["hp"]), 0), config.max_hp))
+            player.kills = int(entry["kills"])
+            player.deaths = int(entry["deaths"])
+            player.score = int(entry["score"])
+            player.alive = bool(entry["alive"])
+            player.in_match = bool(entry["in_match"])
+            player.respawn_us = int(entry["respawn_us"])
+            player.active = False
+            self._players[player.pid] = player
+        self._started = bool(snapshot["started"])
+        self._now_us = int(snapshot["now_us"])
+        self._update_active()
 
     # -- inputs ------------------------------------------------------------------------------------
 

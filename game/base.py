@@ -74,6 +74,14 @@ class Game(Protocol):
     def ranking(self) -> list[RankEntry]:
         """Final ranking, best first; ties share a rank."""
 
+    def snapshot(self) -> dict[str, Json]:
+        """What a room restored after a crash needs, as JSON: the match clock and every player's state (by
+        pid). In-flight projectiles and inputs are not kept."""
+
+    def restore(self, snapshot: dict[str, Json]) -> None:
+        """Take the state `snapshot` describes, on a game just built (no player yet). Every player comes back
+        inactive, as after a leave: `add_player` reactivates them with their stats, hp and position."""
+
 
 # Builds a game for one room; the runner passes a seeded RNG.
 GameFactory = Callable[[random.Random], Game]

@@ -40,6 +40,10 @@ class LobbyKeys:
         """Set of every room id of the mode, for listing."""
         return f"{self.base}:rooms"
 
+    def room_snapshot(self, room_id: str) -> str:
+        """A running room's latest snapshot (persistence/snapshots.py), with a TTL: what recovery restores."""
+        return f"{self.base}:room:{room_id}:snapshot"
+
     @property
     def leaderboard(self) -> str:
         """Sorted set of player ids by total score (lobby/leaderboard.py; kept in step with Postgres)."""

@@ -24,6 +24,7 @@ from lobby.hub import HubConfig, LobbyHub
 from lobby.outage import LobbyUnavailable, lobby_client
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
+from persistence.snapshots import SnapshotStore
 from server.auth import AuthError, Identity, verify_token
 from server.connection import GameConnection, JoinRequest
 from server.listener import Listener, Timeouts
@@ -33,6 +34,7 @@ from server.node import Node
 from server.protocol import MAX_FRAME_BYTES, ErrorCode, handshake_error_body
 from server.session import PlayerSession
 from server.settings import Settings
+from server.snapshotter import Snapshotter
 
 log = logging.getLogger("tickroom.app")
 
@@ -72,6 +74,8 @@ class App:
         self.hub: LobbyHub | None = None
         self._hub_task: asyncio.Task[None] | None = None
         self._lobby_http: LobbyEndpoints | None = None
+        self.snapshotter: Snapshotter | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -118,6 +122,11 @@ class App:
         self.node.lobby = self.hub
         self._lobby_http = LobbyEndpoints(self.hub)
         self._hub_task = self._tasks.create_task(self.hub.run(), name="lobby-hub")
+        node = self.node
+        self.snapshotter = Snapshotter(lambda: node.rooms.values(),
+                                       SnapshotStore(client, settings.lobby_prefix, settings.snapshot_ttl_s),
+                                       settings.snapshot_every_s)
+        self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -141,6 +150,8 @@ class App:
             await self.hub.writes.drain(timeout=2.0)
         if self._hub_task is not None:
             self._hub_task.cancel()
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
 
     # -- handshake ---------------------------------------------------------------------------------
 

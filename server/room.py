@@ -20,6 +20,7 @@ from server.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolErro
 from server.settings import Settings
 from server.tickstats import TickStats
 
+SNAPSHOT_VERSION = 1  # the layout of `Room.snapshot`
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
 _OPEN = State.OPEN
 
@@ -345,6 +346,17 @@ class Room:
                 continue
             seat.slow_since = None
             transport.write(data)
+
+    def snapshot(self, wall_ms: int) -> bytes | None:
+        """The running match as JSON for `room:ID:snapshot`: the seats in join order and the game's own
+        snapshot (match clock, every player's state); None when the room is not running."""
+        if self.phase is not RoomPhase.RUNNING:
+            return None
+        return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "tick": self.tick_no,
+                       "taken_ms": wall_ms, "roster": sorted(self.roster) if self.roster is not None else None,
+                       "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name,
+                                  "connected": seat.conn is not None} for seat in self._seats.values()],
+                       "game": self.game.snapshot()})
 
     def crash_frames(self, message: str) -> bytes:
         return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))

@@ -82,6 +82,11 @@ class Settings:
     lobby_grace_s: float = _setting(5.0, "TICKROOM_LOBBY_GRACE_S",
                                     "seconds a waiting player whose lobby connection dropped keeps their seat",
                                     low=0, high=600)
+    snapshot_every_s: float = _setting(30.0, "TICKROOM_SNAPSHOT_EVERY_S",
+                                       "seconds between two snapshots of a running room in Redis (rooms are "
+                                       "spread over the interval)", low=1, high=3600)
+    snapshot_ttl_s: int = _setting(600, "TICKROOM_SNAPSHOT_TTL_S", "TTL of a room's snapshot in Redis",
+                                   low=10, high=86400)
     stale_probe_s: float = _setting(2.0, "TICKROOM_STALE_PROBE_S",
                                     "seconds a player's older connection has to answer a ping when the player "
                                     "connects again; one that does not is dropped and the new one takes over",

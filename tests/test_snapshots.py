@@ -1,0 +1,122 @@
+"""Room snapshots: the arena's own snapshot and restore (pure), their spread over the interval, and a running
+room's snapshot landing in a real Redis with its TTL."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from game.arena import ArenaGame
+from lobby.keys import LobbyKeys
+from persistence.snapshots import Snapshot, SnapshotStore
+from server.snapshotter import Snapshotter
+from tests.serverkit import is_event, join_game, new_token, recv_until, start_lobby_app
+
+
+def played_game() -> ArenaGame:
+    """Four players, one of whom left, after some moving and shooting."""
+    game = ArenaGame(random.Random(7))
+    for pid in (1, 2, 3, 4):
+        game.add_player(pid)
+    game.start()
+    rng = random.Random(1)
+    for tick in range(600):
+        for pid in (1, 2, 3, 4):
+            game.set_input(pid, tick, rng.uniform(-1, 1), rng.uniform(-1, 1))
+            game.fire(pid, tick, rng.uniform(-3, 3))
+        game.step(0.015)
+        if tick == 300:
+            game.remove_player(4)
+    return game
+
+
+def stats(game: ArenaGame) -> list[tuple[object, ...]]:
+    return sorted((p["p"], p["x"], p["y"], p["hp"], p["k"], p["d"], p["sc"], p["alive"]) for p in game.players_state())
+
+
+def test_a_restored_arena_has_the_same_clock_and_players_once_they_are_back() -> None:
+    game = played_game()
+    snapshot = orjson.loads(orjson.dumps(game.snapshot()))  # as it travels: through JSON
+    restored = ArenaGame(random.Random(99))
+    restored.restore(snapshot)
+    assert restored.clock_ms == game.clock_ms > 0
+    assert restored.players_state() == []  # nobody is connected after a crash
+    for pid in (1, 2, 3):
+        restored.add_player(pid)
+    assert stats(restored) == stats(game)
+    assert sum(p["sc"] for p in restored.players_state()) > 0  # the match really had hits
+    restored.add_player(4)  # the player who had left comes back with their stats too
+    assert [e for e in restored.ranking() if e.pid == 4] == [e for e in game.ranking() if e.pid == 4]
+
+
+def test_a_restore_refuses_another_layout_and_a_game_that_has_players() -> None:
+    snapshot = played_game().snapshot()
+    with pytest.raises(ValueError, match="version"):
+        ArenaGame(random.Random(1)).restore({**snapshot, "v": 99})
+    busy = ArenaGame(random.Random(1))
+    busy.add_player(1)
+    with pytest.raises(ValueError, match="without players"):
+        busy.restore(snapshot)
+
+
+@dataclass
+class FakeRoom:
+    room_id: str
+    mode: str = "arena"
+    running: bool = True
+
+    def snapshot(self, wall_ms: int) -> bytes | None:
+        return orjson.dumps({"room": self.room_id}) if self.running else None
+
+
+def test_each_running_room_is_due_exactly_once_per_interval_and_spread_over_it() -> None:
+    rooms = [FakeRoom(f"room-{i}") for i in range(300)] + [FakeRoom("idle", running=False)]
+    snapshotter = Snapshotter(lambda: rooms, SnapshotStore(None, "p", 60), every_s=30)  # type: ignore[arg-type]
+    per_slot = [[s.room_id for s in snapshotter.due(slot)] for slot in range(snapshotter.slots)]
+    due = [room for slot in per_slot for room in slot]
+    assert sorted(due) == sorted(f"room-{i}" for i in range(300))  # once each, the idle room never
+    assert snapshotter.slots == 30 and max(len(slot) for slot in per_slot) <= 25  # about 10 per slot
+
+
+async def test_a_running_rooms_snapshot_lands_in_redis_with_its_ttl(redis_url: str) -> None:
+    app = await start_lobby_app(redis_url, direct_join=True, min_players=2, max_players=2, snapshot_every_s=1,
+                                snapshot_ttl_s=120)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        first, welcome = await join_game(app, "snap-room", token=new_token("ann"))
+        second, _ = await join_game(app, "snap-room", token=new_token("bob"))
+        assert welcome["type"] == "welcome"
+        await recv_until(first, is_event("phase", state="running"))
+        key = LobbyKeys(app.settings.lobby_prefix, "arena").room_snapshot("snap-room")
+        deadline = time.monotonic() + 5
+        while (raw := await client.get(key)) is None:
+            assert time.monotonic() < deadline, "no snapshot within 5 s"
+            await recv_until(first, lambda m: m["type"] == "state", timeout=1)
+        document = orjson.loads(raw)
+        assert (document["room"], document["mode"], document["roster"]) == ("snap-room", "arena", None)
+        assert [(s["pid"], s["name"]) for s in document["seats"]] == [(1, "ann"), (2, "bob")]
+        assert document["tick"] > 0 and {p["pid"] for p in document["game"]["players"]} == {1, 2}
+        assert 0 < await client.ttl(key) <= 120
+        for ws in (first, second):  # they stopped reading states: a closing handshake would wait for them
+            ws.transport.abort()
+    finally:
+        await client.aclose()
+        await app.__aexit__(None, None, None)
+
+
+async def test_an_unreadable_snapshot_reads_as_none(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        store = SnapshotStore(client, f"t{time.monotonic_ns()}", 60)
+        await store.save([Snapshot("arena", "good", b'{"room": "good"}'), Snapshot("arena", "bad", b"{nope")])
+        assert await store.load("arena", "good") == {"room": "good"}
+        assert await store.load("arena", "bad") is None
+        assert await store.load("arena", "missing") is None
+        await store.save([])  # nothing to write: no round trip, no error
+    finally:
+        await client.aclose()
