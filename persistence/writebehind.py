@@ -1,0 +1,301 @@
+"""The write-behind queue to Postgres: rooms and sessions submit writes without awaiting Postgres, a worker
+writes them in batches, one transaction per batch. Nothing is dropped:
+
+- while Postgres is down the writes wait and the worker retries with back-off;
+- past `memory_limit` waiting writes, the oldest are moved to a Redis list (the spill), which the worker
+  empties first, so the order of writes is kept; if Redis is down too they stay in memory (and a warning says
+  so) rather than being lost;
+- `submit` returns a future that resolves once the write is durable: committed in Postgres, or in the spill;
+  a match result is announced to players only then;
+- every write is idempotent (upserts, and match changes through `change_match`'s state table), so a batch
+  replayed after a commit whose answer was lost changes nothing the second time: each result lands exactly
+  once;
+- a write that Postgres refuses for its content (not for being down) is moved to a dead-letter Redis list
+  with the error, and the rest of its batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from lobby.outage import OUTAGE, stop_if_cancelled
+from persistence.matches import MatchRow, change_match, get_match
+
+log = logging.getLogger("tickroom.persistence.writes")
+
+Write = dict[str, Any]  # {"op": NAME, ...}: JSON, so that it can wait in Redis
+BATCH = 200
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+MEMORY_LIMIT = 10_000
+# Postgres being unreachable or restarting, as opposed to refusing a write for its content.
+PG_DOWN: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                                            asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+                                            asyncpg.CrashShutdownError, TimeoutError)
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+# -- the writes: each idempotent ---------------------------------------------------------------------------
+
+async def _ensure_match(conn: asyncpg.Connection, write: Write) -> None:
+    await conn.execute(
+        "INSERT INTO matches (id, room_id, mode, node, state, created_at) VALUES ($1, $2, $3, $4, 'waiting', $5) "
+        "ON CONFLICT (id) DO NOTHING",
+        uuid.UUID(write["match"]), write["room"], write["mode"], write["node"], _time(write["created_ms"]))
+
+
+async def _players_seen(conn: asyncpg.Connection, players: list[dict[str, Any]], at: datetime | None) -> None:
+    await conn.executemany(
+        "INSERT INTO players (id, name, last_seen) VALUES ($1, $2, $3) "
+        "ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
+        "last_seen = GREATEST(players.last_seen, EXCLUDED.last_seen)",
+        [(uuid.UUID(p["id"]), p["name"], at) for p in players])
+
+
+async def _match_opened(conn: asyncpg.Connection, write: Write) -> None:
+    await _ensure_match(conn, write)
+
+
+async def _match_started(conn: asyncpg.Connection, write: Write) -> None:
+    await _ensure_match(conn, write)
+    started = _time(write["started_ms"])
+
+    def start(row: MatchRow) -> MatchRow | None:
+        return None if row.state != "waiting" else row.moved_to("running", started_at=started)
+
+    await change_match(conn, uuid.UUID(write["match"]), start)
+
+
+async def _match_result(conn: asyncpg.Connection, write: Write) -> None:
+    """The end of a match: its row finished (or cancelled), and each player's line of the result."""
+    await _ensure_match(conn, write)
+    match_id = uuid.UUID(write["match"])
+    ended = _time(write["ended_ms"])
+    started = _time(write.get("started_ms"))
+    final_state = "cancelled" if write.get("cancelled") else "finished"
+
+    def finish(row: MatchRow) -> MatchRow | None:
+        if row.state in ("finished", "cancelled"):
+            return None  # already recorded: a replay
+        if final_state == "finished" and row.state == "waiting":
+            row = row.moved_to("running", started_at=started or ended)
+        return row.moved_to(final_state, ended_at=ended, end_reason=write.get("reason"))
+
+    await change_match(conn, match_id, finish)
+    players = write.get("players", [])
+    await _players_seen(conn, players, ended)
+    await conn.executemany(
+        "INSERT INTO match_players (match_id, player_id, join_order, joined_at, left_at, rank, kills, deaths, score) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "ON CONFLICT (match_id, player_id) DO UPDATE SET left_at = EXCLUDED.left_at, rank = EXCLUDED.rank, "
+        "kills = EXCLUDED.kills, deaths = EXCLUDED.deaths, score = EXCLUDED.score",
+        [(match_id, uuid.UUID(p["id"]), p["order"], _time(p["joined_ms"]), _time(p.get("left_ms")), p.get("rank"),
+          p.get("kills", 0), p.get("deaths", 0), p.get("score", 0)) for p in players])
+    await conn.execute("DELETE FROM player_positions WHERE match_id = $1", match_id)
+
+
+async def _positions(conn: asyncpg.Connection, write: Write) -> None:
+    """The latest state of each player of a live match; an older write never overwrites a newer one."""
+    await _ensure_match(conn, write)
+    match_id = uuid.UUID(write["match"])
+    row = await get_match(conn, match_id)
+    if row is not None and row.state in ("finished", "cancelled"):
+        return  # the result is in; positions of a match that is over mean nothing
+    players = write["players"]
+    await _players_seen(conn, players, _time(write["taken_ms"]))
+    await conn.executemany(
+        "INSERT INTO player_positions (match_id, player_id, x, y, hp, kills, deaths, score, match_clock_ms, saved_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "ON CONFLICT (match_id, player_id) DO UPDATE SET x = EXCLUDED.x, y = EXCLUDED.y, hp = EXCLUDED.hp, "
+        "kills = EXCLUDED.kills, deaths = EXCLUDED.deaths, score = EXCLUDED.score, "
+        "match_clock_ms = EXCLUDED.match_clock_ms, saved_at = EXCLUDED.saved_at "
+        "WHERE player_positions.match_clock_ms <= EXCLUDED.match_clock_ms",
+        [(match_id, uuid.UUID(p["id"]), p["x"], p["y"], p["hp"], p["kills"], p["deaths"], p["score"],
+          write["clock_ms"], _time(write["taken_ms"])) for p in players])
+
+
+APPLY: dict[str, Callable[[asyncpg.Connection, Write], Awaitable[None]]] = {
+    "match_opened": _match_opened,
+    "match_started": _match_started,
+    "match_result": _match_result,
+    "positions": _positions,
+}
+
+
+# -- the queue ---------------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Pending:
+    write: Write
+    durable: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class WriteBehind:
+    """`submit()` from anywhere (never blocks); `run()` as a background task; `drain()` at shutdown."""
+
+    def __init__(self, database_url: str, redis: aioredis.Redis, spill_key: str, *,
+                 memory_limit: int = MEMORY_LIMIT, batch: int = BATCH) -> None:
+        self.database_url = database_url
+        self.redis = redis
+        self.spill_key = spill_key
+        self.dead_key = f"{spill_key}:dead"
+        self.memory_limit = memory_limit
+        self.batch = batch
+        self._memory: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._conn: asyncpg.Connection | None = None
+        self.written = 0  # writes committed (counting replays), for /stats and the tests
+        self.retries = 0
+        self._spilling: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._memory)
+
+    def submit(self, write: Write) -> asyncio.Future[None]:
+        """Queue `write`; the future resolves once it is durable (in Postgres, or in the Redis spill)."""
+        if write.get("op") not in APPLY:
+            raise ValueError(f"unknown write {write.get('op')!r}")
+        pending = _Pending(write)
+        self._memory.append(pending)
+        self._idle.clear()
+        self._wake.set()
+        if len(self._memory) > self.memory_limit and (self._spilling is None or self._spilling.done()):
+            self._spilling = asyncio.get_running_loop().create_task(self._spill())
+        return pending.durable
+
+    async def _spill(self) -> None:
+        """Move the oldest writes over the memory limit to the Redis spill, in order."""
+        while len(self._memory) > self.memory_limit:
+            chunk = [self._memory[i] for i in range(min(self.batch, len(self._memory) - self.memory_limit))]
+            try:
+                await self.redis.rpush(self.spill_key, *(orjson.dumps(p.write) for p in chunk))
+            except OUTAGE as error:
+                log.warning("Redis is unreachable too (%s): %d writes wait in memory", error, len(self._memory))
+                return
+            for pending in chunk:
+                # The worker may have written some of them meanwhile: those are gone from the head already.
+                if self._memory and self._memory[0] is pending:
+                    self._memory.popleft()
+                if not pending.durable.done():
+                    pending.durable.set_result(None)
+
+    async def run(self) -> None:
+        delay = RETRY_MIN_S
+        failing = ""
+        while True:
+            stop_if_cancelled()
+            try:
+                did = await self._round()
+            except (*PG_DOWN, *OUTAGE) as error:
+                stop_if_cancelled()
+                self.retries += 1
+                what = "Redis (the write spill)" if isinstance(error, OUTAGE) else "Postgres"
+                if what != "Redis (the write spill)":
+                    await self._drop_connection()
+                if failing != what:
+                    log.warning("%s unreachable (%s: %s); %d writes wait, retrying with back-off", what,
+                                type(error).__name__, error, len(self._memory))
+                    failing = what
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(RETRY_MAX_S, delay * 2)
+                continue
+            if failing:
+                log.info("%s reachable again; the queued writes go on", failing)
+                failing = ""
+            delay = RETRY_MIN_S
+            if not did:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _round(self) -> bool:
+        """Write one batch, spilled writes first; False when there was nothing to write."""
+        spilled = await self.redis.lrange(self.spill_key, 0, self.batch - 1)
+        if spilled:
+            await self._write([orjson.loads(raw) for raw in spilled])
+            await self.redis.ltrim(self.spill_key, len(spilled), -1)
+            return True
+        if not self._memory:
+            return False
+        chunk = [self._memory[i] for i in range(min(self.batch, len(self._memory)))]
+        await self._write([p.write for p in chunk])
+        for pending in chunk:
+            if self._memory and self._memory[0] is pending:
+                self._memory.popleft()
+            if not pending.durable.done():
+                pending.durable.set_result(None)
+        return True
+
+    async def _write(self, writes: list[Write]) -> None:
+        conn = await self._connect()
+        try:
+            async with conn.transaction():
+                for write in writes:
+                    await APPLY[write["op"]](conn, write)
+        except PG_DOWN:
+            raise
+        except asyncpg.PostgresError:
+            # One of them is refused for its content: write them one by one, and set that one aside.
+            for write in writes:
+                await self._write_alone(conn, write)
+        else:
+            self.written += len(writes)
+
+    async def _write_alone(self, conn: asyncpg.Connection, write: Write) -> None:
+        try:
+            async with conn.transaction():
+                await APPLY[write["op"]](conn, write)
+            self.written += 1
+        except PG_DOWN:
+            raise
+        except asyncpg.PostgresError as error:
+            log.error("Postgres refused a %s write (%s); it is kept in %s", write["op"], error, self.dead_key)
+            await self.redis.rpush(self.dead_key, orjson.dumps({"write": write, "error": str(error)}))
+
+    async def _connect(self) -> asyncpg.Connection:
+        """The worker's one connection (the writes are sequential by design: their order matters)."""
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.database_url, timeout=5, command_timeout=30)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every submitted write is written (True), or `timeout` passes (False: they stay queued, in
+        memory or in the spill)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._memory or not self._idle.is_set():
+                    self._wake.set()
+                    await self._idle.wait()
+                    if self._memory:
+                        self._idle.clear()
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        if self._spilling is not None:
+            self._spilling.cancel()
+        await self._drop_connection()
