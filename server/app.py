@@ -25,6 +25,7 @@ from lobby.outage import LobbyUnavailable, lobby_client
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from persistence.snapshots import SnapshotStore
+from persistence.writebehind import WriteBehind
 from server.auth import AuthError, Identity, verify_token
 from server.connection import GameConnection, JoinRequest
 from server.listener import Listener, Timeouts
@@ -64,9 +65,14 @@ def bearer_token(request: Request, query: dict[str, list[str]]) -> str | None:
 class App:
     """A running node: `async with App(settings, modes) as app:` serves on `app.port` until the block ends."""
 
-    def __init__(self, settings: Settings, modes: Mapping[str, GameFactory]) -> None:
+    def __init__(self, settings: Settings, modes: Mapping[str, GameFactory], *, persist: bool = False) -> None:
+        """`persist`: record matches and positions in the settings' Postgres (`tickroom serve` does, after
+        checking Postgres and migrating it); without it the node keeps no record (tests of other things)."""
         self.settings = settings
         self.modes = dict(modes)
+        self.persist = persist
+        self.records: WriteBehind | None = None
+        self._records_task: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
         self._server: Listener | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -123,6 +129,14 @@ class App:
         self._lobby_http = LobbyEndpoints(self.hub)
         self._hub_task = self._tasks.create_task(self.hub.run(), name="lobby-hub")
         node = self.node
+        if self.persist:
+            # One spill per node: its worker reads a batch and trims it after writing, which only one reader
+            # may do. A node that starts again under the same id empties what it left there.
+            self.records = WriteBehind(settings.database_url, client,
+                                       f"{settings.lobby_prefix}:node:{settings.node_id}:writes:spill")
+            self._stack.push_async_callback(self.records.close)
+            node.recorder = self.records.submit
+            self._records_task = self._tasks.create_task(self.records.run(), name="postgres-writes")
         self.snapshotter = Snapshotter(lambda: node.rooms.values(),
                                        SnapshotStore(client, settings.lobby_prefix, settings.snapshot_ttl_s),
                                        settings.snapshot_every_s)
@@ -148,6 +162,12 @@ class App:
             # What the rooms and sessions told the lobby while closing (finish, leave) is written before the
             # hub stops, as far as Redis answers within the bound.
             await self.hub.writes.drain(timeout=2.0)
+        if self.records is not None:
+            # Results of matches that ended are written before the node goes (or wait in the Redis spill).
+            if not await self.records.drain(timeout=5.0):
+                log.warning("%d Postgres writes were not written before shutdown", self.records.depth)
+        if self._records_task is not None:
+            self._records_task.cancel()
         if self._hub_task is not None:
             self._hub_task.cancel()
         if self._snapshot_task is not None:

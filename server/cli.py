@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         settings = await connect_services(settings, stack)
-        app = await stack.enter_async_context(App(settings, game_modes(settings)))
+        app = await stack.enter_async_context(App(settings, game_modes(settings), persist=True))
         print(f"tickroom: node {settings.node_id} ready on {app.url} (game: {app.url}/game?room=ID)",
               file=sys.stderr, flush=True)
         await stop.wait()

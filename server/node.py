@@ -19,7 +19,7 @@ from lobby.upkeep import LocalState
 from server.connection import GameConnection, JoinRequest
 from server.lifecycle import RoomPhase
 from server.protocol import CloseCode, ErrorCode, ProtocolError
-from server.room import Room, Seat
+from server.room import Recorder, Room, Seat
 from server.runner import RoomRunner
 from server.settings import Settings
 from server.tickstats import summarize_ms
@@ -51,6 +51,8 @@ class Node:
         self._stats_at = 0.0
         # Set by the app once Redis is configured: where lobby rooms report their players and their end.
         self.lobby: LobbyHub | None = None
+        # Set by the app when matches are recorded in Postgres (the write-behind queue's `submit`).
+        self.recorder: Recorder | None = None
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     @staticmethod
@@ -104,7 +106,8 @@ class Node:
         factory = self.modes[join.mode]
         game = factory(random.Random(self._rng.getrandbits(64)))
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")
-        room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log, roster=join.roster)
+        room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log, roster=join.roster,
+                    node_id=self.settings.node_id, recorder=self.recorder)
         self.rooms[join.room_id] = room
         self._runners[join.room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{join.room_id}")
         log.info("room %s created (mode %s)", join.room_id, join.mode)

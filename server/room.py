@@ -6,8 +6,13 @@ once, and write the same bytes to every player. The runner (`server/runner.py`) 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.protocol import State
 
@@ -21,6 +26,14 @@ from server.settings import Settings
 from server.tickstats import TickStats
 
 SNAPSHOT_VERSION = 1  # the layout of `Room.snapshot`
+# Takes a write for Postgres (persistence/writebehind.py); the future resolves once it is durable.
+Recorder = Callable[[dict[str, Any]], "asyncio.Future[None]"]
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
 _OPEN = State.OPEN
 
@@ -40,6 +53,8 @@ class Seat:
     conn: GameConnection | None = None
     slow_since: float | None = None
     roster: dict[str, object] = field(default_factory=dict)
+    joined_ms: int = 0  # wall clock, for the match's record in Postgres
+    left_ms: int | None = None
 
 
 class Room:
@@ -48,9 +63,18 @@ class Room:
     cancelled). Without one it is a development room that anyone may join by id, with its own countdown."""
 
     def __init__(self, room_id: str, mode: str, game: Game, settings: Settings, now: float,
-                 logger: logging.Logger, roster: frozenset[str] | None = None) -> None:
+                 logger: logging.Logger, roster: frozenset[str] | None = None, *, node_id: str = "",
+                 recorder: Recorder | None = None, wall_ms: Callable[[], int] = wall_clock_ms) -> None:
         self.room_id = room_id
         self.mode = mode
+        # The match's record in Postgres (persistence/writebehind.py): opened now, started, then its result.
+        self.match_id = str(uuid.uuid4())
+        self.node_id = node_id
+        self._recorder = recorder
+        self._wall_ms = wall_ms
+        self.created_ms = wall_ms()
+        self.started_ms: int | None = None
+        self.result_saved = recorder is None  # with nothing to record, nothing to wait for
         self.roster: set[str] | None = set(roster) if roster is not None else None
         self.join_deadline: float | None = now + settings.join_window_s if roster is not None else None
         self.cancelled = False
@@ -77,6 +101,7 @@ class Room:
         self._moves: dict[int, tuple[int, float, float]] = {}
         self._fires: list[tuple[int, int, float]] = []
         self._frames: list[bytes] = []
+        self._record("match_opened")
 
     # -- seats -------------------------------------------------------------------------------------
 
@@ -110,7 +135,8 @@ class Room:
             if pid is None:
                 pid = self._pids[identity.player_id] = self._next_pid
                 self._next_pid += 1
-            seat = Seat(pid, identity.player_id, identity.name, COLORS[(pid - 1) % len(COLORS)])
+            seat = Seat(pid, identity.player_id, identity.name, COLORS[(pid - 1) % len(COLORS)],
+                        joined_ms=self._wall_ms())
             seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
             self._seats[identity.player_id] = seat
         try:
@@ -123,6 +149,7 @@ class Room:
                                 CloseCode.INTERNAL) from None
         seat.conn = conn
         seat.slow_since = None
+        seat.left_ms = None
         self._connected.append(seat)
         self._post({"type": "event", "kind": "join", **seat.roster})
         self._advance_phase(now)
@@ -134,6 +161,7 @@ class Room:
         if seat.conn is None:
             return
         seat.conn = None
+        seat.left_ms = self._wall_ms()
         self._connected.remove(seat)
         if not self._connected:
             self._empty_since = now
@@ -227,6 +255,8 @@ class Room:
                     self._start(now)
                 else:
                     self.cancelled = True
+                    self._record("match_result", ended_ms=self._wall_ms(), reason="cancelled", cancelled=True,
+                                 players=self._result_lines({}))
         elif self.phase is RoomPhase.WAITING:
             if players >= settings.max_players:
                 self._start(now)
@@ -248,13 +278,15 @@ class Room:
         self.countdown_ends = None
         self.game.start()
         self._set_phase(RoomPhase.RUNNING, now)
+        self.started_ms = self._wall_ms()
+        self._record("match_started", started_ms=self.started_ms)
 
     def _finish(self, reason: str, now: float) -> None:
         self.end_reason = reason
         self.finished_at = now
         self._set_phase(RoomPhase.FINISHED, now)
         seats_by_pid = {seat.pid: seat for seat in self._seats.values()}
-        ranking = []
+        ranking: list[dict[str, Any]] = []
         for entry in self.game.ranking():
             seat = seats_by_pid.get(entry.pid)
             if seat is None:
@@ -262,8 +294,43 @@ class Room:
             ranking.append({"p": entry.pid, "id": seat.player_id, "name": seat.name, "rank": entry.rank,
                             "kills": entry.kills, "deaths": entry.deaths, "score": entry.score})
         self._post({"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms,
-                    "ranking": ranking})
+                    "ranking": ranking, "match": self.match_id})
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
+        lines = {str(line["id"]): line for line in ranking}
+        durable = self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
+                               players=self._result_lines(lines))
+        if durable is not None:
+            durable.add_done_callback(self._result_durable)
+
+    def _result_lines(self, ranking: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every player who took a seat, in join order, with their line of the ranking (none: left before
+        the match began)."""
+        lines = []
+        for order, seat in enumerate(self._seats.values(), start=1):
+            line: dict[str, Any] = {"id": seat.player_id, "name": seat.name, "order": order,
+                                    "joined_ms": seat.joined_ms, "left_ms": seat.left_ms}
+            ranked = ranking.get(seat.player_id)
+            if ranked is not None:
+                line.update(rank=ranked["rank"], kills=ranked["kills"], deaths=ranked["deaths"], score=ranked["score"])
+            lines.append(line)
+        return lines
+
+    def _result_durable(self, durable: asyncio.Future[None]) -> None:
+        if durable.cancelled() or durable.exception() is not None:
+            return
+        self.result_saved = True
+        self._post({"type": "event", "kind": "result_saved", "match": self.match_id})
+
+    def _record(self, op: str, **fields: Any) -> asyncio.Future[None] | None:
+        if self._recorder is None:
+            return None
+        write = {"op": op, "match": self.match_id, "room": self.room_id, "mode": self.mode, "node": self.node_id,
+                 "created_ms": self.created_ms, **fields}
+        try:
+            return self._recorder(write)
+        except Exception:  # the match goes on; its record is what is lost, and the log says so
+            self.log.exception("room %s: recording %s failed", self.room_id, op)
+            return None
 
     def abandoned(self, now: float) -> bool:
         """Nobody is connected in a phase where nobody can come back to an unfinished match. The players of a
@@ -357,6 +424,18 @@ class Room:
                        "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name,
                                   "connected": seat.conn is not None} for seat in self._seats.values()],
                        "game": self.game.snapshot()})
+
+    def record_positions(self) -> asyncio.Future[None] | None:
+        """The latest state of each player of the running match, for Postgres (less often than snapshots):
+        what restores the room when Redis has lost its snapshot."""
+        if self.phase is not RoomPhase.RUNNING:
+            return None
+        seats = {seat.pid: seat for seat in self._seats.values()}
+        game = self.game.snapshot()
+        players = [{"id": seat.player_id, "name": seat.name, "x": entry["x"], "y": entry["y"], "hp": entry["hp"],
+                    "kills": entry["kills"], "deaths": entry["deaths"], "score": entry["score"]}
+                   for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
+        return self._record("positions", clock_ms=self.game.clock_ms, taken_ms=self._wall_ms(), players=players)
 
     def crash_frames(self, message: str) -> bytes:
         return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))

@@ -20,6 +20,9 @@ from server.room import Room
 MAX_BEHIND_TICKS = 10
 
 
+RESULT_WAIT_S = 10.0
+
+
 class RoomRunner:
     def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float],
                  on_finished: Callable[[Room], None] | None = None) -> None:
@@ -55,7 +58,10 @@ class RoomRunner:
                     if self.on_finished is not None:
                         on_finished, self.on_finished = self.on_finished, None
                         on_finished(room)
-                    if finished - room.finished_at >= linger:
+                    # The result on screen for `linger`, and longer (up to RESULT_WAIT_S more) until it is
+                    # durable, so that players are told it is saved (`result_saved`).
+                    lingered = finished - room.finished_at
+                    if lingered >= linger and (room.result_saved or lingered >= linger + RESULT_WAIT_S):
                         await self._close_all(CloseCode.NORMAL, "match over")
                         return
                 elif room.evicted:

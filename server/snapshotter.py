@@ -4,6 +4,7 @@ The interval is cut into one-second slots and each room has its slot (by a hash 
 spread evenly instead of landing on one tick every 30 s. At each slot the rooms due are read synchronously
 (a few tens of µs each: the game's state as JSON) and written in one pipelined round trip by this task;
 no room ever awaits Redis. A Redis outage skips snapshots (logged once); the next round writes them again.
+Every `POSITIONS_EVERY`th round a room's players' positions also go to Postgres, through the write-behind queue.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from server.room import Room
 log = logging.getLogger("tickroom.snapshots")
 
 SLOT_S = 1.0
+POSITIONS_EVERY = 2  # every other snapshot of a room also goes to Postgres as its players' positions
 
 
 def slot_of(room_id: str, slots: int) -> int:
@@ -28,11 +30,14 @@ def slot_of(room_id: str, slots: int) -> int:
 
 
 class Snapshotter:
-    def __init__(self, rooms: Callable[[], Iterable[Room]], store: SnapshotStore, every_s: float) -> None:
+    def __init__(self, rooms: Callable[[], Iterable[Room]], store: SnapshotStore, every_s: float, *,
+                 positions_every: int = POSITIONS_EVERY) -> None:
         self._rooms = rooms
         self.store = store
         self.slots = max(1, round(every_s / SLOT_S))
         self.slot_s = every_s / self.slots
+        self.positions_every = positions_every
+        self._round = 0  # full intervals done
         self.saved = 0  # snapshots written, for /stats and the tests
         self._failing = False
 
@@ -43,6 +48,8 @@ class Snapshotter:
             if slot_of(room.room_id, self.slots) != slot:
                 continue
             try:
+                if self._round % self.positions_every == 0:
+                    room.record_positions()
                 body = room.snapshot(wall_ms)
             except Exception:  # a game that cannot describe itself loses its snapshot, not the node
                 log.exception("room %s: snapshot failed", room.room_id)
@@ -60,6 +67,8 @@ class Snapshotter:
             next_at += self.slot_s
             snapshots = self.due(slot)
             slot = (slot + 1) % self.slots
+            if slot == 0:
+                self._round += 1
             try:
                 await self.store.save(snapshots)
             except OUTAGE as error:

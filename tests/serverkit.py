@@ -38,9 +38,10 @@ def new_token(name: str | None = None, *, player_id: str | None = None, ttl_s: f
                       ttl_s=ttl_s)
 
 
-async def start_app(modes: Mapping[str, GameFactory] | None = None, **overrides: Any) -> App:
+async def start_app(modes: Mapping[str, GameFactory] | None = None, *, persist: bool = False,
+                    **overrides: Any) -> App:
     settings = node_settings(**overrides)
-    app = App(settings, modes if modes is not None else game_modes(settings))
+    app = App(settings, modes if modes is not None else game_modes(settings), persist=persist)
     await app.__aenter__()
     return app
 

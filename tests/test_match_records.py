@@ -1,0 +1,72 @@
+"""A node that records its matches: a match played to its end is in Postgres with its result, and the players
+are told once it is safe there (`result_saved`)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from persistence.migrate import migrate_url
+from tests.serverkit import is_event, is_type, join_game, new_token, recv_until, start_lobby_app
+
+
+async def test_a_finished_match_is_recorded_with_its_result_and_the_players_are_told(
+        redis_url: str, fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    app = await start_lobby_app(redis_url, database_url=fresh_database, direct_join=True, min_players=2,
+                                max_players=2, persist=True)
+    try:
+        ann_id, bob_id = str(uuid.uuid4()), str(uuid.uuid4())
+        ann, _ = await join_game(app, "recorded", token=new_token("ann", player_id=ann_id))
+        bob, _ = await join_game(app, "recorded", token=new_token("bob", player_id=bob_id))
+        await recv_until(ann, is_event("phase", state="running"))
+        await bob.send('{"type":"leave"}')
+        end = await recv_until(ann, is_type("match_end"))
+        assert end["reason"] == "last_player" and end["match"]
+        saved = await recv_until(ann, is_event("result_saved"), timeout=10)
+        assert saved["match"] == end["match"]
+        conn = await asyncpg.connect(fresh_database)
+        try:
+            match = await conn.fetchrow("SELECT room_id, node, state, end_reason, started_at, ended_at "
+                                        "FROM matches WHERE id = $1", uuid.UUID(end["match"]))
+            lines = await conn.fetch("SELECT player_id, join_order, rank, left_at FROM match_players "
+                                     "WHERE match_id = $1 ORDER BY join_order", uuid.UUID(end["match"]))
+            names = await conn.fetch("SELECT id, name FROM players WHERE id = ANY($1::uuid[])",
+                                     [uuid.UUID(ann_id), uuid.UUID(bob_id)])
+        finally:
+            await conn.close()
+        assert match is not None
+        assert (match["room_id"], match["node"], match["state"], match["end_reason"]) == (
+            "recorded", app.settings.node_id, "finished", "last_player")
+        assert match["started_at"] <= match["ended_at"]
+        assert [(str(r["player_id"]), r["join_order"], r["rank"]) for r in lines] == [(ann_id, 1, 1), (bob_id, 2, 2)]
+        assert lines[0]["left_at"] is None and lines[1]["left_at"] is not None
+        assert {str(r["id"]): r["name"] for r in names} == {ann_id: "ann", bob_id: "bob"}
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_a_running_match_keeps_its_players_positions_in_postgres_until_its_result(
+        redis_url: str, fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    app = await start_lobby_app(redis_url, database_url=fresh_database, direct_join=True, min_players=2,
+                                max_players=2, persist=True, snapshot_every_s=1)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        ann, _ = await join_game(app, "positions", token=new_token("ann"))
+        bob, _ = await join_game(app, "positions", token=new_token("bob"))
+        await recv_until(ann, is_event("phase", state="running"))
+        deadline = asyncio.get_running_loop().time() + 5
+        while (count := await conn.fetchval("SELECT count(*) FROM player_positions")) < 2:
+            assert asyncio.get_running_loop().time() < deadline, f"{count} positions after 5 s"
+            await recv_until(ann, is_type("state"), timeout=1)
+        row = await conn.fetchrow("SELECT x, y, hp, match_clock_ms FROM player_positions LIMIT 1")
+        assert row is not None and 0 <= row["x"] <= 1000 and row["hp"] == 100 and row["match_clock_ms"] >= 0
+        await bob.send('{"type":"leave"}')
+        await recv_until(ann, is_event("result_saved"), timeout=10)
+        assert await conn.fetchval("SELECT count(*) FROM player_positions") == 0  # the result replaced them
+    finally:
+        await conn.close()
+        await app.__aexit__(None, None, None)
