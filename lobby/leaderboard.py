@@ -6,12 +6,15 @@ adds each kill's points as they happen and rebuilds the set from Postgres when R
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys, text
+from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +61,52 @@ class Leaderboard:
             return None
         better = await self.client.zcount(self.key, f"({score}", "+inf")
         return Standing(int(better) + 1, player_id, int(score))
+
+
+class LeaderboardFeed:
+    """Points added as they happen (each kill), without awaiting: summed per player in memory and written by
+    one task in a pipeline. Points that Redis could not take stay summed here and go with the next write."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._pending: dict[tuple[str, str], int] = {}
+        self._wake = asyncio.Event()
+        self.written = 0  # point updates written, for the tests
+
+    def add(self, mode: str, player_id: str, points: int) -> None:
+        if points:
+            key = (mode, player_id)
+            self._pending[key] = self._pending.get(key, 0) + points
+            self._wake.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            stop_if_cancelled()  # redis-py may swallow a cancellation that hits it mid-call
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, {}
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for (mode, player_id), points in pending.items():
+                        pipe.zincrby(LobbyKeys(self.prefix, mode).leaderboard, points, player_id)
+                    await pipe.execute()
+            except OUTAGE as error:
+                for key, points in pending.items():  # keep them for the next write
+                    self._pending[key] = self._pending.get(key, 0) + points
+                self._wake.set()
+                await backoff.wait("the leaderboard feed", error)
+                continue
+            self.written += len(pending)
+            backoff.reset("the leaderboard feed")
+
+
+async def rebuild_if_missing(client: aioredis.Redis, keys: LobbyKeys,
+                             totals: Callable[[], Awaitable[dict[str, int]]]) -> bool:
+    """When Redis has no leaderboard for the mode (a new deployment, or Redis lost its data), rebuild it from
+    Postgres's totals; True if it did."""
+    if await client.exists(keys.leaderboard):
+        return False
+    await Leaderboard(client, keys).replace(await totals())
+    return True

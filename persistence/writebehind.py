@@ -224,6 +224,7 @@ class WriteBehind:
             if not did:
                 self._idle.set()
                 self._wake.clear()
+                stop_if_cancelled()  # redis-py may have swallowed a cancellation in this round
                 await self._wake.wait()
 
     async def _round(self) -> bool:

@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from functools import partial
 from http import HTTPStatus
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
@@ -21,7 +22,9 @@ from websockets.http11 import Request, Response
 
 from game.base import GameFactory
 from lobby.hub import HubConfig, LobbyHub
-from lobby.outage import LobbyUnavailable, lobby_client
+from lobby.keys import LobbyKeys
+from lobby.leaderboard import Leaderboard, LeaderboardFeed, rebuild_if_missing
+from lobby.outage import LobbyUnavailable, lobby_client, stop_if_cancelled
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from persistence.snapshots import SnapshotStore
@@ -33,6 +36,7 @@ from server.lobby_http import LobbyEndpoints
 from server.lobby_session import LobbySession
 from server.node import Node
 from server.protocol import MAX_FRAME_BYTES, ErrorCode, handshake_error_body
+from server.records_http import RecordEndpoints, is_records_path
 from server.session import PlayerSession
 from server.settings import Settings
 from server.snapshotter import Snapshotter
@@ -80,6 +84,9 @@ class App:
         self.hub: LobbyHub | None = None
         self._hub_task: asyncio.Task[None] | None = None
         self._lobby_http: LobbyEndpoints | None = None
+        self._records_http: RecordEndpoints | None = None
+        self.leaderboard: LeaderboardFeed | None = None
+        self._leaderboard_task: asyncio.Task[None] | None = None
         self.snapshotter: Snapshotter | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
 
@@ -137,10 +144,35 @@ class App:
             self._stack.push_async_callback(self.records.close)
             node.recorder = self.records.submit
             self._records_task = self._tasks.create_task(self.records.run(), name="postgres-writes")
+            prefix = settings.lobby_prefix
+            self._records_http = RecordEndpoints(settings.database_url,
+                                                 lambda mode: Leaderboard(client, LobbyKeys(prefix, mode)),
+                                                 sorted(self.modes))
+            self._stack.push_async_callback(self._records_http.close)
+            self.leaderboard = LeaderboardFeed(client, prefix)
+            node.scorer = self.leaderboard.add
+            self._leaderboard_task = self._tasks.create_task(self._run_leaderboard(), name="leaderboard")
         self.snapshotter = Snapshotter(lambda: node.rooms.values(),
                                        SnapshotStore(client, settings.lobby_prefix, settings.snapshot_ttl_s),
                                        settings.snapshot_every_s)
         self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")
+
+    async def _run_leaderboard(self) -> None:
+        """Rebuild each mode's leaderboard from Postgres if Redis has none, then feed it as kills happen."""
+        assert self.leaderboard is not None and self._records_http is not None
+        records = self._records_http
+        for mode in sorted(self.modes):
+            keys = LobbyKeys(self.settings.lobby_prefix, mode)
+            try:
+                rebuilt = await rebuild_if_missing(self.leaderboard.client, keys, partial(records.totals, mode))
+            except Exception as error:  # Redis or Postgres down: the feed goes on, the next start rebuilds
+                stop_if_cancelled()
+                log.warning("could not check the %s leaderboard at start: %r", mode, error)
+                continue
+            if rebuilt:
+                log.info("rebuilt the %s leaderboard from Postgres", mode)
+        records.leaderboards_checked.set()
+        await self.leaderboard.run()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -172,6 +204,8 @@ class App:
             self._hub_task.cancel()
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
+        if self._leaderboard_task is not None:
+            self._leaderboard_task.cancel()
 
     # -- handshake ---------------------------------------------------------------------------------
 
@@ -185,6 +219,11 @@ class App:
             return json_response(HTTPStatus.OK, await self.node.stats())
         if url.path.startswith("/lobby/rooms") and self._lobby_http is not None:
             status, body = await self._lobby_http.answer(url.path, query)
+            return json_response(status, body)
+        if is_records_path(url.path):
+            if self._records_http is None:
+                return refuse(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "this node keeps no match records")
+            status, body = await self._records_http.answer(url.path, query)
             return json_response(status, body)
         if url.path not in ("/game", "/lobby"):
             return refuse(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no endpoint at {url.path}")

@@ -19,7 +19,7 @@ from lobby.upkeep import LocalState
 from server.connection import GameConnection, JoinRequest
 from server.lifecycle import RoomPhase
 from server.protocol import CloseCode, ErrorCode, ProtocolError
-from server.room import Recorder, Room, Seat
+from server.room import Recorder, Room, Scorer, Seat
 from server.runner import RoomRunner
 from server.settings import Settings
 from server.tickstats import summarize_ms
@@ -53,6 +53,7 @@ class Node:
         self.lobby: LobbyHub | None = None
         # Set by the app when matches are recorded in Postgres (the write-behind queue's `submit`).
         self.recorder: Recorder | None = None
+        self.scorer: Scorer | None = None  # the leaderboard feed's `add`, likewise
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     @staticmethod
@@ -107,7 +108,7 @@ class Node:
         game = factory(random.Random(self._rng.getrandbits(64)))
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")
         room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log, roster=join.roster,
-                    node_id=self.settings.node_id, recorder=self.recorder)
+                    node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer)
         self.rooms[join.room_id] = room
         self._runners[join.room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{join.room_id}")
         log.info("room %s created (mode %s)", join.room_id, join.mode)

@@ -38,6 +38,14 @@ class ErrorCode(enum.StrEnum):
     ROOM_NOT_FOUND = "room_not_found"
     NOT_IN_ROOM = "not_in_room"
     LOBBY_UNAVAILABLE = "lobby_unavailable"
+    # The records' HTTP endpoints (players, matches, leaderboard).
+    BAD_PLAYER_ID = "bad_player_id"
+    BAD_MATCH_ID = "bad_match_id"
+    BAD_PAGE = "bad_page"
+    BAD_LIMIT = "bad_limit"
+    PLAYER_NOT_FOUND = "player_not_found"
+    MATCH_NOT_FOUND = "match_not_found"
+    RECORDS_UNAVAILABLE = "records_unavailable"
     # In-session `error` messages.
     BAD_JSON = "bad_json"
     BAD_MESSAGE = "bad_message"

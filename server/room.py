@@ -28,6 +28,8 @@ from server.tickstats import TickStats
 SNAPSHOT_VERSION = 1  # the layout of `Room.snapshot`
 # Takes a write for Postgres (persistence/writebehind.py); the future resolves once it is durable.
 Recorder = Callable[[dict[str, Any]], "asyncio.Future[None]"]
+# Adds points to a player's total on the leaderboard: (mode, player id, points).
+Scorer = Callable[[str, str, int], None]
 
 
 def wall_clock_ms() -> int:
@@ -64,13 +66,16 @@ class Room:
 
     def __init__(self, room_id: str, mode: str, game: Game, settings: Settings, now: float,
                  logger: logging.Logger, roster: frozenset[str] | None = None, *, node_id: str = "",
-                 recorder: Recorder | None = None, wall_ms: Callable[[], int] = wall_clock_ms) -> None:
+                 recorder: Recorder | None = None, scorer: Scorer | None = None,
+                 wall_ms: Callable[[], int] = wall_clock_ms) -> None:
         self.room_id = room_id
         self.mode = mode
         # The match's record in Postgres (persistence/writebehind.py): opened now, started, then its result.
         self.match_id = str(uuid.uuid4())
         self.node_id = node_id
         self._recorder = recorder
+        self._scorer = scorer
+        self._scored: dict[int, int] = {}  # by pid: the score the leaderboard has been told of
         self._wall_ms = wall_ms
         self.created_ms = wall_ms()
         self.started_ms: int | None = None
@@ -296,11 +301,27 @@ class Room:
         self._post({"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms,
                     "ranking": ranking, "match": self.match_id})
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
+        self._score()
         lines = {str(line["id"]): line for line in ranking}
         durable = self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
                                players=self._result_lines(lines))
         if durable is not None:
             durable.add_done_callback(self._result_durable)
+
+    def _score(self) -> None:
+        """Tell the leaderboard the points each player made since the last time (at each kill, and at the end)."""
+        if self._scorer is None:
+            return
+        seats = {seat.pid: seat for seat in self._seats.values()}
+        for entry in self.game.ranking():
+            points = entry.score - self._scored.get(entry.pid, 0)
+            seat = seats.get(entry.pid)
+            if points and seat is not None:
+                self._scored[entry.pid] = entry.score
+                try:
+                    self._scorer(self.mode, seat.player_id, points)
+                except Exception:
+                    self.log.exception("room %s: the leaderboard refused points", self.room_id)
 
     def _result_lines(self, ranking: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Every player who took a seat, in join order, with their line of the ranking (none: left before
@@ -372,8 +393,12 @@ class Room:
             self._advance_phase(now)
         game.step(self._dt)
         frames = self._frames
+        killed = False
         for event in game.drain_events():
             frames.append(text_frame(encode({"type": "event", **event})))
+            killed = killed or event.get("kind") == "kill"
+        if killed:
+            self._score()
         if self.phase is RoomPhase.RUNNING and game.end_reason is not None:
             self._finish(game.end_reason, now)
         state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms,
