@@ -4,10 +4,16 @@ are told once it is safe there (`result_saved`)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
+from functools import partial
 
 import asyncpg
+import orjson
+import redis.asyncio as aioredis
 
+from game.arena import ArenaConfig, ArenaGame
+from lobby.keys import LobbyKeys
 from persistence.migrate import migrate_url
 from tests.serverkit import is_event, is_type, join_game, new_token, recv_until, start_lobby_app
 
@@ -69,4 +75,35 @@ async def test_a_running_match_keeps_its_players_positions_in_postgres_until_its
         assert await conn.fetchval("SELECT count(*) FROM player_positions") == 0  # the result replaced them
     finally:
         await conn.close()
+        await app.__aexit__(None, None, None)
+
+
+async def test_the_leaderboard_moves_at_each_kill_during_the_match(redis_url: str, fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    # One hit kills, and a shot crosses the whole arena: a kill is one aimed shot away.
+    one_shot = ArenaConfig(max_hp=10, damage=10, projectile_life_s=3.0, kill_target=5)
+    app = await start_lobby_app(redis_url, database_url=fresh_database, direct_join=True, min_players=2,
+                                max_players=2, persist=True, modes={"arena": partial(ArenaGame, config=one_shot)})
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        ann_id = str(uuid.uuid4())
+        ann, _ = await join_game(app, "kills", token=new_token("ann", player_id=ann_id))
+        bob, _ = await join_game(app, "kills", token=new_token("bob"))
+        await recv_until(ann, is_event("phase", state="running"))
+        state = await recv_until(ann, is_type("state"))
+        me, other = sorted(state["players"], key=lambda p: p["p"])
+        await ann.send(orjson.dumps({"type": "fire", "seq": 1, "angle": math.atan2(other["y"] - me["y"],
+                                                                                  other["x"] - me["x"])}).decode())
+        kill = await recv_until(ann, is_event("kill"), timeout=5)
+        assert kill["p"] == me["p"]
+        key = LobbyKeys(app.settings.lobby_prefix, "arena").leaderboard
+        deadline = asyncio.get_running_loop().time() + 5
+        while await client.zscore(key, ann_id) is None:  # the match goes on: this is the kill's doing
+            assert asyncio.get_running_loop().time() < deadline, "the kill never reached the leaderboard"
+            await asyncio.sleep(0.02)
+        assert await client.zscore(key, ann_id) == one_shot.score_per_hit + one_shot.score_per_kill
+        for ws in (ann, bob):
+            ws.transport.abort()
+    finally:
+        await client.aclose()
         await app.__aexit__(None, None, None)
