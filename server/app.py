@@ -30,12 +30,13 @@ from lobby.tickets import TicketError, verify_ticket
 from persistence.snapshots import SnapshotStore
 from persistence.writebehind import WriteBehind
 from server.auth import AuthError, Identity, verify_token
+from server.broadcast import text_frame
 from server.connection import GameConnection, JoinRequest
 from server.listener import Listener, Timeouts
 from server.lobby_http import LobbyEndpoints
 from server.lobby_session import LobbySession
 from server.node import Node
-from server.protocol import MAX_FRAME_BYTES, ErrorCode, handshake_error_body
+from server.protocol import MAX_FRAME_BYTES, CloseCode, ErrorCode, encode, handshake_error_body
 from server.records_http import RecordEndpoints, is_records_path
 from server.session import PlayerSession
 from server.settings import Settings
@@ -43,6 +44,7 @@ from server.snapshotter import Snapshotter
 
 log = logging.getLogger("tickroom.app")
 
+RECONNECT_RETRY_MS = 1000  # in `reconnect`: when a client should try again (through the lobby)
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -185,7 +187,14 @@ class App:
         if self.hub is not None:
             await self.hub.deregister()
         if self._server is not None:
-            self._server.close()
+            told = self._server.broadcast(text_frame(encode(
+                {"type": "reconnect", "reason": "shutdown", "retry_ms": RECONNECT_RETRY_MS})))
+            log.info("shutting down: told %d clients to reconnect", told)
+        if self.snapshotter is not None:
+            saved = await self.snapshotter.save_all(timeout=2.0)
+            log.info("shutting down: snapshots of %d running rooms written", saved)
+        if self._server is not None:
+            self._server.close(CloseCode.GOING_AWAY, "server shutting down")
             await self._server.wait_closed()
             self._server = None
         if self.node is not None:

@@ -153,6 +153,15 @@ class Listener:
 
     # -- shutdown ------------------------------------------------------------------------------------
 
+    def broadcast(self, frames: bytes) -> int:
+        """Write already framed bytes to every open connection; how many got them."""
+        sent = 0
+        for conn in list(self.connections):
+            if conn.state is _OPEN and not conn.transport.is_closing():
+                conn.transport.write(frames)
+                sent += 1
+        return sent
+
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Stop accepting; close open connections with `code`; refuse handshakes still being answered (503)."""
         if self._closing:
