@@ -4,7 +4,7 @@ Starts a node pinned to core 0 (`taskset -c 0`), drives it with bot processes pi
 cores, and steps the number of rooms up until tick lateness p99 passes 5 ms or the slowest bot gets
 fewer than 60 states/s. Prints one row per step and a Markdown table at the end.
 
-    .venv/bin/python bench/tick_capacity.py [--steps 10,25,50,100,150,200] [--seconds 20]
+    .venv/bin/python bench/tick_capacity.py [--steps 10,25,50,100,150,200] [--seconds 20] [--snapshot-every 30]
 
 Redis and Postgres: REDIS_URL/DATABASE_URL when set, else private ones started for the run.
 """
@@ -153,6 +153,8 @@ def main() -> int:
     parser.add_argument("--bot-cores", default="1")
     parser.add_argument("--bot-processes", type=int, default=1)
     parser.add_argument("--keep-going", action="store_true", help="run every step even after a failing one")
+    parser.add_argument("--snapshot-every", type=float, default=30.0,
+                        help="seconds between two snapshots of a room (TICKROOM_SNAPSHOT_EVERY_S)")
     args = parser.parse_args()
     if shutil.which("taskset") is None:
         print("taskset is required (util-linux)", file=sys.stderr)
@@ -161,7 +163,9 @@ def main() -> int:
     rows = []
     with data_services() as env_urls:
         port = free_port()
-        env = {**os.environ, **env_urls, "TICKROOM_LOG_LEVEL": "WARNING"}
+        # Rooms joined by id (the bots skip the lobby: this measures rooms, not matchmaking).
+        env = {**os.environ, **env_urls, "TICKROOM_LOG_LEVEL": "WARNING", "TICKROOM_DIRECT_JOIN": "true",
+               "TICKROOM_SNAPSHOT_EVERY_S": str(args.snapshot_every)}
         server = subprocess.Popen(["taskset", "-c", args.server_core, TICKROOM, "serve", "--port", str(port)],
                                   env=env)
         try:

@@ -481,7 +481,7 @@ def check_quiet_lobby(prefix: str, state: Dump) -> list[str]:
     """The lobby once every bot is gone and every grace window, countdown and join window has passed."""
     base = f"{prefix}:{{arena}}"
     available_key, queue_key, rooms_key = f"{base}:rooms:available", f"{base}:queue", f"{base}:rooms"
-    nodes_key = f"{prefix}:nodes"
+    nodes_key, leaderboard_key = f"{prefix}:nodes", f"{base}:leaderboard"  # the leaderboard is kept for good
     room_hash = re.compile(re.escape(f"{base}:room:") + r"([^:]+)$")
     room_part = re.compile(re.escape(f"{base}:room:") + r"([^:]+):(players|ttl)$")
     player_hash = re.compile(re.escape(f"{base}:player:") + r"([^:]+)$")
@@ -494,7 +494,8 @@ def check_quiet_lobby(prefix: str, state: Dump) -> list[str]:
 
     # Keys without a TTL are indexes, and every member of an index exists.
     for key, ttl in state.ttls.items():
-        if ttl == -1 and key not in (available_key, queue_key, rooms_key, nodes_key) and not node_set.match(key):
+        if ttl == -1 and key not in (available_key, queue_key, rooms_key, nodes_key, leaderboard_key) \
+                and not node_set.match(key):
             problems.append(f"{key} has no TTL and is no index")
         if (m := room_part.match(key)) and m[1] not in rooms:
             problems.append(f"{key} outlives its room")
