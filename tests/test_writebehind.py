@@ -48,6 +48,17 @@ async def migrated(fresh_database: str) -> str:
 
 
 @pytest.fixture
+async def queue(migrated: str, redis: aioredis.Redis) -> AsyncIterator[WriteBehind]:
+    """A running queue on a migrated database of its own."""
+    writes = WriteBehind(migrated, redis, f"t:{uuid.uuid4().hex}:spill")
+    task = await running(writes)
+    try:
+        yield writes
+    finally:
+        await stop(task, writes)
+
+
+@pytest.fixture
 def private_postgres() -> Iterator[LocalPostgres]:
     """A Postgres of this test's own, to stop and start again."""
     with tempfile.TemporaryDirectory(prefix="tickroom-test-pg-down-") as data_dir, \
@@ -77,36 +88,26 @@ async def results_of(database_url: str, match_id: str) -> tuple[asyncpg.Record |
         await conn.close()
 
 
-async def test_a_match_opened_started_and_finished_lands_with_its_result(migrated: str, redis: aioredis.Redis) -> None:
-    queue = WriteBehind(migrated, redis, f"t:{uuid.uuid4().hex}:spill")
-    task = await running(queue)
-    try:
-        match_id, players = str(uuid.uuid4()), some_players()
-        base = {"match": match_id, "room": "room-1", "mode": "arena", "node": "n1", "created_ms": T0_MS}
-        queue.submit({"op": "match_opened", **base})
-        queue.submit({"op": "match_started", **base, "started_ms": T0_MS + 1_000})
-        await asyncio.wait_for(queue.submit(result_write(match_id, players)), 10)
-        match, lines = await results_of(migrated, match_id)
-        assert match is not None and (match["state"], match["version"], match["end_reason"]) == ("finished", 3, "kills")
-        assert [(str(r["player_id"]), r["rank"], r["kills"]) for r in lines] == [
-            (pid, i + 1, 3 - i) for i, (pid, _) in enumerate(players)]
-    finally:
-        await stop(task, queue)
+async def test_a_match_opened_started_and_finished_lands_with_its_result(queue: WriteBehind, migrated: str) -> None:
+    match_id, players = str(uuid.uuid4()), some_players()
+    base = {"match": match_id, "room": "room-1", "mode": "arena", "node": "n1", "created_ms": T0_MS}
+    queue.submit({"op": "match_opened", **base})
+    queue.submit({"op": "match_started", **base, "started_ms": T0_MS + 1_000})
+    await asyncio.wait_for(queue.submit(result_write(match_id, players)), 10)
+    match, lines = await results_of(migrated, match_id)
+    assert match is not None and (match["state"], match["version"], match["end_reason"]) == ("finished", 3, "kills")
+    assert [(str(r["player_id"]), r["rank"], r["kills"]) for r in lines] == [
+        (pid, i + 1, 3 - i) for i, (pid, _) in enumerate(players)]
 
 
-async def test_a_result_written_twice_lands_exactly_once(migrated: str, redis: aioredis.Redis) -> None:
-    queue = WriteBehind(migrated, redis, f"t:{uuid.uuid4().hex}:spill")
-    task = await running(queue)
-    try:
-        match_id, players = str(uuid.uuid4()), some_players()
-        write = result_write(match_id, players)
-        await asyncio.wait_for(asyncio.gather(queue.submit(write), queue.submit(write)), 10)
-        match, lines = await results_of(migrated, match_id)
-        # Created waiting (1), moved to running and finished in one change (2); the replay changed nothing.
-        assert match is not None and (match["state"], match["version"]) == ("finished", 2)
-        assert len(lines) == 3
-    finally:
-        await stop(task, queue)
+async def test_a_result_written_twice_lands_exactly_once(queue: WriteBehind, migrated: str) -> None:
+    match_id, players = str(uuid.uuid4()), some_players()
+    write = result_write(match_id, players)
+    await asyncio.wait_for(asyncio.gather(queue.submit(write), queue.submit(write)), 10)
+    match, lines = await results_of(migrated, match_id)
+    # Created waiting (1), moved to running and finished in one change (2); the replay changed nothing.
+    assert match is not None and (match["state"], match["version"]) == ("finished", 2)
+    assert len(lines) == 3
 
 
 async def test_results_wait_for_a_postgres_that_is_down_and_land_exactly_once_when_it_is_back(
@@ -169,45 +170,34 @@ async def test_past_the_memory_limit_the_oldest_writes_spill_to_redis_and_land_i
 
 
 async def test_a_write_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_lands(
-        migrated: str, redis: aioredis.Redis) -> None:
-    spill = f"t:{uuid.uuid4().hex}:spill"
-    queue = WriteBehind(migrated, redis, spill)
-    task = await running(queue)
+        queue: WriteBehind, migrated: str, redis: aioredis.Redis) -> None:
+    good = [(str(uuid.uuid4()), some_players()) for _ in range(2)]
+    bad_id = str(uuid.uuid4())
+    bad = result_write(bad_id, [(str(uuid.uuid4()), "x" * 40)])  # names are 1-32 characters
+    durable = [queue.submit(result_write(good[0][0], good[0][1], room="g0")), queue.submit(bad),
+               queue.submit(result_write(good[1][0], good[1][1], room="g1"))]
+    await asyncio.wait_for(asyncio.gather(*durable), 10)
+    for mid, _ in good:
+        match, lines = await results_of(migrated, mid)
+        assert match is not None and match["state"] == "finished" and len(lines) == 3
+    assert (await results_of(migrated, bad_id))[0] is None
+    dead = [orjson.loads(raw) for raw in await redis.lrange(queue.dead_key, 0, -1)]
+    assert [entry["write"]["match"] for entry in dead] == [bad_id] and "name" in dead[0]["error"]
+
+
+async def test_an_older_position_never_overwrites_a_newer_one(queue: WriteBehind, migrated: str) -> None:
+    match_id, pid = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def at(clock_ms: int, x: float) -> Write:
+        return {"op": "positions", "match": match_id, "room": "room-p", "mode": "arena", "node": "n1",
+                "created_ms": T0_MS, "clock_ms": clock_ms, "taken_ms": T0_MS + clock_ms,
+                "players": [{"id": pid, "name": "p", "x": x, "y": 0.0, "hp": 90, "kills": 0, "deaths": 0,
+                             "score": 0}]}
+
+    await asyncio.wait_for(asyncio.gather(queue.submit(at(5_000, 50.0)), queue.submit(at(3_000, 30.0))), 10)
+    conn = await asyncpg.connect(migrated)
     try:
-        good = [(str(uuid.uuid4()), some_players()) for _ in range(2)]
-        bad_id = str(uuid.uuid4())
-        bad = result_write(bad_id, [(str(uuid.uuid4()), "x" * 40)])  # names are 1-32 characters
-        durable = [queue.submit(result_write(good[0][0], good[0][1], room="g0")), queue.submit(bad),
-                   queue.submit(result_write(good[1][0], good[1][1], room="g1"))]
-        await asyncio.wait_for(asyncio.gather(*durable), 10)
-        for mid, _ in good:
-            match, lines = await results_of(migrated, mid)
-            assert match is not None and match["state"] == "finished" and len(lines) == 3
-        assert (await results_of(migrated, bad_id))[0] is None
-        dead = [orjson.loads(raw) for raw in await redis.lrange(f"{spill}:dead", 0, -1)]
-        assert [entry["write"]["match"] for entry in dead] == [bad_id] and "name" in dead[0]["error"]
+        x = await conn.fetchval("SELECT x FROM player_positions WHERE match_id = $1", uuid.UUID(match_id))
     finally:
-        await stop(task, queue)
-
-
-async def test_an_older_position_never_overwrites_a_newer_one(migrated: str, redis: aioredis.Redis) -> None:
-    queue = WriteBehind(migrated, redis, f"t:{uuid.uuid4().hex}:spill")
-    task = await running(queue)
-    try:
-        match_id, pid = str(uuid.uuid4()), str(uuid.uuid4())
-
-        def at(clock_ms: int, x: float) -> Write:
-            return {"op": "positions", "match": match_id, "room": "room-p", "mode": "arena", "node": "n1",
-                    "created_ms": T0_MS, "clock_ms": clock_ms, "taken_ms": T0_MS + clock_ms,
-                    "players": [{"id": pid, "name": "p", "x": x, "y": 0.0, "hp": 90, "kills": 0, "deaths": 0,
-                                 "score": 0}]}
-
-        await asyncio.wait_for(asyncio.gather(queue.submit(at(5_000, 50.0)), queue.submit(at(3_000, 30.0))), 10)
-        conn = await asyncpg.connect(migrated)
-        try:
-            x = await conn.fetchval("SELECT x FROM player_positions WHERE match_id = $1", uuid.UUID(match_id))
-        finally:
-            await conn.close()
-        assert x == 50.0
-    finally:
-        await stop(task, queue)
+        await conn.close()
+    assert x == 50.0
