@@ -108,7 +108,8 @@ class LobbyRefused(Exception):
 class LobbyHub:
     def __init__(self, client: object, config: HubConfig, local_state: Callable[[], LocalState],
                  wall_ms: Callable[[], int] | None = None,
-                 evict: Callable[[str, set[str]], None] | None = None) -> None:
+                 evict: Callable[[str, set[str]], None] | None = None,
+                 adopt: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         from redis.asyncio import Redis
 
         assert isinstance(client, Redis)
@@ -137,7 +138,7 @@ class LobbyHub:
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
                              self._spawn, self.writes.submit, evict or (lambda mode, kept: None), self.wall_ms,
                              heartbeat_s=config.heartbeat_s,
-                             presence_every_s=config.presence_every_s)
+                             presence_every_s=config.presence_every_s, adopt=adopt)
 
     # -- lifetime --------------------------------------------------------------------------------------
 
@@ -284,6 +285,12 @@ class LobbyHub:
         outcome = await self.seatings[waiter.mode].leave(waiter.player_id, self.wall_ms(), conn_id=waiter.conn_id,
                                                          scope="queue")
         self._publish(waiter.mode, outcome)
+
+    async def give_back(self, mode: str, room_id: str) -> None:
+        """A running match this node could not restore: the room ends in the lobby and its players are free to
+        join again."""
+        outcome = await self.seatings[mode].finish(room_id, self.wall_ms())
+        self._publish(mode, outcome)
 
     def forget(self, conn_id: str) -> None:
         """Stop pushing to a connection that ended (its leave follows as a write)."""

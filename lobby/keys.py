@@ -73,6 +73,10 @@ class LobbyKeys:
         """Set of the players whose connection is on a node (for the sweep when it dies)."""
         return f"{self.base}:node:{node_id}:conns"
 
+    def node_adopt(self, node_id: str) -> str:
+        """Set of the running rooms a sweep gave this node to restore from their snapshots (recovery)."""
+        return f"{self.base}:node:{node_id}:adopt"
+
     def node_swept(self, node_id: str) -> str:
         """Set of the running rooms a sweep took from a node (kept an hour, for a node that only stalled)."""
         return f"{self.base}:node:{node_id}:swept"

@@ -31,6 +31,12 @@ class LocalState:
 
 
 Publish = Callable[[str, Outcome], None]
+# Restores a running match this node was given (mode, room id), or gives its players back.
+Adopt = Callable[[str, str], Awaitable[None]]
+
+
+async def _no_adoption(mode: str, room_id: str) -> None:
+    log.warning("room %s (%s) was given to this node to restore, and it cannot restore rooms", room_id, mode)
 Spawn = Callable[[Awaitable[None], str], None]
 Submit = Callable[[str, Callable[[], Awaitable[object]]], None]
 Evict = Callable[[str, set[str]], None]  # (mode, the rooms a sweep took from this node)
@@ -39,7 +45,8 @@ Evict = Callable[[str, set[str]], None]  # (mode, the rooms a sweep took from th
 class Upkeep:
     def __init__(self, node_id: str, url: str, registry: NodeRegistry, seatings: Mapping[str, Seating],
                  local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn, submit: Submit,
-                 evict: Evict, wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float) -> None:
+                 evict: Evict, wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float,
+                 adopt: Adopt | None = None) -> None:
         self.node_id = node_id
         self.url = url
         self.registry = registry
@@ -49,6 +56,9 @@ class Upkeep:
         self._spawn = spawn
         self._submit = submit
         self._evict = evict
+        self._adopt = adopt or _no_adoption
+        self._adopted_at_start = False
+        self._started_ms = wall_ms()  # rooms of this node running from before are a previous life's
         self.wall_ms = wall_ms
         self.heartbeat_s = heartbeat_s
         self.presence_every_s = presence_every_s
@@ -93,6 +103,8 @@ class Upkeep:
                     if not was_alive and self._beats:
                         await self._fence()
                     self._beats += 1
+                await self.adopt_rooms(first=not self._adopted_at_start)
+                self._adopted_at_start = True
                 live, dead = await self.registry.survey()
                 self.live = live
                 self.urls.update({node.node_id: node.url for node in live})
@@ -123,6 +135,25 @@ class Upkeep:
             if taken:
                 self._evict(mode, taken)
                 await seating.client.delete(key)
+
+    async def adopt_rooms(self, *, first: bool) -> None:
+        """Restore the running matches a sweep gave this node (its `adopt` set), and at the first heartbeat
+        those still assigned to it from before a restart. A room is struck off the set once handled; an outage
+        leaves it for the next heartbeat."""
+        state = self._local_state()
+        for mode, seating in self.seatings.items():
+            key = seating.keys.node_adopt(self.node_id)
+            given = {text(room_id) for room_id in await seating.client.smembers(key)}
+            mine = {text(room_id) for room_id in await seating.client.smembers(seating.keys.node_rooms(self.node_id))} \
+                if first else set()
+            for room_id in sorted((given | mine) - state.rooms.get(mode, set())):
+                record = await seating.room(room_id)
+                # Of its own rooms, only those that were running before this process started: a match that
+                # starts now has its players on their way here.
+                if record is not None and record.state == "running" and record.node == self.node_id and (
+                        room_id in given or (record.started_ms or self._started_ms) < self._started_ms):
+                    await self._adopt(mode, room_id)
+                await seating.client.srem(key, room_id)
 
     async def sweep(self, dead: str) -> None:
         """Free what a dead node held; any number of nodes may sweep the same node, the first does the work."""

@@ -133,7 +133,9 @@ class App:
                            stale_probe_s=settings.stale_probe_s,
                            heartbeat_s=settings.node_heartbeat_s,
                            dead_after_s=settings.node_dead_after_s)
-        self.hub = LobbyHub(client, config, self.node.lobby_state, evict=self.node.evict_lobby_rooms)
+        self.hub = LobbyHub(client, config, self.node.lobby_state, evict=self.node.evict_lobby_rooms,
+                            adopt=self.node.adopt_room)
+        snapshots = self.node.snapshots = SnapshotStore(client, settings.lobby_prefix, settings.snapshot_ttl_s)
         self.node.lobby = self.hub
         self._lobby_http = LobbyEndpoints(self.hub)
         self._hub_task = self._tasks.create_task(self.hub.run(), name="lobby-hub")
@@ -154,9 +156,7 @@ class App:
             self.leaderboard = LeaderboardFeed(client, prefix)
             node.scorer = self.leaderboard.add
             self._leaderboard_task = self._tasks.create_task(self._run_leaderboard(), name="leaderboard")
-        self.snapshotter = Snapshotter(lambda: node.rooms.values(),
-                                       SnapshotStore(client, settings.lobby_prefix, settings.snapshot_ttl_s),
-                                       settings.snapshot_every_s)
+        self.snapshotter = Snapshotter(lambda: node.rooms.values(), snapshots, settings.snapshot_every_s)
         self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")
 
     async def _run_leaderboard(self) -> None:

@@ -10,12 +10,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
 from game.base import GameFactory
 from lobby.hub import LobbyHub
 from lobby.upkeep import LocalState
+from persistence.snapshots import SnapshotStore
 from server.connection import GameConnection, JoinRequest
 from server.lifecycle import RoomPhase
 from server.protocol import CloseCode, ErrorCode, ProtocolError
@@ -54,6 +56,7 @@ class Node:
         # Set by the app when matches are recorded in Postgres (the write-behind queue's `submit`).
         self.recorder: Recorder | None = None
         self.scorer: Scorer | None = None  # the leaderboard feed's `add`, likewise
+        self.snapshots: SnapshotStore | None = None  # where recovery finds the rooms it restores
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     @staticmethod
@@ -113,6 +116,38 @@ class Node:
         self._runners[join.room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{join.room_id}")
         log.info("room %s created (mode %s)", join.room_id, join.mode)
         return room
+
+    def restore_room(self, document: dict[str, Any]) -> Room:
+        """Resume the running match of a snapshot here (recovery); ValueError for one that cannot be read."""
+        room_id, mode = str(document.get("room")), str(document.get("mode"))
+        if room_id in self.rooms:
+            return self.rooms[room_id]
+        if mode not in self.modes:
+            raise ValueError(f"this node has no mode {mode!r}")
+        game = self.modes[mode](random.Random(self._rng.getrandbits(64)))
+        room = Room.restored(document, game, self.settings, self.clock(), logging.getLogger(f"tickroom.room.{mode}"),
+                             node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer)
+        self.rooms[room_id] = room
+        self._runners[room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{room_id}")
+        log.info("room %s restored from its snapshot of %d ms ago (match %s, clock %d ms)", room_id,
+                 max(0, self.wall_ms() - (room.restored_from or 0)), room.match_id, room.game.clock_ms)
+        return room
+
+    async def adopt_room(self, mode: str, room_id: str) -> None:
+        """A running match this node was given (a dead node's, or its own from before a restart): restore it
+        from its Redis snapshot; without a usable one, give its players back to the lobby."""
+        if room_id in self.rooms:
+            return
+        document = await self.snapshots.load(mode, room_id) if self.snapshots is not None else None
+        if document is not None and document.get("room") == room_id:
+            try:
+                self.restore_room(document)
+                return
+            except (ValueError, KeyError, TypeError):
+                log.exception("room %s: its snapshot could not be restored", room_id)
+        log.warning("room %s (%s): no snapshot to restore it from; its players go back to the lobby", room_id, mode)
+        if self.lobby is not None:
+            await self.lobby.give_back(mode, room_id)
 
     async def _run_room(self, room: Room) -> None:
         try:

@@ -67,11 +67,12 @@ class Room:
     def __init__(self, room_id: str, mode: str, game: Game, settings: Settings, now: float,
                  logger: logging.Logger, roster: frozenset[str] | None = None, *, node_id: str = "",
                  recorder: Recorder | None = None, scorer: Scorer | None = None,
-                 wall_ms: Callable[[], int] = wall_clock_ms) -> None:
+                 wall_ms: Callable[[], int] = wall_clock_ms, match_id: str | None = None) -> None:
         self.room_id = room_id
         self.mode = mode
         # The match's record in Postgres (persistence/writebehind.py): opened now, started, then its result.
-        self.match_id = str(uuid.uuid4())
+        self.match_id = match_id or str(uuid.uuid4())
+        self.restored_from: int | None = None  # the wall ms of the snapshot this room was restored from
         self.node_id = node_id
         self._recorder = recorder
         self._scorer = scorer
@@ -106,7 +107,41 @@ class Room:
         self._moves: dict[int, tuple[int, float, float]] = {}
         self._fires: list[tuple[int, int, float]] = []
         self._frames: list[bytes] = []
-        self._record("match_opened")
+        if match_id is None:
+            self._record("match_opened")
+
+    @classmethod
+    def restored(cls, document: dict[str, Any], game: Game, settings: Settings, now: float, logger: logging.Logger,
+                 *, node_id: str = "", recorder: Recorder | None = None, scorer: Scorer | None = None,
+                 wall_ms: Callable[[], int] = wall_clock_ms) -> Room:
+        """The running match a snapshot (`Room.snapshot`) describes, on a game just built: the same match id,
+        seats (in join order), roster, clock, positions and scores; nobody is connected yet, and the players
+        have the reconnect grace to come back. Raises ValueError for a snapshot it cannot read."""
+        if document.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"room snapshot version {document.get('v')!r} is not {SNAPSHOT_VERSION}")
+        roster = document.get("roster")
+        room = cls(str(document["room"]), str(document["mode"]), game, settings, now, logger,
+                   roster=frozenset(roster) if roster is not None else None, node_id=node_id, recorder=recorder,
+                   scorer=scorer, wall_ms=wall_ms, match_id=str(document["match"]))
+        room.created_ms = int(document["created_ms"])
+        room.started_ms = int(document["started_ms"]) if document.get("started_ms") is not None else None
+        game.restore(document["game"])
+        for entry in document["seats"]:
+            pid = int(entry["pid"])
+            seat = Seat(pid, str(entry["id"]), str(entry["name"]), COLORS[(pid - 1) % len(COLORS)],
+                        joined_ms=int(entry.get("joined_ms", 0)), left_ms=room.created_ms)
+            seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
+            room._seats[seat.player_id] = seat
+            room._pids[seat.player_id] = pid
+            room._next_pid = max(room._next_pid, pid + 1)
+        # The previous host told the leaderboard of every point so far.
+        room._scored = {entry.pid: entry.score for entry in game.ranking()}
+        room.tick_no = int(document.get("tick", 0))
+        room.phase = RoomPhase.RUNNING
+        room.join_deadline = None
+        room._empty_since = now
+        room.restored_from = int(document.get("taken_ms", 0))
+        return room
 
     # -- seats -------------------------------------------------------------------------------------
 
@@ -444,10 +479,12 @@ class Room:
         snapshot (match clock, every player's state); None when the room is not running."""
         if self.phase is not RoomPhase.RUNNING:
             return None
-        return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "tick": self.tick_no,
+        return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "match": self.match_id,
+                       "created_ms": self.created_ms, "started_ms": self.started_ms, "tick": self.tick_no,
                        "taken_ms": wall_ms, "roster": sorted(self.roster) if self.roster is not None else None,
                        "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name,
-                                  "connected": seat.conn is not None} for seat in self._seats.values()],
+                                  "joined_ms": seat.joined_ms, "connected": seat.conn is not None}
+                                 for seat in self._seats.values()],
                        "game": self.game.snapshot()})
 
     def record_positions(self) -> asyncio.Future[None] | None:

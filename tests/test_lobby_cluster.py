@@ -161,6 +161,63 @@ async def test_a_player_matched_through_a_front_node_plays_on_the_host_and_a_dea
         assert cluster.problems() == []
 
 
+async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_players_come_back_into_it(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--snapshot-every-s", "1", "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"k{i}") for i in range(3)]
+        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
+        founds = [await match_of(ws) for ws in lobbies]
+        room = founds[0]["room"]
+        assert {found["node"] for found in founds} == {HOST}
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+        await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')  # one player moves, so positions differ
+        snapshot_key = f"{prefix}:{{arena}}:room:{room}:snapshot"
+
+        async def moved_in_a_snapshot() -> bool:
+            raw = await client.get(snapshot_key)
+            return raw is not None and orjson.loads(raw)["game"]["now_us"] > 1_500_000
+
+        await wait_until(moved_in_a_snapshot, 10, "a snapshot of the running match")
+        await games[0].send('{"type":"input","seq":2,"dx":0,"dy":0}')
+        await asyncio.sleep(1.5)  # the next snapshot has everyone standing still
+        snapshot = orjson.loads(await client.get(snapshot_key))
+
+        await cluster.kill(HOST)
+
+        async def restored_elsewhere() -> bool:
+            """Claimed by a live node (the sweep), then struck off its `adopt` set (restored)."""
+            node = await client.hget(room_key(prefix, room), "node")
+            return node in (FRONT, OTHER) and not await client.sismember(f"{prefix}:{{arena}}:node:{node}:adopt", room)
+
+        await wait_until(restored_elsewhere, 10, f"room {room} claimed and restored off the dead host")
+        new_host = str(await client.hget(room_key(prefix, room), "node"))
+        assert await client.hget(room_key(prefix, room), "state") == "running"
+
+        # The players come back through a lobby, which sends them to the room's new host.
+        welcomes = []
+        for token in tokens:
+            found = await match_of(await join_lobby(cluster, OTHER, token))
+            assert (found["room"], found["node"]) == (room, new_host)
+            game, welcome = await play(token, found)
+            assert welcome["type"] == "welcome" and welcome["room"] == room and welcome["state"] == "running", welcome
+            welcomes.append(game)
+        state = await recv_until(welcomes[0], is_type("state"))
+        saved = {p["pid"]: p for p in snapshot["game"]["players"]}
+        assert len(state["players"]) == 3
+        for player in state["players"]:
+            before = saved[player["p"]]
+            assert (player["x"], player["y"]) == (round(before["x"], 1), round(before["y"], 1))
+            assert (player["hp"], player["k"], player["d"], player["sc"]) == (
+                before["hp"], before["kills"], before["deaths"], before["score"])
+        assert state["t"] >= snapshot["game"]["now_us"] // 1000  # the match clock went on from the snapshot
+        for game in welcomes:
+            await game.close()
+        assert cluster.problems() == []
+
+
 # -- hundreds of bots on three nodes -------------------------------------------------------------------------
 
 BOTS = 300

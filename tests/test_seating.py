@@ -633,18 +633,35 @@ async def test_a_sweep_frees_what_a_dead_node_held_and_a_second_sweep_does_nothi
     placement = await lobby.player("q1")
     assert (placement["room"], placement["status"], placement["conn"], placement["conn_node"]) == (
         "P", "playing", "", "")
-    # The running room node-a hosted went to recovery: its players keep their place in line.
-    assert await lobby.room("R") is None
+    # The running room node-a hosted went to recovery on node-c: still running there, its players pointing at
+    # node-c (and free of node-a's connection), listed for node-c to restore, and for node-a's fencing.
+    room_r = await record_of(lobby, "R")
+    assert (room_r.node, room_r.state, room_r.player_ids) == ("node-c", "running", [f"r{i}" for i in range(5)])
     for i in range(5):
         placement = await lobby.player(f"r{i}")
-        assert (placement["status"], placement["room"], placement["joined_ms"]) == ("queued", "", str(T + 10 + i))
-    assert await members_of(lobby, lobby.keys.node_rooms("node-c")) == {"P", "W"}
+        assert (placement["status"], placement["room"], placement["node"]) == ("playing", "R", "node-c")
+    assert await lobby.player("r0") | {"conn": "", "conn_node": ""} == await lobby.player("r0")
+    assert await members_of(lobby, lobby.keys.node_adopt("node-c")) == {"R"}
+    assert await members_of(lobby, lobby.keys.node_swept("node-a")) == {"R"}
+    assert await members_of(lobby, lobby.keys.node_rooms("node-c")) == {"P", "W", "R"}
     assert await client.exists(lobby.keys.node_rooms("node-a"), lobby.keys.node_conns("node-a")) == 0
 
     before = await dump(lobby)
     again = await lobby.sweep("node-a", T + 200, new_host="node-b")
     assert (again.outcome, again.counts) == ("swept", {"moved": 0, "recovered": 0})
     assert (await dump(lobby)).values == before.values
+
+
+async def test_with_no_live_host_a_sweep_gives_a_running_rooms_players_their_place_in_line(
+        client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    await sweep_scene(lobby)
+    swept = await lobby.sweep("node-a", T + 100, new_host="")
+    assert swept.counts is not None and swept.counts["recovered"] == 1
+    assert await lobby.room("R") is None
+    for i in range(5):
+        placement = await lobby.player(f"r{i}")
+        assert (placement["status"], placement["room"], placement["joined_ms"]) == ("queued", "", str(T + 10 + i))
 
 
 async def test_the_players_of_a_room_moved_by_a_sweep_point_at_its_new_host(client: aioredis.Redis) -> None:

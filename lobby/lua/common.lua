@@ -17,6 +17,7 @@ local function player_key(id) return base .. ':player:' .. id end
 local function node_rooms_key(node) return base .. ':node:' .. node .. ':rooms' end
 local function node_conns_key(node) return base .. ':node:' .. node .. ':conns' end
 local function node_swept_key(node) return base .. ':node:' .. node .. ':swept' end
+local function node_adopt_key(node) return base .. ':node:' .. node .. ':adopt' end
 
 -- cjson encodes an empty table as an object: keep JSON arrays arrays.
 local function decode_list(raw)

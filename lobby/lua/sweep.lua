@@ -1,6 +1,7 @@
 -- A node died. Its connections are gone: players waiting through it lose their seat at once, matched players
 -- count as disconnected (they may come back through the lobby). Rooms it hosted that had not started move to
--- `new_host` (or, when no node takes rooms, are dissolved into the queue); running ones go to recovery (their players keep their place in line). Idempotent: a second
+-- `new_host` (or, when no node takes rooms, are dissolved into the queue); running ones go to `new_host` for
+-- recovery, listed in its `adopt` set (or, with no new host, back to the queue). Idempotent: a second
 -- sweep of the same node finds nothing left to do.
 -- ARGV[4..]: dead_node, new_host
 local dead, new_host = ARGV[4], ARGV[5]
@@ -16,25 +17,35 @@ for _, id in ipairs(redis.call('SMEMBERS', conns)) do
   end
 end
 redis.call('DEL', conns)
+local function move(room_id)
+  redis.call('HSET', room_key(room_id), 'node', new_host)
+  bump(room_id)
+  for _, id in ipairs(redis.call('SMEMBERS', players_key(room_id))) do
+    if redis.call('HGET', player_key(id), 'room') == room_id then redis.call('HSET', player_key(id), 'node', new_host) end
+  end
+  redis.call('SADD', node_rooms_key(new_host), room_id)
+  note_room(room_id)
+end
 local moved, recovered = 0, 0
 for _, room_id in ipairs(redis.call('SMEMBERS', node_rooms_key(dead))) do
   local state = redis.call('HGET', room_key(room_id), 'state')
   if state == 'running' then
-    requeue_running(room_id)
-    recovered = recovered + 1
     -- Written down for the node, should it only have stalled: it closes exactly these rooms when it is back.
     redis.call('SADD', node_swept_key(dead), room_id)
     redis.call('EXPIRE', node_swept_key(dead), 3600)
+    if new_host == '' then
+      requeue_running(room_id)  -- no live node takes rooms: the players keep their place in line
+    else
+      -- Recovery: the new host restores the match from its snapshot (its players come back through the
+      -- lobby, which sends them there), or gives its players back when there is none.
+      move(room_id)
+      redis.call('SADD', node_adopt_key(new_host), room_id)
+    end
+    recovered = recovered + 1
   elseif state and new_host == '' then
     dissolve(room_id, {}, '')  -- no live node takes rooms: its players wait in the queue instead
   elseif state then
-    redis.call('HSET', room_key(room_id), 'node', new_host)
-    bump(room_id)
-    for _, id in ipairs(redis.call('SMEMBERS', players_key(room_id))) do
-      if redis.call('HGET', player_key(id), 'room') == room_id then redis.call('HSET', player_key(id), 'node', new_host) end
-    end
-    redis.call('SADD', node_rooms_key(new_host), room_id)
-    note_room(room_id)
+    move(room_id)
     moved = moved + 1
   end
 end
