@@ -109,7 +109,7 @@ class LobbyHub:
     def __init__(self, client: object, config: HubConfig, local_state: Callable[[], LocalState],
                  wall_ms: Callable[[], int] | None = None,
                  evict: Callable[[str, set[str]], None] | None = None,
-                 adopt: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 adopt: Callable[[str, list[str]], Awaitable[None]] | None = None) -> None:
         from redis.asyncio import Redis
 
         assert isinstance(client, Redis)

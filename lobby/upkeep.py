@@ -31,12 +31,12 @@ class LocalState:
 
 
 Publish = Callable[[str, Outcome], None]
-# Restores a running match this node was given (mode, room id), or gives its players back.
-Adopt = Callable[[str, str], Awaitable[None]]
+# Restores running matches this node was given (mode, room ids), or gives their players back.
+Adopt = Callable[[str, list[str]], Awaitable[None]]
 
 
-async def _no_adoption(mode: str, room_id: str) -> None:
-    log.warning("room %s (%s) was given to this node to restore, and it cannot restore rooms", room_id, mode)
+async def _no_adoption(mode: str, room_ids: list[str]) -> None:
+    log.warning("rooms %s (%s) were given to this node to restore, and it cannot restore rooms", room_ids, mode)
 Spawn = Callable[[Awaitable[None], str], None]
 Submit = Callable[[str, Callable[[], Awaitable[object]]], None]
 Evict = Callable[[str, set[str]], None]  # (mode, the rooms a sweep took from this node)
@@ -138,22 +138,27 @@ class Upkeep:
 
     async def adopt_rooms(self, *, first: bool) -> None:
         """Restore the running matches a sweep gave this node (its `adopt` set), and at the first heartbeat
-        those still assigned to it from before a restart. A room is struck off the set once handled; an outage
-        leaves it for the next heartbeat."""
+        those still assigned to it from before a restart: a few round trips for any number of rooms. The set
+        is emptied of what was handled; an outage leaves it for the next heartbeat."""
         state = self._local_state()
         for mode, seating in self.seatings.items():
             key = seating.keys.node_adopt(self.node_id)
             given = {text(room_id) for room_id in await seating.client.smembers(key)}
             mine = {text(room_id) for room_id in await seating.client.smembers(seating.keys.node_rooms(self.node_id))} \
                 if first else set()
-            for room_id in sorted((given | mine) - state.rooms.get(mode, set())):
-                record = await seating.room(room_id)
+            candidates = sorted((given | mine) - state.rooms.get(mode, set()))
+            if candidates:
+                records = {record.room_id: record for record in await seating.rooms(candidates)}
                 # Of its own rooms, only those that were running before this process started: a match that
                 # starts now has its players on their way here.
-                if record is not None and record.state == "running" and record.node == self.node_id and (
-                        room_id in given or (record.started_ms or self._started_ms) < self._started_ms):
-                    await self._adopt(mode, room_id)
-                await seating.client.srem(key, room_id)
+                wanted = [room_id for room_id in candidates
+                          if (record := records.get(room_id)) is not None and record.state == "running"
+                          and record.node == self.node_id
+                          and (room_id in given or (record.started_ms or self._started_ms) < self._started_ms)]
+                if wanted:
+                    await self._adopt(mode, wanted)
+            if given:
+                await seating.client.srem(key, *given)
 
     async def sweep(self, dead: str) -> None:
         """Free what a dead node held; any number of nodes may sweep the same node, the first does the work."""

@@ -43,7 +43,19 @@ class SnapshotStore:
             await pipe.execute()
 
     async def load(self, mode: str, room_id: str) -> dict[str, Any] | None:
-        raw = await self.client.get(self.key(mode, room_id))
+        return self._parse(mode, room_id, await self.client.get(self.key(mode, room_id)))
+
+    async def load_many(self, mode: str, room_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The readable snapshots of these rooms, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room_id in room_ids:
+                pipe.get(self.key(mode, room_id))
+            replies = await pipe.execute()
+        return {room_id: document for room_id, raw in zip(room_ids, replies, strict=True)
+                if (document := self._parse(mode, room_id, raw)) is not None}
+
+    @staticmethod
+    def _parse(mode: str, room_id: str, raw: bytes | str | None) -> dict[str, Any] | None:
         if raw is None:
             return None
         try:

@@ -133,21 +133,24 @@ class Node:
                  max(0, self.wall_ms() - (room.restored_from or 0)), room.match_id, room.game.clock_ms)
         return room
 
-    async def adopt_room(self, mode: str, room_id: str) -> None:
-        """A running match this node was given (a dead node's, or its own from before a restart): restore it
-        from its Redis snapshot; without a usable one, give its players back to the lobby."""
-        if room_id in self.rooms:
-            return
-        document = await self.snapshots.load(mode, room_id) if self.snapshots is not None else None
-        if document is not None and document.get("room") == room_id:
-            try:
-                self.restore_room(document)
-                return
-            except (ValueError, KeyError, TypeError):
-                log.exception("room %s: its snapshot could not be restored", room_id)
-        log.warning("room %s (%s): no snapshot to restore it from; its players go back to the lobby", room_id, mode)
-        if self.lobby is not None:
-            await self.lobby.give_back(mode, room_id)
+    async def adopt_rooms(self, mode: str, room_ids: list[str]) -> None:
+        """Running matches this node was given (a dead node's, or its own from before a restart): restore each
+        from its Redis snapshot (all read in one round trip); give the players of any without a usable one
+        back to the lobby."""
+        todo = [room_id for room_id in room_ids if room_id not in self.rooms]
+        documents = await self.snapshots.load_many(mode, todo) if self.snapshots is not None and todo else {}
+        for room_id in todo:
+            document = documents.get(room_id)
+            if document is not None and document.get("room") == room_id and document.get("mode") == mode:
+                try:
+                    self.restore_room(document)
+                    continue
+                except (ValueError, KeyError, TypeError):
+                    log.exception("room %s: its snapshot could not be restored", room_id)
+            log.warning("room %s (%s): no snapshot to restore it from; its players go back to the lobby",
+                        room_id, mode)
+            if self.lobby is not None:
+                await self.lobby.give_back(mode, room_id)
 
     async def _run_room(self, room: Room) -> None:
         try:

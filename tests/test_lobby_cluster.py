@@ -204,9 +204,8 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
             game, welcome = await play(token, found)
             assert welcome["type"] == "welcome" and welcome["room"] == room and welcome["state"] == "running", welcome
             welcomes.append(game)
-        state = await recv_until(welcomes[0], is_type("state"))
+        state = await recv_until(welcomes[0], lambda m: m["type"] == "state" and len(m["players"]) == 3)
         saved = {p["pid"]: p for p in snapshot["game"]["players"]}
-        assert len(state["players"]) == 3
         for player in state["players"]:
             before = saved[player["p"]]
             assert (player["x"], player["y"]) == (round(before["x"], 1), round(before["y"], 1))
