@@ -85,6 +85,7 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     matches: set[str] = field(default_factory=set)
     disconnects: int = 0
+    reconnects: int = 0  # a bot back in the room whose connection it lost (a node crashed, or shut down)
     matched: int = 0  # match_found messages from the lobby
     rooms: set[str] = field(default_factory=set)  # the rooms they named
     waits_ms: array[float] = field(default_factory=lambda: array("d"))  # join sent -> first match_found
@@ -133,8 +134,8 @@ class BotClient(WSListener):
     """
 
     __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "height",
-                 "inputs", "joined_at", "orbit", "pending", "phase", "players", "refused", "rng", "room", "seq",
-                 "spec", "states", "tally", "transport", "url", "wander", "welcomed", "width", "window_start",
+                 "inputs", "joined_at", "lost_room", "orbit", "pending", "phase", "players", "refused", "rng", "room",
+                 "seq", "spec", "states", "tally", "transport", "url", "wander", "welcomed", "width", "window_start",
                  "you")
 
     def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
@@ -155,6 +156,7 @@ class BotClient(WSListener):
         # Lobby: when the current join was sent (None once matched), and the game it matched us to.
         self.joined_at: float | None = None
         self.game_url: str | None = None
+        self.lost_room: str | None = None  # the room whose connection dropped (or was told to reconnect)
         # Session: who we are in the room, and the latest state.
         self.you = 0
         self.width = 1000.0
@@ -220,6 +222,9 @@ class BotClient(WSListener):
             return
         kind = msg.get("type")
         if kind == "welcome":
+            if self.lost_room is not None and self.lost_room == msg.get("room"):
+                self.tally.reconnects += 1
+            self.lost_room = None
             arena = msg.get("arena") or {}
             self.you = msg["you"]
             self.width = float(arena.get("w", 1000.0))
@@ -228,6 +233,9 @@ class BotClient(WSListener):
             self.phase = Phase.PLAYING
             self.welcomed = True
             self.window_start = self.clock()
+        elif kind == "reconnect":
+            # The node is going away (it closes next): back through the lobby, into the same match.
+            self.lost_room = self.room
         elif kind == "match_end":
             self.tally.matches.add(self.room)
             if self.group is not None:
@@ -270,9 +278,11 @@ class BotClient(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.phase is Phase.PLAYING:
-            # Closed by the server without match_end and without our leave.
+            # Closed by the server without match_end and without our leave: in lobby mode the bot goes back
+            # through the lobby, which sends it into the same match if it goes on (restored elsewhere).
             self._close_window()
             self.tally.disconnects += 1
+            self.lost_room = self.room
         elif self.phase is Phase.JOINING and not self.refused:
             self.tally.errors["closed_before_welcome"] += 1
         elif self.phase is Phase.QUEUED and not self.refused:

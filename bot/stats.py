@@ -32,6 +32,7 @@ class ProcessResult:
     inputs: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # by protocol code, `http_NNN` or `connect_*`
     disconnects: int = 0
+    reconnects: int = 0  # bots back in the room whose connection they lost
     matches: set[str] = field(default_factory=set)  # ids of the rooms whose match_end a bot received
     matched: int = 0  # match_found messages received from the lobby
     rooms: set[str] = field(default_factory=set)  # ids of the rooms the lobby's match_found sent a bot to
@@ -107,6 +108,7 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
         "errors": sum(errors.values()),
         "error_codes": dict(sorted(errors.items())),
         "disconnects": sum(result.disconnects for result in results),
+        "reconnects": sum(result.reconnects for result in results),
         "matches": len(matches),
         "matched": sum(result.matched for result in results),
         "rooms": len(rooms),
@@ -131,6 +133,7 @@ def summary_text(summary: dict[str, Any], lobby: bool = False) -> str:
         f"input->ack: p50 {ms(summary['ack_ms_p50'])}, p99 {ms(summary['ack_ms_p99'])}, "
         f"max {ms(summary['ack_ms_max'])} ({summary['acks']} acks)",
         f"matches {summary['matches']}, errors {summary['errors']}, disconnects {summary['disconnects']}, "
+        f"reconnects {summary['reconnects']}, "
         f"bot loop lag p99 {ms(summary['loop_lag_ms_p99'])}",
     ]
     if lobby:

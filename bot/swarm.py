@@ -160,7 +160,8 @@ class Swarm:
     def _result(self, cpu_s: float, wall_s: float) -> ProcessResult:
         tally = self.tally
         result = ProcessResult(process=self.plan.process, bots=len(self.bots), acks_ms=tally.acks_ms,
-                               errors=tally.errors, disconnects=tally.disconnects, matches=tally.matches,
+                               errors=tally.errors, disconnects=tally.disconnects, reconnects=tally.reconnects,
+                               matches=tally.matches,
                                matched=tally.matched, rooms=tally.rooms, waits_ms=tally.waits_ms,
                                lag_ms=self.lag_ms, cpu_s=cpu_s, wall_s=wall_s)
         for bot in self.bots:

@@ -286,6 +286,13 @@ class LobbyHub:
                                                          scope="queue")
         self._publish(waiter.mode, outcome)
 
+    async def adoption_pending(self, mode: str, room_id: str) -> bool:
+        """Whether a sweep gave this node the running room to restore, and it is not restored yet."""
+        try:
+            return bool(await self.client.sismember(self.seatings[mode].keys.node_adopt(self.node_id), room_id))
+        except OUTAGE as error:
+            raise LobbyUnavailable(str(error)) from error
+
     async def give_back(self, mode: str, room_id: str) -> None:
         """A running match this node could not restore: the room ends in the lobby and its players are free to
         join again."""

@@ -299,6 +299,19 @@ class App:
         if identity.player_id not in record.player_ids:
             return refuse(HTTPStatus.FORBIDDEN, ErrorCode.NOT_IN_ROOM,
                           f"you hold no seat in room {room_id} any more; join through the lobby again")
+        try:
+            adopting = record.state == "running" and await self.hub.adoption_pending(seat.mode, room_id)
+        except LobbyUnavailable:
+            return refuse(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.LOBBY_UNAVAILABLE,
+                          "matchmaking is unavailable right now; try again in a few seconds")
+        if adopting:
+            # A match this node was given to restore (its host died), and this player is back before the next
+            # heartbeat would have restored it: restore it now, rather than open an empty room of that id.
+            await self.node.adopt_rooms(seat.mode, [room_id])
+            room = self.node.rooms.get(room_id)
+            if room is None:
+                return refuse(HTTPStatus.NOT_FOUND, ErrorCode.ROOM_NOT_FOUND,
+                              f"room {room_id} could not be restored; join through the lobby again")
         connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(record.player_ids))
         return None
 

@@ -35,6 +35,7 @@ from tests.clusterkit import (
     wait_until,
 )
 from tests.serverkit import is_event, is_type, lobby_prefix, new_token, recv_until
+from tests.test_bot_e2e import last_json_line, run_bot
 
 # Node ids sort so that new rooms go to "a-host" while every node is equally loaded.
 HOST, FRONT, OTHER = "a-host", "b-front", "c-front"
@@ -214,6 +215,30 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
         assert state["t"] >= snapshot["game"]["now_us"] // 1000  # the match clock went on from the snapshot
         for game in welcomes:
             await game.close()
+        assert cluster.problems() == []
+
+
+async def test_bots_whose_host_is_killed_come_back_into_their_restored_match_and_count_reconnects(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--snapshot-every-s", "1", "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        # Five bots through b-front's lobby: one room, on a-host.
+        bots = asyncio.get_running_loop().create_task(run_bot(
+            "--url", cluster[FRONT].url, "--lobby", "--bots", "5", "--duration", "14", "--ramp", "0.2", "--json",
+            "--quiet"))
+
+        async def snapshot_of_a_running_match() -> bool:
+            rooms = [str(room_id) for room_id in await client.smembers(f"{prefix}:{{arena}}:node:{HOST}:rooms")]
+            return any([await client.exists(f"{prefix}:{{arena}}:room:{room_id}:snapshot") for room_id in rooms])
+
+        await wait_until(snapshot_of_a_running_match, 10, "a snapshot of the bots' match on a-host")
+        await cluster.kill(HOST)
+        code, out, err = await bots
+        assert code == 0, err
+        summary = last_json_line(out)
+        assert summary["disconnects"] == 5, summary
+        assert summary["reconnects"] == 5, summary  # each bot back in the match, on its new host
         assert cluster.problems() == []
 
 
