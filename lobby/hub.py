@@ -296,7 +296,7 @@ class LobbyHub:
     async def give_back(self, mode: str, room_id: str) -> None:
         """A running match this node could not restore: the room ends in the lobby and its players are free to
         join again."""
-        outcome = await self.seatings[mode].finish(room_id, self.wall_ms())
+        outcome = await self.seatings[mode].finish(room_id, self.wall_ms(), host=self.node_id)
         self._publish(mode, outcome)
 
     def forget(self, conn_id: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys, text
-from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
+from lobby.outage import Backoff, stop_if_cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class LeaderboardFeed:
                     for (mode, player_id), points in pending.items():
                         pipe.zincrby(LobbyKeys(self.prefix, mode).leaderboard, points, player_id)
                     await pipe.execute()
-            except OUTAGE as error:
+            except Exception as error:  # an outage, or anything unexpected: keep the points, back off
                 for key, points in pending.items():  # keep them for the next write
                     self._pending[key] = self._pending.get(key, 0) + points
                 self._wake.set()

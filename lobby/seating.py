@@ -190,8 +190,9 @@ class Seating:
         """A connection ended but the player keeps their place for a grace period: detached, or stale."""
         return await self._call("detach", now_ms, player_id, conn_id, "1" if keep_node else "0")
 
-    async def finish(self, room_id: str, now_ms: int) -> Outcome:
-        return await self._call("finish", now_ms, room_id)
+    async def finish(self, room_id: str, now_ms: int, *, host: str = "") -> Outcome:
+        """End the room in the lobby; with `host`, only if that node still hosts it (else `elsewhere`)."""
+        return await self._call("finish", now_ms, room_id, host)
 
     async def expire(self, room_id: str, now_ms: int, *, host_alive: bool, new_room_ids: Sequence[str],
                      new_room_node: str) -> Outcome:

@@ -144,8 +144,12 @@ class Upkeep:
         for mode, seating in self.seatings.items():
             key = seating.keys.node_adopt(self.node_id)
             given = {text(room_id) for room_id in await seating.client.smembers(key)}
-            mine = {text(room_id) for room_id in await seating.client.smembers(seating.keys.node_rooms(self.node_id))} \
-                if first else set()
+            mine: set[str] = set()
+            if first:
+                hosted = await seating.client.smembers(seating.keys.node_rooms(self.node_id))
+                mine = {text(room_id) for room_id in hosted}
+                # Rooms swept from this node's previous life are not this process's to fence.
+                await seating.client.delete(seating.keys.node_swept(self.node_id))
             candidates = sorted((given | mine) - state.rooms.get(mode, set()))
             if candidates:
                 records = {record.room_id: record for record in await seating.rooms(candidates)}

@@ -117,7 +117,7 @@ class GameReports:
 
     def room_over(self, mode: str, room_id: str) -> None:
         async def finish() -> None:
-            outcome = await self.seatings[mode].finish(room_id, self.wall_ms())
+            outcome = await self.seatings[mode].finish(room_id, self.wall_ms(), host=self.node_id)
             self._publish(mode, outcome)
 
         self.writes.submit(f"finish {room_id}", finish)

@@ -19,7 +19,7 @@ log = logging.getLogger("tickroom.persistence.matches")
 # A match's states and the moves between them; anything else is a `MatchTransitionError`.
 MATCH_TRANSITIONS: dict[str, frozenset[str]] = {
     "waiting": frozenset({"running", "cancelled"}),
-    "running": frozenset({"finished"}),
+    "running": frozenset({"finished", "cancelled"}),
     "finished": frozenset(),
     "cancelled": frozenset(),
 }

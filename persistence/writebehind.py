@@ -89,14 +89,20 @@ async def _match_result(conn: asyncpg.Connection, write: Write) -> None:
     started = _time(write.get("started_ms"))
     final_state = "cancelled" if write.get("cancelled") else "finished"
 
+    recorded_before = False
+
     def finish(row: MatchRow) -> MatchRow | None:
+        nonlocal recorded_before
         if row.state in ("finished", "cancelled"):
-            return None  # already recorded: a replay
+            recorded_before = True  # a replay, or another node's result for the same match: the first stands
+            return None
         if final_state == "finished" and row.state == "waiting":
             row = row.moved_to("running", started_at=started or ended)
         return row.moved_to(final_state, ended_at=ended, end_reason=write.get("reason"))
 
     await change_match(conn, match_id, finish)
+    if recorded_before:
+        return
     players = write.get("players", [])
     await _players_seen(conn, players, ended)
     await conn.executemany(
@@ -138,6 +144,10 @@ APPLY: dict[str, Callable[[asyncpg.Connection, Write], Awaitable[None]]] = {
 
 
 # -- the queue ---------------------------------------------------------------------------------------------
+
+class WriteRefused(Exception):
+    """Postgres refused the write for its content; it waits in the dead-letter list."""
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -204,10 +214,12 @@ class WriteBehind:
             stop_if_cancelled()
             try:
                 did = await self._round()
-            except (*PG_DOWN, *OUTAGE) as error:
+            except Exception as error:  # an outage, or anything unexpected: never take the node down with it
                 stop_if_cancelled()
                 self.retries += 1
                 what = "Redis (the write spill)" if isinstance(error, OUTAGE) else "Postgres"
+                if not isinstance(error, PG_DOWN + OUTAGE):
+                    log.exception("the write queue failed unexpectedly; retrying with back-off")
                 if what != "Redis (the write spill)":
                     await self._drop_connection()
                 if failing != what:
@@ -237,39 +249,56 @@ class WriteBehind:
         if not self._memory:
             return False
         chunk = [self._memory[i] for i in range(min(self.batch, len(self._memory)))]
-        await self._write([p.write for p in chunk])
-        for pending in chunk:
+        refused = await self._write([p.write for p in chunk])
+        for index, pending in enumerate(chunk):
             if self._memory and self._memory[0] is pending:
                 self._memory.popleft()
             if not pending.durable.done():
-                pending.durable.set_result(None)
+                if index in refused:  # not in Postgres: whoever waits must not announce it as saved
+                    pending.durable.set_exception(WriteRefused(f"the {pending.write['op']} write was refused"))
+                else:
+                    pending.durable.set_result(None)
         return True
 
-    async def _write(self, writes: list[Write]) -> None:
+    async def _write(self, writes: list[Write]) -> set[int]:
+        """Write a batch; the positions of the writes that were refused (set aside in the dead-letter list)."""
         conn = await self._connect()
+        refused: set[int] = set()
         try:
             async with conn.transaction():
                 for write in writes:
                     await APPLY[write["op"]](conn, write)
+        except asyncpg.DataError:
+            refused = await self._one_by_one(conn, writes)  # asyncpg's DataError is an InterfaceError too
         except PG_DOWN:
             raise
-        except asyncpg.PostgresError:
+        except Exception:
             # One of them is refused for its content: write them one by one, and set that one aside.
-            for write in writes:
-                await self._write_alone(conn, write)
+            refused = await self._one_by_one(conn, writes)
         else:
             self.written += len(writes)
+        return refused
 
-    async def _write_alone(self, conn: asyncpg.Connection, write: Write) -> None:
+    async def _one_by_one(self, conn: asyncpg.Connection, writes: list[Write]) -> set[int]:
+        """Each write in a transaction of its own; the positions of those set aside."""
+        return {index for index, write in enumerate(writes) if not await self._write_alone(conn, write)}
+
+    async def _write_alone(self, conn: asyncpg.Connection, write: Write) -> bool:
+        """False when the write is refused for its content (then kept in the dead-letter list)."""
         try:
             async with conn.transaction():
                 await APPLY[write["op"]](conn, write)
             self.written += 1
+            return True
+        except asyncpg.DataError as error:
+            refusal: Exception = error
         except PG_DOWN:
             raise
-        except asyncpg.PostgresError as error:
-            log.error("Postgres refused a %s write (%s); it is kept in %s", write["op"], error, self.dead_key)
-            await self.redis.rpush(self.dead_key, orjson.dumps({"write": write, "error": str(error)}))
+        except Exception as error:  # a constraint, a bad value, a match that cannot take the change...
+            refusal = error
+        log.error("a %s write was refused (%r); it is kept in %s", write["op"], refusal, self.dead_key)
+        await self.redis.rpush(self.dead_key, orjson.dumps({"write": write, "error": str(refusal)}))
+        return False
 
     async def _connect(self) -> asyncpg.Connection:
         """The worker's one connection (the writes are sequential by design: their order matters)."""

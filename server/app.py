@@ -24,7 +24,7 @@ from game.base import GameFactory
 from lobby.hub import HubConfig, LobbyHub
 from lobby.keys import LobbyKeys
 from lobby.leaderboard import Leaderboard, LeaderboardFeed, rebuild_if_missing
-from lobby.outage import LobbyUnavailable, lobby_client, stop_if_cancelled
+from lobby.outage import OUTAGE, LobbyUnavailable, lobby_client, stop_if_cancelled
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from persistence.snapshots import SnapshotStore
@@ -184,15 +184,16 @@ class App:
     async def shutdown(self) -> None:
         if self.node is not None:
             self.node.accepting = False
-        if self.hub is not None:
-            await self.hub.deregister()
         if self._server is not None:
             told = self._server.broadcast(text_frame(encode(
                 {"type": "reconnect", "reason": "shutdown", "retry_ms": RECONNECT_RETRY_MS})))
             log.info("shutting down: told %d clients to reconnect", told)
         if self.snapshotter is not None:
+            # Before deregistering: the node that the sweep gives the running matches to restores these.
             saved = await self.snapshotter.save_all(timeout=2.0)
             log.info("shutting down: snapshots of %d running rooms written", saved)
+        if self.hub is not None:
+            await self.hub.deregister()
         if self._server is not None:
             self._server.close(CloseCode.GOING_AWAY, "server shutting down")
             await self._server.wait_closed()
@@ -307,7 +308,11 @@ class App:
         if adopting:
             # A match this node was given to restore (its host died), and this player is back before the next
             # heartbeat would have restored it: restore it now, rather than open an empty room of that id.
-            await self.node.adopt_rooms(seat.mode, [room_id])
+            try:
+                await self.node.adopt_rooms(seat.mode, [room_id])
+            except OUTAGE:
+                return refuse(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.LOBBY_UNAVAILABLE,
+                              "matchmaking is unavailable right now; try again in a few seconds")
             room = self.node.rooms.get(room_id)
             if room is None:
                 return refuse(HTTPStatus.NOT_FOUND, ErrorCode.ROOM_NOT_FOUND,

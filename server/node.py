@@ -129,6 +129,12 @@ class Node:
                              node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer)
         self.rooms[room_id] = room
         self._runners[room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{room_id}")
+        if room.roster is not None and self.lobby is not None:
+            # Nobody is connected yet: each player has the reconnect grace to come back, as after a drop.
+            loop = asyncio.get_running_loop()
+            for player_id in room.roster:
+                self._grace[(room_id, player_id)] = loop.call_later(self.settings.reconnect_grace_s,
+                                                                    self._grace_over, room, player_id)
         log.info("room %s restored from its snapshot of %d ms ago (match %s, clock %d ms)", room_id,
                  max(0, self.wall_ms() - (room.restored_from or 0)), room.match_id, room.game.clock_ms)
         return room
@@ -163,6 +169,8 @@ class Node:
             if self.rooms.get(room.room_id) is room:
                 del self.rooms[room.room_id]
                 del self._runners[room.room_id]
+            if not room.released:  # released first: shutdown or eviction, the match goes on elsewhere
+                room.record_unfinished("crashed" if room.failed is not None else "abandoned")
             self._room_over(room)
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
@@ -220,6 +228,7 @@ class Node:
             if room.roster is not None and room.mode == mode and room.room_id in taken and not room.evicted:
                 log.error("room %s was taken over while this node stalled; closing it", room.room_id)
                 room.evicted = True
+                room.released = True  # its match goes on where the sweep moved it: the lobby must not end it
 
     def lobby_state(self) -> LocalState:
         """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""
@@ -232,9 +241,14 @@ class Node:
         return state
 
     def stop_rooms(self) -> None:
+        """Shutdown: stop every room without ending its lobby match: a running match goes on on the node that
+        the sweep of this (deregistered) node moves it to, from the snapshot taken just before."""
         for timer in self._grace.values():
             timer.cancel()
         self._grace.clear()
+        for room in self.rooms.values():
+            if room.phase is not RoomPhase.FINISHED:
+                room.released = True
         for task in self._runners.values():
             task.cancel()
 

@@ -31,6 +31,8 @@ MAX_LIMIT = 100
 DEFAULT_LIMIT = 10
 LEADERBOARD_WAIT_S = 5.0
 Answer = tuple[HTTPStatus, bytes]
+# Postgres or Redis down, or Postgres refusing us (too many connections, a bad password): a 503, never a 500.
+UNAVAILABLE: tuple[type[BaseException], ...] = (*PG_DOWN, *OUTAGE, asyncpg.PostgresError)
 
 
 def _error(status: HTTPStatus, code: ErrorCode, message: str) -> Answer:
@@ -94,7 +96,7 @@ class RecordEndpoints:
             if (match := PLAYER_PATH.fullmatch(path)) is not None:
                 return await self._player(match.group(1), match.group(2), query)
             return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no endpoint at {path[:80]}")
-        except (*PG_DOWN, *OUTAGE) as error:
+        except UNAVAILABLE as error:
             log.warning("records unavailable for %s: %r", path[:80], error)
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.RECORDS_UNAVAILABLE,
                           "the records are unavailable right now; try again shortly")

@@ -81,6 +81,7 @@ class Room:
         self.created_ms = wall_ms()
         self.started_ms: int | None = None
         self.result_saved = recorder is None  # with nothing to record, nothing to wait for
+        self.result_recorded = False  # a result (or a cancellation) went to the recorder
         self.roster: set[str] | None = set(roster) if roster is not None else None
         self.join_deadline: float | None = now + settings.join_window_s if roster is not None else None
         self.cancelled = False
@@ -129,7 +130,7 @@ class Room:
         for entry in document["seats"]:
             pid = int(entry["pid"])
             seat = Seat(pid, str(entry["id"]), str(entry["name"]), COLORS[(pid - 1) % len(COLORS)],
-                        joined_ms=int(entry.get("joined_ms", 0)), left_ms=room.created_ms)
+                        joined_ms=int(entry.get("joined_ms", 0)), left_ms=int(document.get("taken_ms", 0)))
             seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
             room._seats[seat.player_id] = seat
             room._pids[seat.player_id] = pid
@@ -295,8 +296,7 @@ class Room:
                     self._start(now)
                 else:
                     self.cancelled = True
-                    self._record("match_result", ended_ms=self._wall_ms(), reason="cancelled", cancelled=True,
-                                 players=self._result_lines({}))
+                    self.record_unfinished("cancelled")
         elif self.phase is RoomPhase.WAITING:
             if players >= settings.max_players:
                 self._start(now)
@@ -338,10 +338,21 @@ class Room:
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
         self._score()
         lines = {str(line["id"]): line for line in ranking}
+        self.result_recorded = True
         durable = self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
                                players=self._result_lines(lines))
         if durable is not None:
             durable.add_done_callback(self._result_durable)
+
+    def record_unfinished(self, reason: str) -> None:
+        """The room closes without a result (cancelled, abandoned, crashed): its match is recorded as cancelled,
+        so that no match row stays live for ever. Not for a room that closes because its match goes on
+        elsewhere (shutdown, eviction): that node records its end."""
+        if self.result_recorded:
+            return
+        self.result_recorded = True
+        self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
+                     cancelled=True, players=self._result_lines({}))
 
     def _score(self) -> None:
         """Tell the leaderboard the points each player made since the last time (at each kill, and at the end)."""

@@ -103,6 +103,7 @@ class Snapshotter:
                 stop_if_cancelled()
                 log.exception("writing %d room snapshots failed", len(snapshots))
                 continue
+            stop_if_cancelled()  # redis-py may have swallowed a cancellation in the save
             self.saved += len(snapshots)
             if self._failing:
                 log.info("room snapshots reach Redis again")

@@ -107,3 +107,28 @@ async def test_the_leaderboard_moves_at_each_kill_during_the_match(redis_url: st
     finally:
         await client.aclose()
         await app.__aexit__(None, None, None)
+
+
+async def test_a_room_that_closes_without_a_result_is_recorded_as_cancelled(
+        redis_url: str, fresh_database: str) -> None:
+    """No match row stays live for ever: a development room whose only player left is recorded as cancelled,
+    and the room id can open a new match."""
+    await migrate_url(fresh_database)
+    app = await start_lobby_app(redis_url, database_url=fresh_database, direct_join=True, min_players=3,
+                                max_players=3, persist=True)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        ann, _ = await join_game(app, "lonely", token=new_token("ann"))
+        await ann.send('{"type":"leave"}')
+        deadline = asyncio.get_running_loop().time() + 10
+        while (row := await conn.fetchrow("SELECT state, end_reason FROM matches WHERE room_id = 'lonely'")) is None \
+                or row["state"] != "cancelled":
+            assert asyncio.get_running_loop().time() < deadline, f"the match is still {row}"
+            await asyncio.sleep(0.05)
+        assert row["end_reason"] == "abandoned"
+        bob, welcome = await join_game(app, "lonely", token=new_token("bob"))
+        assert welcome["type"] == "welcome"
+        await bob.close()
+    finally:
+        await conn.close()
+        await app.__aexit__(None, None, None)

@@ -821,3 +821,15 @@ async def test_a_sweep_with_no_node_to_take_rooms_sends_their_waiting_players_to
         placement = await lobby.player(player)
         assert (placement["status"], placement["room"]) == ("queued", "")
     assert [member for member, _ in await queue(lobby)] == ["p1", "p2"]
+
+
+async def test_a_node_cannot_finish_a_room_a_sweep_moved_away_from_it(client: aioredis.Redis) -> None:
+    """A node that only stalled closes the rooms swept from it: that must not end their match, which another
+    node now restores."""
+    lobby = seating(client)
+    await sweep_scene(lobby)
+    await lobby.sweep("node-a", T + 100, new_host="node-c")
+    refused = await lobby.finish("R", T + 200, host="node-a")
+    assert refused.outcome == "elsewhere"
+    assert (await record_of(lobby, "R")).state == "running"
+    assert (await lobby.finish("R", T + 300, host="node-c")).outcome == "finished"

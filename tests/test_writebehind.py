@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from persistence.migrate import migrate_url
-from persistence.writebehind import Write, WriteBehind
+from persistence.writebehind import Write, WriteBehind, WriteRefused
 from server.embedded import LocalPostgres
 
 T0_MS = 1_795_400_000_000
@@ -176,7 +176,9 @@ async def test_a_write_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_l
     bad = result_write(bad_id, [(str(uuid.uuid4()), "x" * 40)])  # names are 1-32 characters
     durable = [queue.submit(result_write(good[0][0], good[0][1], room="g0")), queue.submit(bad),
                queue.submit(result_write(good[1][0], good[1][1], room="g1"))]
-    await asyncio.wait_for(asyncio.gather(*durable), 10)
+    outcomes = await asyncio.wait_for(asyncio.gather(*durable, return_exceptions=True), 10)
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], WriteRefused)  # never announced as saved
     for mid, _ in good:
         match, lines = await results_of(migrated, mid)
         assert match is not None and match["state"] == "finished" and len(lines) == 3
@@ -201,3 +203,16 @@ async def test_an_older_position_never_overwrites_a_newer_one(queue: WriteBehind
     finally:
         await conn.close()
     assert x == 50.0
+
+
+async def test_a_write_that_fails_in_our_own_code_is_set_aside_and_the_queue_goes_on(
+        queue: WriteBehind, migrated: str, redis: aioredis.Redis) -> None:
+    bad = {"op": "positions", "match": "not-a-uuid", "room": "r", "mode": "arena", "node": "n1", "created_ms": T0_MS,
+           "clock_ms": 0, "taken_ms": T0_MS, "players": []}
+    with pytest.raises(WriteRefused):
+        await asyncio.wait_for(queue.submit(bad), 10)
+    match_id = str(uuid.uuid4())
+    await asyncio.wait_for(queue.submit(result_write(match_id, some_players())), 10)  # the worker is alive
+    match, _ = await results_of(migrated, match_id)
+    assert match is not None and match["state"] == "finished"
+    assert [orjson.loads(raw)["write"]["match"] for raw in await redis.lrange(queue.dead_key, 0, -1)] == ["not-a-uuid"]
