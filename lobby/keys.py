@@ -44,6 +44,11 @@ class LobbyKeys:
         """A running room's latest snapshot (persistence/snapshots.py), with a TTL: what recovery restores."""
         return f"{self.base}:room:{room_id}:snapshot"
 
+    def match_told(self, match_id: str) -> str:
+        """Hash: player id -> the points of this match the leaderboard was told of (so that a room restored
+        from an older snapshot tells it only the difference)."""
+        return f"{self.base}:match:{match_id}:told"
+
     @property
     def leaderboard(self) -> str:
         """Sorted set of player ids by total score (lobby/leaderboard.py; kept in step with Postgres)."""

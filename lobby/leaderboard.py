@@ -63,6 +63,9 @@ class Leaderboard:
         return Standing(int(better) + 1, player_id, int(score))
 
 
+TOLD_TTL_S = 86_400  # a match's "told" hash outlives any match and its recovery
+
+
 class LeaderboardFeed:
     """Points added as they happen (each kill), without awaiting: summed per player in memory and written by
     one task in a pipeline. Points that Redis could not take stay summed here and go with the next write."""
@@ -70,15 +73,24 @@ class LeaderboardFeed:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._pending: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str, str], int] = {}  # (mode, match, player) -> points
         self._wake = asyncio.Event()
         self.written = 0  # point updates written, for the tests
 
-    def add(self, mode: str, player_id: str, points: int) -> None:
+    def add(self, mode: str, match_id: str, player_id: str, points: int) -> None:
         if points:
-            key = (mode, player_id)
+            key = (mode, match_id, player_id)
             self._pending[key] = self._pending.get(key, 0) + points
             self._wake.set()
+
+    async def told(self, mode: str, match_ids: list[str]) -> dict[str, dict[str, int]]:
+        """For each match, the points per player the leaderboard has been told of so far."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for match_id in match_ids:
+                pipe.hgetall(LobbyKeys(self.prefix, mode).match_told(match_id))
+            replies = await pipe.execute()
+        return {match_id: {text(k): int(v) for k, v in reply.items()}
+                for match_id, reply in zip(match_ids, replies, strict=True)}
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -88,9 +100,12 @@ class LeaderboardFeed:
             self._wake.clear()
             pending, self._pending = self._pending, {}
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for (mode, player_id), points in pending.items():
-                        pipe.zincrby(LobbyKeys(self.prefix, mode).leaderboard, points, player_id)
+                async with self.client.pipeline(transaction=True) as pipe:  # the board and what it was told
+                    for (mode, match_id, player_id), points in pending.items():
+                        keys = LobbyKeys(self.prefix, mode)
+                        pipe.zincrby(keys.leaderboard, points, player_id)
+                        pipe.hincrby(keys.match_told(match_id), player_id, points)
+                        pipe.expire(keys.match_told(match_id), TOLD_TTL_S)
                     await pipe.execute()
             except Exception as error:  # an outage, or anything unexpected: keep the points, back off
                 for key, points in pending.items():  # keep them for the next write

@@ -155,6 +155,7 @@ class App:
             self._stack.push_async_callback(self._records_http.close)
             self.leaderboard = LeaderboardFeed(client, prefix)
             node.scorer = self.leaderboard.add
+            node.told = self.leaderboard.told
             self._leaderboard_task = self._tasks.create_task(self._run_leaderboard(), name="leaderboard")
         self.snapshotter = Snapshotter(lambda: node.rooms.values(), snapshots, settings.snapshot_every_s)
         self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -27,6 +27,10 @@ from server.settings import Settings
 from server.tickstats import summarize_ms
 
 log = logging.getLogger("tickroom.node")
+
+
+async def _nothing_told(mode: str, match_ids: list[str]) -> dict[str, dict[str, int]]:
+    return {}
 
 # /stats: reuse an answer this young; summarize this many rooms between yields to the rooms; pool
 # every POOL_STRIDE-th sample of each room into the node-wide totals.
@@ -56,6 +60,8 @@ class Node:
         # Set by the app when matches are recorded in Postgres (the write-behind queue's `submit`).
         self.recorder: Recorder | None = None
         self.scorer: Scorer | None = None  # the leaderboard feed's `add`, likewise
+        # And its `told`: what the leaderboard heard of given matches (mode, match ids), for restored rooms.
+        self.told: Callable[[str, list[str]], Awaitable[dict[str, dict[str, int]]]] = _nothing_told
         self.snapshots: SnapshotStore | None = None  # where recovery finds the rooms it restores
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
@@ -117,7 +123,7 @@ class Node:
         log.info("room %s created (mode %s)", join.room_id, join.mode)
         return room
 
-    def restore_room(self, document: dict[str, Any]) -> Room:
+    def restore_room(self, document: dict[str, Any], told: dict[str, int] | None = None) -> Room:
         """Resume the running match of a snapshot here (recovery); ValueError for one that cannot be read."""
         room_id, mode = str(document.get("room")), str(document.get("mode"))
         if room_id in self.rooms:
@@ -126,7 +132,7 @@ class Node:
             raise ValueError(f"this node has no mode {mode!r}")
         game = self.modes[mode](random.Random(self._rng.getrandbits(64)))
         room = Room.restored(document, game, self.settings, self.clock(), logging.getLogger(f"tickroom.room.{mode}"),
-                             node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer)
+                             node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer, told=told)
         self.rooms[room_id] = room
         self._runners[room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{room_id}")
         if room.roster is not None and self.lobby is not None:
@@ -145,11 +151,12 @@ class Node:
         back to the lobby."""
         todo = [room_id for room_id in room_ids if room_id not in self.rooms]
         documents = await self.snapshots.load_many(mode, todo) if self.snapshots is not None and todo else {}
+        told = await self.told(mode, [str(d.get("match")) for d in documents.values()]) if documents else {}
         for room_id in todo:
             document = documents.get(room_id)
             if document is not None and document.get("room") == room_id and document.get("mode") == mode:
                 try:
-                    self.restore_room(document)
+                    self.restore_room(document, told.get(str(document.get("match"))))
                     continue
                 except (ValueError, KeyError, TypeError):
                     log.exception("room %s: its snapshot could not be restored", room_id)

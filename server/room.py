@@ -28,8 +28,8 @@ from server.tickstats import TickStats
 SNAPSHOT_VERSION = 1  # the layout of `Room.snapshot`
 # Takes a write for Postgres (persistence/writebehind.py); the future resolves once it is durable.
 Recorder = Callable[[dict[str, Any]], "asyncio.Future[None]"]
-# Adds points to a player's total on the leaderboard: (mode, player id, points).
-Scorer = Callable[[str, str, int], None]
+# Adds points to a player's total on the leaderboard: (mode, match id, player id, points).
+Scorer = Callable[[str, str, str, int], None]
 
 
 def wall_clock_ms() -> int:
@@ -114,7 +114,7 @@ class Room:
     @classmethod
     def restored(cls, document: dict[str, Any], game: Game, settings: Settings, now: float, logger: logging.Logger,
                  *, node_id: str = "", recorder: Recorder | None = None, scorer: Scorer | None = None,
-                 wall_ms: Callable[[], int] = wall_clock_ms) -> Room:
+                 wall_ms: Callable[[], int] = wall_clock_ms, told: dict[str, int] | None = None) -> Room:
         """The running match a snapshot (`Room.snapshot`) describes, on a game just built: the same match id,
         seats (in join order), roster, clock, positions and scores; nobody is connected yet, and the players
         have the reconnect grace to come back. Raises ValueError for a snapshot it cannot read."""
@@ -135,8 +135,12 @@ class Room:
             room._seats[seat.player_id] = seat
             room._pids[seat.player_id] = pid
             room._next_pid = max(room._next_pid, pid + 1)
-        # The previous host told the leaderboard of every point so far.
-        room._scored = {entry.pid: entry.score for entry in game.ranking()}
+        # What the leaderboard was told of this match (by the previous host, possibly after this snapshot):
+        # from here on it is told the difference, so its total ends at the match's final scores.
+        if told is None:
+            room._scored = {entry.pid: entry.score for entry in game.ranking()}
+        else:
+            room._scored = {pid: told.get(player_id, 0) for player_id, pid in room._pids.items()}
         room.tick_no = int(document.get("tick", 0))
         room.phase = RoomPhase.RUNNING
         room.join_deadline = None
@@ -365,7 +369,7 @@ class Room:
             if points and seat is not None:
                 self._scored[entry.pid] = entry.score
                 try:
-                    self._scorer(self.mode, seat.player_id, points)
+                    self._scorer(self.mode, self.match_id, seat.player_id, points)
                 except Exception:
                     self.log.exception("room %s: the leaderboard refused points", self.room_id)
 

@@ -168,12 +168,13 @@ async def test_the_leaderboard_feed_sums_points_and_keeps_them_through_a_redis_o
 
     try:
         for points in (100, 10, 10):
-            feed.add("arena", ANN, points)
-        feed.add("arena", BOB, 0)  # nothing to add
+            feed.add("arena", "m1", ANN, points)
+        feed.add("arena", "m1", BOB, 0)  # nothing to add
         await score_becomes(120)
         assert await client.zscore(key, BOB) is None
+        assert await feed.told("arena", ["m1", "m2"]) == {"m1": {ANN: 120}, "m2": {}}
         server.stop()
-        feed.add("arena", ANN, 100)  # while Redis is down
+        feed.add("arena", "m1", ANN, 100)  # while Redis is down
         await asyncio.sleep(0.3)
         server.restart()
         await score_becomes(100)  # the restarted Redis is empty: only what could not be written before

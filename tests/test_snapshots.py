@@ -3,8 +3,10 @@ room's snapshot landing in a real Redis with its TTL."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 
 import orjson
@@ -14,8 +16,10 @@ import redis.asyncio as aioredis
 from game.arena import ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.snapshots import Snapshot, SnapshotStore
+from server.lifecycle import RoomPhase
+from server.room import Room
 from server.snapshotter import Snapshotter
-from tests.serverkit import is_event, join_game, new_token, recv_until, start_lobby_app
+from tests.serverkit import is_event, join_game, new_token, node_settings, recv_until, start_lobby_app
 
 
 def played_game() -> ArenaGame:
@@ -123,3 +127,29 @@ async def test_an_unreadable_snapshot_reads_as_none(redis_url: str) -> None:
         await store.save([])  # nothing to write: no round trip, no error
     finally:
         await client.aclose()
+
+
+def test_a_restored_room_tells_the_leaderboard_only_what_it_was_not_told_yet() -> None:
+    """The dead host told the leaderboard of points scored after the snapshot: the restored room, whose scores
+    are the snapshot's, must bring the board to its own scores, not add them again."""
+    game = played_game()
+    players = [str(uuid.uuid4()) for _ in range(4)]
+    document = {"v": 1, "room": "restored", "mode": "arena", "match": str(uuid.uuid4()), "created_ms": 1,
+                "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players,
+                "seats": [{"pid": i + 1, "id": pid, "name": f"p{i}", "joined_ms": 1, "connected": True}
+                          for i, pid in enumerate(players)],
+                "game": orjson.loads(orjson.dumps(game.snapshot()))}
+    scores = {entry.pid: entry.score for entry in game.ranking()}
+    told = {players[0]: scores[1] + 110, players[1]: scores[2]}  # p0 scored once more after the snapshot
+    added: list[tuple[str, str, int]] = []
+    room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"),
+                         scorer=lambda mode, match, player, points: added.append((match, player, points)),
+                         told=told)
+    assert (room.match_id, room.phase, room.tick_no) == (document["match"], RoomPhase.RUNNING, 600)
+    room._score()
+    by_player = {player: points for _, player, points in added}
+    assert by_player.get(players[0]) == -110  # the board comes back to the restored score
+    assert players[1] not in by_player  # told exactly its score already
+    for pid in (3, 4):  # never told: all of their score (if any)
+        assert by_player.get(players[pid - 1], 0) == scores[pid]
+    assert any(scores[pid] for pid in (3, 4))  # the scene has points to tell
