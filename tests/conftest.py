@@ -82,3 +82,11 @@ async def fresh_database(database_url: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[LocalPostgres]:
+    """A Postgres of this test's own, to stop and start again."""
+    with tempfile.TemporaryDirectory(prefix="tickroom-test-pg-down-") as data_dir, \
+            LocalPostgres.start(Path(data_dir), fast=True, prefer="system") as server:
+        yield server

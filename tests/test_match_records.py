@@ -10,11 +10,13 @@ from functools import partial
 
 import asyncpg
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from game.arena import ArenaConfig, ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.migrate import migrate_url
+from server.embedded import LocalPostgres
 from tests.serverkit import is_event, is_type, join_game, new_token, recv_until, start_lobby_app
 
 
@@ -131,4 +133,37 @@ async def test_a_room_that_closes_without_a_result_is_recorded_as_cancelled(
         await bob.close()
     finally:
         await conn.close()
+        await app.__aexit__(None, None, None)
+
+
+async def test_results_of_matches_that_end_while_postgres_is_down_arrive_exactly_once_when_it_is_back(
+        redis_url: str, private_postgres: LocalPostgres) -> None:
+    await migrate_url(private_postgres.url)
+    app = await start_lobby_app(redis_url, database_url=private_postgres.url, direct_join=True, min_players=2,
+                                max_players=2, persist=True)
+    try:
+        private_postgres.stop()
+        winners, ends = [], []
+        for n in range(3):
+            winner, _ = await join_game(app, f"outage-{n}", token=new_token(f"w{n}"))
+            loser, _ = await join_game(app, f"outage-{n}", token=new_token(f"l{n}"))
+            await recv_until(winner, is_event("phase", state="running"))
+            await loser.send('{"type":"leave"}')
+            ends.append(await recv_until(winner, is_type("match_end")))
+            winners.append(winner)
+        with pytest.raises(TimeoutError):  # not durable yet: no result_saved while Postgres is down
+            await recv_until(winners[0], is_event("result_saved"), timeout=1.0)
+        private_postgres.restart()
+        for winner, end in zip(winners, ends, strict=True):
+            saved = await recv_until(winner, is_event("result_saved"), timeout=15)
+            assert saved["match"] == end["match"]
+        conn = await asyncpg.connect(private_postgres.url)
+        try:
+            rows = await conn.fetch("SELECT m.id, m.state, count(mp.player_id) AS players FROM matches m "
+                                    "JOIN match_players mp ON mp.match_id = m.id GROUP BY m.id, m.state")
+        finally:
+            await conn.close()
+        assert sorted((str(r["id"]), r["state"], r["players"]) for r in rows) == sorted(
+            (end["match"], "finished", 2) for end in ends)
+    finally:
         await app.__aexit__(None, None, None)

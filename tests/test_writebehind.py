@@ -4,11 +4,9 @@ Postgres that is down, spill to Redis past the memory limit, and set aside a wri
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -56,14 +54,6 @@ async def queue(migrated: str, redis: aioredis.Redis) -> AsyncIterator[WriteBehi
         yield writes
     finally:
         await stop(task, writes)
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[LocalPostgres]:
-    """A Postgres of this test's own, to stop and start again."""
-    with tempfile.TemporaryDirectory(prefix="tickroom-test-pg-down-") as data_dir, \
-            LocalPostgres.start(Path(data_dir), fast=True, prefer="system") as server:
-        yield server
 
 
 async def running(queue: WriteBehind) -> asyncio.Task[None]:
