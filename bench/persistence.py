@@ -64,26 +64,34 @@ def running_game() -> ArenaGame:
     return game
 
 
-def snapshot_body(game: ArenaGame, room_id: str) -> bytes:
-    """What `Room.snapshot` encodes, for a room of five."""
-    return encode({"v": 1, "room": room_id, "mode": "arena", "tick": 300, "taken_ms": int(time.time() * 1000),
-                   "roster": [str(uuid.UUID(int=i)) for i in range(5)],
-                   "seats": [{"pid": i + 1, "id": str(uuid.UUID(int=i)), "name": f"p{i}", "connected": True}
-                             for i in range(5)],
-                   "game": game.snapshot()})
+def five_players() -> list[dict[str, str]]:
+    return [{"id": str(uuid.uuid4()), "name": f"p{i}"} for i in range(5)]
+
+
+def snapshot_body(room_id: str, players: list[dict[str, str]], game: dict[str, Any]) -> bytes:
+    """What `Room.snapshot` encodes for a running room of these players, whose game state is `game`."""
+    now_ms = int(time.time() * 1000)
+    return encode({"v": 1, "room": room_id, "mode": "arena", "match": str(uuid.uuid4()),
+                   "created_ms": now_ms - 60_000, "started_ms": now_ms - 50_000, "tick": 3_000, "taken_ms": now_ms,
+                   "roster": sorted(p["id"] for p in players),
+                   "seats": [{"pid": i + 1, "id": p["id"], "name": p["name"], "joined_ms": now_ms - 60_000,
+                              "connected": True} for i, p in enumerate(players)],
+                   "game": game})
 
 
 async def snapshots(redis_url: str, rooms: int) -> dict[str, Any]:
     game = running_game()
+    players = five_players()
     builds = []
     for _ in range(2000):
         started = time.perf_counter()
-        body = snapshot_body(game, "room")
+        body = snapshot_body("room", players, game.snapshot())
         builds.append((time.perf_counter() - started) * 1e6)
     client = aioredis.Redis.from_url(redis_url)
     store = SnapshotStore(client, f"bench{uuid.uuid4().hex[:8]}", 60)
     per_slot = max(1, rooms // SLOTS)
-    batches = [[Snapshot("arena", f"r{slot}-{i}", snapshot_body(game, f"r{slot}-{i}")) for i in range(per_slot)]
+    batches = [[Snapshot("arena", f"r{slot}-{i}", snapshot_body(f"r{slot}-{i}", players, game.snapshot()))
+                for i in range(per_slot)]
                for slot in range(SLOTS)]
     writes = []
     for batch in batches:

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from bench.persistence import running_game
+from bench.persistence import five_players, running_game, snapshot_body
 from bench.tick_capacity import machine
 from lobby.keys import LobbyKeys
 from server.app import App
@@ -36,15 +36,6 @@ from server.settings import Settings
 NODE = "bench-restore"
 
 
-def snapshot(room_id: str, players: list[dict[str, str]], game: dict[str, Any], now_ms: int) -> bytes:
-    return orjson.dumps({"v": 1, "room": room_id, "mode": "arena", "match": str(uuid.uuid4()),
-                         "created_ms": now_ms - 60_000, "started_ms": now_ms - 50_000, "tick": 3_000,
-                         "taken_ms": now_ms - 5_000, "roster": [p["id"] for p in players],
-                         "seats": [{"pid": i + 1, "id": p["id"], "name": p["name"], "joined_ms": now_ms - 60_000,
-                                    "connected": True} for i, p in enumerate(players)],
-                         "game": game})
-
-
 async def populate(client: aioredis.Redis, prefix: str, rooms: int) -> list[str]:
     keys = LobbyKeys(prefix, "arena")
     game = running_game().snapshot()
@@ -52,11 +43,11 @@ async def populate(client: aioredis.Redis, prefix: str, rooms: int) -> list[str]
     room_ids = [uuid.uuid4().hex[:16] for _ in range(rooms)]
     async with client.pipeline(transaction=False) as pipe:
         for room_id in room_ids:
-            players = [{"id": str(uuid.uuid4()), "name": f"p{i}"} for i in range(5)]
+            players = five_players()
             pipe.hset(keys.room(room_id), mapping={
                 "mode": "arena", "node": NODE, "state": "running", "created_ms": now_ms - 60_000,
                 "started_ms": now_ms - 50_000, "players": orjson.dumps(players), "version": 5})
-            pipe.set(keys.room_snapshot(room_id), snapshot(room_id, players, game, now_ms), ex=600)
+            pipe.set(keys.room_snapshot(room_id), snapshot_body(room_id, players, game), ex=600)
             pipe.sadd(keys.node_rooms(NODE), room_id)
             pipe.sadd(keys.node_adopt(NODE), room_id)
         await pipe.execute()

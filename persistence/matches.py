@@ -23,7 +23,6 @@ MATCH_TRANSITIONS: dict[str, frozenset[str]] = {
     "finished": frozenset(),
     "cancelled": frozenset(),
 }
-LIVE_STATES = frozenset({"waiting", "running"})
 CHANGE_ATTEMPTS = 5
 
 _COLUMNS = "id, room_id, mode, node, state, version, created_at, started_at, ended_at, end_reason"

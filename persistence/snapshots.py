@@ -64,6 +64,3 @@ class SnapshotStore:
             log.warning("snapshot of room %s (%s) is not JSON; ignoring it", room_id, mode)
             return None
         return document if isinstance(document, dict) else None
-
-    async def delete(self, mode: str, room_id: str) -> None:
-        await self.client.delete(self.key(mode, room_id))

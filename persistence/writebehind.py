@@ -21,7 +21,7 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -200,12 +200,7 @@ class WriteBehind:
             except OUTAGE as error:
                 log.warning("Redis is unreachable too (%s): %d writes wait in memory", error, len(self._memory))
                 return
-            for pending in chunk:
-                # The worker may have written some of them meanwhile: those are gone from the head already.
-                if self._memory and self._memory[0] is pending:
-                    self._memory.popleft()
-                if not pending.durable.done():
-                    pending.durable.set_result(None)
+            self._settle(chunk)
 
     async def run(self) -> None:
         delay = RETRY_MIN_S
@@ -249,7 +244,12 @@ class WriteBehind:
         if not self._memory:
             return False
         chunk = [self._memory[i] for i in range(min(self.batch, len(self._memory)))]
-        refused = await self._write([p.write for p in chunk])
+        self._settle(chunk, refused=await self._write([p.write for p in chunk]))
+        return True
+
+    def _settle(self, chunk: list[_Pending], refused: Collection[int] = ()) -> None:
+        """The oldest writes, now durable (written or spilled) or refused: off the queue, futures resolved. The
+        other side (the worker, or a spill) may have settled some of them meanwhile: those are gone already."""
         for index, pending in enumerate(chunk):
             if self._memory and self._memory[0] is pending:
                 self._memory.popleft()
@@ -258,7 +258,6 @@ class WriteBehind:
                     pending.durable.set_exception(WriteRefused(f"the {pending.write['op']} write was refused"))
                 else:
                     pending.durable.set_result(None)
-        return True
 
     async def _write(self, writes: list[Write]) -> set[int]:
         """Write a batch; the positions of the writes that were refused (set aside in the dead-letter list)."""

@@ -140,7 +140,7 @@ class GameConnection(asyncio.Protocol):
             self.transport.write(b"".join((last, *self.protocol.data_to_send())))
         else:
             self._flush()
-        self.deadline = self.listener.loop.time() + self.listener.close_timeout
+        self.deadline = self._in(self.listener.timeouts.close_s)
 
     def abort(self) -> None:
         self.transport.abort()
@@ -176,11 +176,14 @@ class GameConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._lost.done()
 
+    def _in(self, seconds: float) -> float:
+        return self.listener.loop.time() + seconds
+
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
-        self.deadline = self.listener.loop.time() + self.listener.open_timeout
+        self.deadline = self._in(self.listener.timeouts.open_s)
         self.listener.connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -241,7 +244,7 @@ class GameConnection(asyncio.Protocol):
         events = protocol.events_received()
         self._flush()
         if self.deadline is None and protocol.close_expected():
-            self.deadline = self.listener.loop.time() + self.listener.close_timeout
+            self.deadline = self._in(self.listener.timeouts.close_s)
         for event in events:
             self._process(event)
 
@@ -254,7 +257,7 @@ class GameConnection(asyncio.Protocol):
                 # half-close: nothing more is read, and the transport still sends what it holds first; a client
                 # that does not read that is cut at the close timeout.
                 if self.deadline is None:
-                    self.deadline = self.listener.loop.time() + self.listener.close_timeout
+                    self.deadline = self._in(self.listener.timeouts.close_s)
                 self.transport.close()
 
     def _process(self, event: Event) -> None:
@@ -295,7 +298,7 @@ class GameConnection(asyncio.Protocol):
             self.deadline = None
             self.silent_since = self.listener.loop.time()
         else:
-            self.deadline = self.listener.loop.time() + self.listener.close_timeout
+            self.deadline = self._in(self.listener.timeouts.close_s)
 
     def send_ping(self) -> None:
         self.protocol.send_ping(b"")

@@ -42,9 +42,7 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.max_size = max_size
         self.logger = logger
-        self.open_timeout = timeouts.open_s
-        self.close_timeout = timeouts.close_s
-        self._timeouts = timeouts
+        self.timeouts = timeouts
         self._process_request = process_request
         self._handler = handler
         self._server: asyncio.Server | None = None
@@ -58,7 +56,7 @@ class Listener:
 
     async def start(self, host: str, port: int, *, backlog: int) -> None:
         self._server = await self.loop.create_server(lambda: GameConnection(self), host, port, backlog=backlog)
-        self._sweeper = self.loop.call_later(self._timeouts.sweep_s, self.sweep)
+        self._sweeper = self.loop.call_later(self.timeouts.sweep_s, self.sweep)
 
     @property
     def port(self) -> int:
@@ -125,11 +123,11 @@ class Listener:
         except Exception:  # never let one bad connection stop the keepalive of all the others
             self.logger.exception("connection sweep failed")
         finally:
-            self._sweeper = self.loop.call_later(self._timeouts.sweep_s, self.sweep)
+            self._sweeper = self.loop.call_later(self.timeouts.sweep_s, self.sweep)
 
     def _sweep(self, now: float) -> None:
-        interval = self._timeouts.ping_interval_s
-        limit = interval + self._timeouts.ping_timeout_s
+        interval = self.timeouts.ping_interval_s
+        limit = interval + self.timeouts.ping_timeout_s
         for conn in list(self.connections):
             deadline = conn.deadline
             if deadline is not None:
@@ -138,7 +136,7 @@ class Listener:
                 continue
             if conn.state is not _OPEN:
                 # Closing or closed without a deadline yet (should not happen): bound it all the same.
-                conn.deadline = now + self.close_timeout
+                conn.deadline = now + self.timeouts.close_s
                 continue
             if conn.heard:
                 conn.heard = False

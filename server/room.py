@@ -489,30 +489,27 @@ class Room:
             seat.slow_since = None
             transport.write(data)
 
-    def snapshot(self, wall_ms: int) -> bytes | None:
+    def snapshot(self, wall_ms: int, *, record_positions: bool = False) -> bytes | None:
         """The running match as JSON for `room:ID:snapshot`: the seats in join order and the game's own
-        snapshot (match clock, every player's state); None when the room is not running."""
+        snapshot (match clock, every player's state); None when the room is not running. With
+        `record_positions`, the same players' state also goes to Postgres (less often than snapshots): what
+        restores the room when Redis has lost its snapshot."""
         if self.phase is not RoomPhase.RUNNING:
             return None
+        game = self.game.snapshot()
+        if record_positions:
+            seats = {seat.pid: seat for seat in self._seats.values()}
+            players = [{"id": seat.player_id, "name": seat.name, "x": entry["x"], "y": entry["y"],
+                        "hp": entry["hp"], "kills": entry["kills"], "deaths": entry["deaths"], "score": entry["score"]}
+                       for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
+            self._record("positions", clock_ms=self.game.clock_ms, taken_ms=wall_ms, players=players)
         return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "match": self.match_id,
                        "created_ms": self.created_ms, "started_ms": self.started_ms, "tick": self.tick_no,
                        "taken_ms": wall_ms, "roster": sorted(self.roster) if self.roster is not None else None,
                        "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name,
                                   "joined_ms": seat.joined_ms, "connected": seat.conn is not None}
                                  for seat in self._seats.values()],
-                       "game": self.game.snapshot()})
-
-    def record_positions(self) -> asyncio.Future[None] | None:
-        """The latest state of each player of the running match, for Postgres (less often than snapshots):
-        what restores the room when Redis has lost its snapshot."""
-        if self.phase is not RoomPhase.RUNNING:
-            return None
-        seats = {seat.pid: seat for seat in self._seats.values()}
-        game = self.game.snapshot()
-        players = [{"id": seat.player_id, "name": seat.name, "x": entry["x"], "y": entry["y"], "hp": entry["hp"],
-                    "kills": entry["kills"], "deaths": entry["deaths"], "score": entry["score"]}
-                   for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
-        return self._record("positions", clock_ms=self.game.clock_ms, taken_ms=self._wall_ms(), players=players)
+                       "game": game})
 
     def crash_frames(self, message: str) -> bytes:
         return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))

@@ -39,19 +39,21 @@ class Snapshotter:
         self.slot_s = every_s / self.slots
         self.positions_every = positions_every
         self._round = 0  # full intervals done
-        self.saved = 0  # snapshots written, for /stats and the tests
         self._failing = False
 
     def due(self, slot: int) -> list[Snapshot]:
+        """The snapshots of the running rooms whose turn `slot` is (every `positions_every`th round, their
+        positions go to Postgres as well)."""
+        return self._take([room for room in self._rooms() if slot_of(room.room_id, self.slots) == slot],
+                          record_positions=self._round % self.positions_every == 0)
+
+    @staticmethod
+    def _take(rooms: Iterable[Room], *, record_positions: bool = False) -> list[Snapshot]:
         wall_ms = int(time.time() * 1000)
         snapshots = []
-        for room in list(self._rooms()):
-            if slot_of(room.room_id, self.slots) != slot:
-                continue
+        for room in list(rooms):
             try:
-                if self._round % self.positions_every == 0:
-                    room.record_positions()
-                body = room.snapshot(wall_ms)
+                body = room.snapshot(wall_ms, record_positions=record_positions)
             except Exception:  # a game that cannot describe itself loses its snapshot, not the node
                 log.exception("room %s: snapshot failed", room.room_id)
                 continue
@@ -61,23 +63,13 @@ class Snapshotter:
 
     async def save_all(self, timeout: float) -> int:
         """Every running room's snapshot now, in one round trip (graceful shutdown); how many were written."""
-        wall_ms = int(time.time() * 1000)
-        snapshots = []
-        for room in list(self._rooms()):
-            try:
-                body = room.snapshot(wall_ms)
-            except Exception:
-                log.exception("room %s: snapshot failed", room.room_id)
-                continue
-            if body is not None:
-                snapshots.append(Snapshot(room.mode, room.room_id, body))
+        snapshots = self._take(self._rooms())
         try:
             async with asyncio.timeout(timeout):
                 await self.store.save(snapshots)
         except SAVE_FAILED as error:
             log.warning("the last snapshots of %d rooms did not reach Redis: %r", len(snapshots), error)
             return 0
-        self.saved += len(snapshots)
         return len(snapshots)
 
     async def run(self) -> None:
@@ -104,7 +96,6 @@ class Snapshotter:
                 log.exception("writing %d room snapshots failed", len(snapshots))
                 continue
             stop_if_cancelled()  # redis-py may have swallowed a cancellation in the save
-            self.saved += len(snapshots)
             if self._failing:
                 log.info("room snapshots reach Redis again")
                 self._failing = False

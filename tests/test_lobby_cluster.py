@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from lobby.keys import LobbyKeys
 from tests.clusterkit import (
     Cluster,
     Dump,
@@ -175,7 +176,8 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
         games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
         await recv_until(games[0], is_event("phase", state="running"))
         await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')  # one player moves, so positions differ
-        snapshot_key = f"{prefix}:{{arena}}:room:{room}:snapshot"
+        keys = LobbyKeys(prefix, "arena")
+        snapshot_key = keys.room_snapshot(room)
 
         async def moved_in_a_snapshot() -> bool:
             raw = await client.get(snapshot_key)
@@ -191,7 +193,7 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
         async def restored_elsewhere() -> bool:
             """Claimed by a live node (the sweep), then struck off its `adopt` set (restored)."""
             node = await client.hget(room_key(prefix, room), "node")
-            return node in (FRONT, OTHER) and not await client.sismember(f"{prefix}:{{arena}}:node:{node}:adopt", room)
+            return node in (FRONT, OTHER) and not await client.sismember(keys.node_adopt(node), room)
 
         await wait_until(restored_elsewhere, 10, f"room {room} claimed and restored off the dead host")
         new_host = str(await client.hget(room_key(prefix, room), "node"))
@@ -229,8 +231,9 @@ async def test_bots_whose_host_is_killed_come_back_into_their_restored_match_and
             "--quiet"))
 
         async def snapshot_of_a_running_match() -> bool:
-            rooms = [str(room_id) for room_id in await client.smembers(f"{prefix}:{{arena}}:node:{HOST}:rooms")]
-            return any([await client.exists(f"{prefix}:{{arena}}:room:{room_id}:snapshot") for room_id in rooms])
+            keys = LobbyKeys(prefix, "arena")
+            rooms = [str(room_id) for room_id in await client.smembers(keys.node_rooms(HOST))]
+            return any([await client.exists(keys.room_snapshot(room_id)) for room_id in rooms])
 
         await wait_until(snapshot_of_a_running_match, 10, "a snapshot of the bots' match on a-host")
         await cluster.kill(HOST)

@@ -74,10 +74,7 @@ class FakeRoom:
     mode: str = "arena"
     running: bool = True
 
-    def record_positions(self) -> None:
-        return None
-
-    def snapshot(self, wall_ms: int) -> bytes | None:
+    def snapshot(self, wall_ms: int, *, record_positions: bool = False) -> bytes | None:
         return orjson.dumps({"room": self.room_id}) if self.running else None
 
 
