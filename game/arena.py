@@ -134,12 +134,14 @@ class ArenaGame:
 
     def remove_player(self, pid: int) -> None:
         player = self._players.get(pid)
-        if player is None or not player.active:
+        if player is None:
             return
-        player.active = False
-        self._update_active()
-        # Shots of someone who left vanish with them: clients never see a projectile of an unlisted player.
-        self._projectiles = [shot for shot in self._projectiles if shot.owner is not player]
+        if player.active:
+            player.active = False
+            self._update_active()
+            # Shots of someone who left vanish with them: clients never see a projectile of an unlisted player.
+            self._projectiles = [shot for shot in self._projectiles if shot.owner is not player]
+        # Also for one already away for good (a restored match starts with everyone away): one player left wins.
         if self._started and self._end_reason is None and len(self._active) == 1:
             self._last_player = self._active[0]
             self._end_reason = "last_player"

@@ -37,7 +37,9 @@ class Game(Protocol):
         """Seat a new player, or reactivate a pid that left earlier (keeping their stats)."""
 
     def remove_player(self, pid: int) -> None:
-        """The player left: they stop acting and being hit, but stay in the ranking."""
+        """The player left: they stop acting and being hit, but stay in the ranking. Also called for a player
+        already away who will not come back (their seat given up): a running match left with one active
+        player ends ("last_player")."""
 
     def start(self) -> None:
         """Begin the match: reset scores, place every active player, start the match clock.

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from lobby.keys import LobbyKeys
 from lobby.nodes import NodeRegistry
 from lobby.notices import Notice, NoticeBus
 from lobby.outage import OUTAGE, Backoff, LobbyUnavailable, stop_if_cancelled
-from lobby.seating import Outcome, RoomRecord, RoomView, Seating, SeatingRules
+from lobby.seating import Member, Outcome, RoomRecord, RoomView, Seating, SeatingRules
 from lobby.tickets import Ticket, mint_ticket
 from lobby.upkeep import LocalState, Upkeep
 from lobby.writes import GameReports, Write, WriteQueue
@@ -35,7 +35,7 @@ PROBE_RETRY_S = 0.25  # a join that found the player busy on another connection 
 PROBE_MARGIN_S = 1.0  # until that connection's probe is over, plus this for the drop to reach Redis
 START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so that start.lua sees it due
 # Script outcomes that may have changed rooms other than the one they name.
-WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed"})
+WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed", "claimed"})
 LATEST_MAX = 10_000  # rooms whose newest view a node remembers
 
 
@@ -298,6 +298,15 @@ class LobbyHub:
         join again."""
         outcome = await self.seatings[mode].finish(room_id, self.wall_ms(), host=self.node_id)
         self._publish(mode, outcome)
+
+    async def reclaim(self, mode: str, room_id: str, match_id: str, *, created_ms: int = 0, started_ms: int = 0,
+                      members: Sequence[Member] | None = None) -> Outcome:
+        """Claim a live match the lobby lost, for this node to restore from Postgres ('claimed': this node won;
+        see `lobby/lua/reclaim.lua`); with `members`, its room runs here again and its players are sent here."""
+        outcome = await self.seatings[mode].reclaim(room_id, match_id, self.node_id, self.wall_ms(),
+                                                    created_ms=created_ms, started_ms=started_ms, members=members)
+        self._publish(mode, outcome)
+        return outcome
 
     def forget(self, conn_id: str) -> None:
         """Stop pushing to a connection that ended (its leave follows as a write)."""

@@ -49,6 +49,10 @@ class LobbyKeys:
         from an older snapshot tells it only the difference)."""
         return f"{self.base}:match:{match_id}:told"
 
+    def match_claim(self, match_id: str) -> str:
+        """The node that claimed a live match the lobby had lost, to restore it from Postgres (an hour)."""
+        return f"{self.base}:match:{match_id}:claim"
+
     @property
     def leaderboard(self) -> str:
         """Sorted set of player ids by total score (lobby/leaderboard.py; kept in step with Postgres)."""

@@ -136,7 +136,7 @@ def _script(name: str) -> str:
     return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
-SCRIPTS = ("join", "leave", "start", "attach", "detach", "finish", "expire", "sweep")
+SCRIPTS = ("join", "leave", "start", "attach", "detach", "finish", "expire", "sweep", "reclaim")
 
 
 class Seating:
@@ -200,8 +200,16 @@ class Seating:
         return await self._call("expire", now_ms, room_id, "1" if host_alive else "0",
                                 orjson.dumps(list(new_room_ids)).decode(), new_room_node)
 
-    async def sweep(self, dead_node: str, now_ms: int, *, new_host: str) -> Outcome:
-        return await self._call("sweep", now_ms, dead_node, new_host)
+    async def sweep(self, dead_node: str, now_ms: int, *, new_host: str, alive_key: str = "") -> Outcome:
+        """Sweep up after a dead node ('alive', changing nothing, while `alive_key`, its heartbeat, exists)."""
+        return await self._call("sweep", now_ms, dead_node, new_host, alive_key)
+
+    async def reclaim(self, room_id: str, match_id: str, node: str, now_ms: int, *, created_ms: int = 0,
+                      started_ms: int = 0, members: Sequence[Member] | None = None) -> Outcome:
+        """Claim a live match the lobby lost for `node` (recovery from Postgres; exactly one caller wins:
+        'claimed'); with `members`, register its room as running there with those players."""
+        wire = "" if members is None else orjson.dumps([member.wire() for member in members]).decode()
+        return await self._call("reclaim", now_ms, room_id, match_id, node, created_ms, started_ms, wire)
 
     # -- reads -------------------------------------------------------------------------------------
 

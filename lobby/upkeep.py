@@ -68,6 +68,8 @@ class Upkeep:
         self.live: list[NodeInfo] = []
         self.urls: dict[str, str] = {node_id: url}
         self.reachable = False
+        # Called with each node this one swept (the app takes over the dead node's unwritten Postgres writes).
+        self.on_swept: Callable[[str], Awaitable[None]] | None = None
 
     def pick_host(self) -> str:
         """Where a new room goes: the least-loaded live node taking rooms, as of the last heartbeat ('' when
@@ -168,13 +170,19 @@ class Upkeep:
         """Free what a dead node held; any number of nodes may sweep the same node, the first does the work."""
         log.warning("node %s is dead (no heartbeat): sweeping up after it", dead)
         for mode, seating in self.seatings.items():
-            outcome = await seating.sweep(dead, self.wall_ms(), new_host=self.pick_host())
+            outcome = await seating.sweep(dead, self.wall_ms(), new_host=self.pick_host(),
+                                          alive_key=self.registry.node_key(dead))
+            if outcome.outcome == "alive":
+                log.info("node %s heart-beats again: not swept", dead)
+                return
             if outcome.counts and any(outcome.counts.values()):
                 log.info("swept node %s (%s): %d waiting room(s) moved, %d running room(s) to recovery",
                          dead, mode, outcome.counts.get("moved", 0), outcome.counts.get("recovered", 0))
             self._publish(mode, outcome)
         await self.registry.forget(dead)
         self.urls.pop(dead, None)
+        if self.on_swept is not None:
+            await self.on_swept(dead)
 
     async def presence_loop(self) -> None:
         backoff = Backoff()

@@ -46,6 +46,11 @@ PG_DOWN: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresConnectionE
                                             asyncpg.CrashShutdownError, TimeoutError)
 
 
+def spill_key(prefix: str, node_id: str) -> str:
+    """A node's Redis list of writes waiting for Postgres (one per node: one worker reads and empties it)."""
+    return f"{prefix}:node:{node_id}:writes:spill"
+
+
 def _time(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
 
@@ -53,10 +58,30 @@ def _time(ms: int | None) -> datetime | None:
 # -- the writes: each idempotent ---------------------------------------------------------------------------
 
 async def _ensure_match(conn: asyncpg.Connection, write: Write) -> None:
+    match_id = uuid.UUID(write["match"])
+    if await conn.fetchval("SELECT 1 FROM matches WHERE id = $1", match_id) is not None:
+        return
+    created = _time(write["created_ms"])
+    # A room id names one live match at a time. A waiting match of the same room that another node opened
+    # before it died (the sweep moved the room here, where its match is a new one) never started: cancel it.
+    # Only an older one: a late write of that older match (from a spill) must not cancel the newer.
+    for other in await conn.fetch("SELECT id FROM matches WHERE room_id = $1 AND state = 'waiting' AND id <> $2 "
+                                  "AND created_at < $3", write["room"], match_id, created):
+        await change_match(conn, other["id"], _superseded)
+    # And a late write of such an older match finds the room's newer match live: it is recorded superseded.
+    newer = await conn.fetchval("SELECT 1 FROM matches WHERE room_id = $1 AND state IN ('waiting', 'running') "
+                                "AND created_at >= $2", write["room"], created)
     await conn.execute(
-        "INSERT INTO matches (id, room_id, mode, node, state, created_at) VALUES ($1, $2, $3, $4, 'waiting', $5) "
-        "ON CONFLICT (id) DO NOTHING",
-        uuid.UUID(write["match"]), write["room"], write["mode"], write["node"], _time(write["created_ms"]))
+        "INSERT INTO matches (id, room_id, mode, node, state, created_at, ended_at, end_reason) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        match_id, write["room"], write["mode"], write["node"], "cancelled" if newer else "waiting", created,
+        datetime.now(UTC) if newer else None, "superseded" if newer else None)
+
+
+def _superseded(row: MatchRow) -> MatchRow | None:
+    if row.state != "waiting":
+        return None
+    return row.moved_to("cancelled", ended_at=datetime.now(UTC), end_reason="superseded")
 
 
 async def _players_seen(conn: asyncpg.Connection, players: list[dict[str, Any]], at: datetime | None) -> None:
@@ -113,26 +138,49 @@ async def _match_result(conn: asyncpg.Connection, write: Write) -> None:
         [(match_id, uuid.UUID(p["id"]), p["order"], _time(p["joined_ms"]), _time(p.get("left_ms")), p.get("rank"),
           p.get("kills", 0), p.get("deaths", 0), p.get("score", 0)) for p in players])
     await conn.execute("DELETE FROM player_positions WHERE match_id = $1", match_id)
+    await conn.execute("DELETE FROM match_progress WHERE match_id = $1", match_id)
 
 
 async def _positions(conn: asyncpg.Connection, write: Write) -> None:
-    """The latest state of each player of a live match; an older write never overwrites a newer one."""
+    """The latest state of each player of a live match, and the match's progress with it (what restores the
+    room from Postgres alone); an older write never overwrites a newer one."""
     await _ensure_match(conn, write)
     match_id = uuid.UUID(write["match"])
     row = await get_match(conn, match_id)
     if row is not None and row.state in ("finished", "cancelled"):
         return  # the result is in; positions of a match that is over mean nothing
     players = write["players"]
-    await _players_seen(conn, players, _time(write["taken_ms"]))
+    taken = _time(write["taken_ms"])
+    await _players_seen(conn, players, taken)
     await conn.executemany(
-        "INSERT INTO player_positions (match_id, player_id, x, y, hp, kills, deaths, score, match_clock_ms, saved_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "INSERT INTO player_positions (match_id, player_id, x, y, hp, kills, deaths, score, match_clock_ms, saved_at, "
+        "pid, joined_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
         "ON CONFLICT (match_id, player_id) DO UPDATE SET x = EXCLUDED.x, y = EXCLUDED.y, hp = EXCLUDED.hp, "
         "kills = EXCLUDED.kills, deaths = EXCLUDED.deaths, score = EXCLUDED.score, "
-        "match_clock_ms = EXCLUDED.match_clock_ms, saved_at = EXCLUDED.saved_at "
+        "match_clock_ms = EXCLUDED.match_clock_ms, saved_at = EXCLUDED.saved_at, pid = EXCLUDED.pid, "
+        "joined_at = EXCLUDED.joined_at, state = EXCLUDED.state "
         "WHERE player_positions.match_clock_ms <= EXCLUDED.match_clock_ms",
         [(match_id, uuid.UUID(p["id"]), p["x"], p["y"], p["hp"], p["kills"], p["deaths"], p["score"],
-          write["clock_ms"], _time(write["taken_ms"])) for p in players])
+          write["clock_ms"], taken, p.get("pid"), _time(p.get("joined_ms")),
+          None if p.get("state") is None else orjson.dumps(p["state"]).decode()) for p in players])
+    if "game" in write:
+        await conn.execute(
+            "INSERT INTO match_progress (match_id, roster, tick, match_clock_ms, game, saved_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (match_id) DO UPDATE SET roster = EXCLUDED.roster, "
+            "tick = EXCLUDED.tick, match_clock_ms = EXCLUDED.match_clock_ms, game = EXCLUDED.game, "
+            "saved_at = EXCLUDED.saved_at WHERE match_progress.match_clock_ms <= EXCLUDED.match_clock_ms",
+            match_id, None if write.get("roster") is None else orjson.dumps(write["roster"]).decode(),
+            write.get("tick", 0), write["clock_ms"], orjson.dumps(write["game"]).decode(), taken)
+
+
+async def _match_moved(conn: asyncpg.Connection, write: Write) -> None:
+    """A live match restored on another node (recovery): the row names its new host."""
+    await _ensure_match(conn, write)
+
+    def move(row: MatchRow) -> MatchRow | None:
+        return None if row.state in ("finished", "cancelled") else row.moved_to(row.state, node=write["node"])
+
+    await change_match(conn, uuid.UUID(write["match"]), move)
 
 
 APPLY: dict[str, Callable[[asyncpg.Connection, Write], Awaitable[None]]] = {
@@ -140,10 +188,35 @@ APPLY: dict[str, Callable[[asyncpg.Connection, Write], Awaitable[None]]] = {
     "match_started": _match_started,
     "match_result": _match_result,
     "positions": _positions,
+    "match_moved": _match_moved,
 }
 
 
 # -- the queue ---------------------------------------------------------------------------------------------
+
+TAKE_OVER_CHUNK = 1000
+# Moves up to ARGV[1] writes from the head of KEYS[1] to the tail of KEYS[2], in order; how many it moved.
+_TAKE_OVER = """
+local moved = 0
+while moved < tonumber(ARGV[1]) and redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+return moved
+"""
+# The worker's next spilled batch: what is in flight (KEYS[2]) if a batch was cut short, else up to ARGV[1]
+# writes moved there from the head of the spill (KEYS[1]). The batch leaves the spill before it is written,
+# so that a node taking the spill over meanwhile never loses a write (it may write one twice: idempotent).
+_NEXT_BATCH = """
+local batch = redis.call('LRANGE', KEYS[2], 0, -1)
+if #batch > 0 then return batch end
+for _ = 1, tonumber(ARGV[1]) do
+  local write = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not write then break end
+  table.insert(batch, write)
+end
+return batch
+"""
+
 
 class WriteRefused(Exception):
     """Postgres refused the write for its content; it waits in the dead-letter list."""
@@ -163,6 +236,7 @@ class WriteBehind:
         self.database_url = database_url
         self.redis = redis
         self.spill_key = spill_key
+        self.inflight_key = f"{spill_key}:inflight"
         self.dead_key = f"{spill_key}:dead"
         self.memory_limit = memory_limit
         self.batch = batch
@@ -174,6 +248,7 @@ class WriteBehind:
         self.written = 0  # writes committed (counting replays), for /stats and the tests
         self.retries = 0
         self._spilling: asyncio.Task[None] | None = None
+        self._on_redis = False  # the worker's round is waiting for Redis (else for Postgres)
 
     @property
     def depth(self) -> int:
@@ -202,6 +277,23 @@ class WriteBehind:
                 return
             self._settle(chunk)
 
+    async def take_over(self, spill_key: str) -> int:
+        """Append the writes a node that is gone left in its spill to this node's spill, for this worker to
+        write (in their order, after ours). Moved a chunk at a time, each chunk atomically: any number of
+        nodes may take over the same spill at once, every write ends up in exactly one of theirs."""
+        moved = 0
+        for source in (f"{spill_key}:inflight", spill_key):  # a batch it was writing is older than its spill
+            while True:
+                count = int(await self.redis.eval(_TAKE_OVER, 2, source, self.spill_key, TAKE_OVER_CHUNK))
+                moved += count
+                if count < TAKE_OVER_CHUNK:
+                    break
+        if moved:
+            log.warning("took over %d writes that a node that is gone left in %s", moved, spill_key)
+            self._idle.clear()
+            self._wake.set()
+        return moved
+
     async def run(self) -> None:
         delay = RETRY_MIN_S
         failing = ""
@@ -212,7 +304,8 @@ class WriteBehind:
             except Exception as error:  # an outage, or anything unexpected: never take the node down with it
                 stop_if_cancelled()
                 self.retries += 1
-                what = "Redis (the write spill)" if isinstance(error, OUTAGE) else "Postgres"
+                # An OSError may come from either side: the round says which one it was talking to.
+                what = "Redis (the write spill)" if self._on_redis and isinstance(error, OUTAGE) else "Postgres"
                 if not isinstance(error, PG_DOWN + OUTAGE):
                     log.exception("the write queue failed unexpectedly; retrying with back-off")
                 if what != "Redis (the write spill)":
@@ -236,10 +329,14 @@ class WriteBehind:
 
     async def _round(self) -> bool:
         """Write one batch, spilled writes first; False when there was nothing to write."""
-        spilled = await self.redis.lrange(self.spill_key, 0, self.batch - 1)
+        self._on_redis = True
+        spilled = await self.redis.eval(_NEXT_BATCH, 2, self.spill_key, self.inflight_key, self.batch)
+        self._on_redis = False
         if spilled:
             await self._write([orjson.loads(raw) for raw in spilled])
-            await self.redis.ltrim(self.spill_key, len(spilled), -1)
+            self._on_redis = True
+            await self.redis.delete(self.inflight_key)
+            self._on_redis = False
             return True
         if not self._memory:
             return False

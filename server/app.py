@@ -28,7 +28,7 @@ from lobby.outage import OUTAGE, LobbyUnavailable, lobby_client, stop_if_cancell
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from persistence.snapshots import SnapshotStore
-from persistence.writebehind import WriteBehind
+from persistence.writebehind import WriteBehind, spill_key
 from server.auth import AuthError, Identity, verify_token
 from server.broadcast import text_frame
 from server.connection import GameConnection, JoinRequest
@@ -38,6 +38,7 @@ from server.lobby_session import LobbySession
 from server.node import Node
 from server.protocol import MAX_FRAME_BYTES, CloseCode, ErrorCode, encode, handshake_error_body
 from server.records_http import RecordEndpoints, is_records_path
+from server.recovery import PostgresRecovery
 from server.session import PlayerSession
 from server.settings import Settings
 from server.snapshotter import Snapshotter
@@ -91,6 +92,8 @@ class App:
         self._leaderboard_task: asyncio.Task[None] | None = None
         self.snapshotter: Snapshotter | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
+        self.recovery: PostgresRecovery | None = None
+        self._recovery_task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -141,10 +144,10 @@ class App:
         self._hub_task = self._tasks.create_task(self.hub.run(), name="lobby-hub")
         node = self.node
         if self.persist:
-            # One spill per node: its worker reads a batch and trims it after writing, which only one reader
-            # may do. A node that starts again under the same id empties what it left there.
-            self.records = WriteBehind(settings.database_url, client,
-                                       f"{settings.lobby_prefix}:node:{settings.node_id}:writes:spill")
+            # One spill per node, emptied by its worker; a node that starts again under the same id empties what
+            # it left there, and the nodes that sweep a dead one take over its spill.
+            spill = spill_key(settings.lobby_prefix, settings.node_id)
+            self.records = WriteBehind(settings.database_url, client, spill)
             self._stack.push_async_callback(self.records.close)
             node.recorder = self.records.submit
             self._records_task = self._tasks.create_task(self.records.run(), name="postgres-writes")
@@ -157,8 +160,18 @@ class App:
             node.scorer = self.leaderboard.add
             node.told = self.leaderboard.told
             self._leaderboard_task = self._tasks.create_task(self._run_leaderboard(), name="leaderboard")
+            self.recovery = PostgresRecovery(settings, self.hub, self._records_http.with_conn, self.records.submit,
+                                             node.restore_room, node.told, lambda: node.rooms.keys(), self.modes)
+            node.stored_rooms = self.recovery.documents
+            self._recovery_task = self._tasks.create_task(self.recovery.run(), name="recovery")
+            self.hub.upkeep.on_swept = self._take_over_writes
         self.snapshotter = Snapshotter(lambda: node.rooms.values(), snapshots, settings.snapshot_every_s)
         self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")
+
+    async def _take_over_writes(self, dead: str) -> None:
+        """What a node that is gone had spilled to Redis and not yet written to Postgres, this node writes."""
+        if self.records is not None:
+            await self.records.take_over(spill_key(self.settings.lobby_prefix, dead))
 
     async def _run_leaderboard(self) -> None:
         """Rebuild each mode's leaderboard from Postgres if Redis has none, then feed it as kills happen."""
@@ -183,6 +196,8 @@ class App:
         await self._stack.__aexit__(exc_type, exc, tb)
 
     async def shutdown(self) -> None:
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()  # no match is claimed by a node on its way out
         if self.node is not None:
             self.node.accepting = False
         if self._server is not None:

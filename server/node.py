@@ -63,6 +63,8 @@ class Node:
         # And its `told`: what the leaderboard heard of given matches (mode, match ids), for restored rooms.
         self.told: Callable[[str, list[str]], Awaitable[dict[str, dict[str, int]]]] = _nothing_told
         self.snapshots: SnapshotStore | None = None  # where recovery finds the rooms it restores
+        # And where it finds those Redis has no snapshot of (mode, room ids -> room snapshots from Postgres).
+        self.stored_rooms: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     @staticmethod
@@ -147,10 +149,17 @@ class Node:
 
     async def adopt_rooms(self, mode: str, room_ids: list[str]) -> None:
         """Running matches this node was given (a dead node's, or its own from before a restart): restore each
-        from its Redis snapshot (all read in one round trip); give the players of any without a usable one
-        back to the lobby."""
+        from its Redis snapshot (all read in one round trip), else from what Postgres kept of it; give the
+        players of any without either back to the lobby."""
         todo = [room_id for room_id in room_ids if room_id not in self.rooms]
         documents = await self.snapshots.load_many(mode, todo) if self.snapshots is not None and todo else {}
+        missing = [room_id for room_id in todo if room_id not in documents]
+        if missing and self.stored_rooms is not None:
+            try:
+                documents.update(await self.stored_rooms(mode, missing))
+            except Exception as error:  # Postgres down: those rooms end, as without a snapshot
+                log.warning("rooms %s (%s) have no snapshot, and Postgres could not be read for them: %r",
+                            missing, mode, error)
         told = await self.told(mode, [str(d.get("match")) for d in documents.values()]) if documents else {}
         for room_id in todo:
             document = documents.get(room_id)
@@ -160,8 +169,8 @@ class Node:
                     continue
                 except (ValueError, KeyError, TypeError):
                     log.exception("room %s: its snapshot could not be restored", room_id)
-            log.warning("room %s (%s): no snapshot to restore it from; its players go back to the lobby",
-                        room_id, mode)
+            log.warning("room %s (%s): nothing to restore it from (no snapshot in Redis nor progress in "
+                        "Postgres); its players go back to the lobby", room_id, mode)
             if self.lobby is not None:
                 await self.lobby.give_back(mode, room_id)
 

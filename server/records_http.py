@@ -71,7 +71,7 @@ class RecordEndpoints:
         # Set once the start-up check of the leaderboards (rebuilt from Postgres if Redis has none) is over.
         self.leaderboards_checked = asyncio.Event()
 
-    async def _with_conn(self, read: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+    async def with_conn(self, read: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(self.database_url, min_size=0, max_size=4, timeout=5,
@@ -80,7 +80,7 @@ class RecordEndpoints:
             return await read(conn)  # type: ignore[arg-type]  # a pool's proxy stands for a Connection
 
     async def totals(self, mode: str) -> dict[str, int]:
-        result: dict[str, int] = await self._with_conn(lambda conn: queries.leaderboard_totals(conn, mode))
+        result: dict[str, int] = await self.with_conn(lambda conn: queries.leaderboard_totals(conn, mode))
         return result
 
     async def close(self) -> None:
@@ -105,7 +105,7 @@ class RecordEndpoints:
         match_id = _uuid(raw_id)
         if match_id is None:
             return _error(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_MATCH_ID, "a match id is a UUID")
-        page = await self._with_conn(lambda conn: queries.match_result(conn, match_id))
+        page = await self.with_conn(lambda conn: queries.match_result(conn, match_id))
         if page is None:
             return _error(HTTPStatus.NOT_FOUND, ErrorCode.MATCH_NOT_FOUND, f"no match {match_id}")
         return HTTPStatus.OK, orjson.dumps(page)
@@ -115,13 +115,13 @@ class RecordEndpoints:
         if player_id is None:
             return _error(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_PLAYER_ID, "a player id is a UUID")
         if what == "profile":
-            body = await self._with_conn(lambda conn: queries.player_profile(conn, player_id))
+            body = await self.with_conn(lambda conn: queries.player_profile(conn, player_id))
         else:
             page = _int_param(query, "page", 1, 1, MAX_PAGE)
             if page is None:
                 return _error(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_PAGE,
                               f"page is a whole number from 1 to {MAX_PAGE}")
-            body = await self._with_conn(lambda conn: queries.player_history(conn, player_id, page))
+            body = await self.with_conn(lambda conn: queries.player_history(conn, player_id, page))
         if body is None:
             return _error(HTTPStatus.NOT_FOUND, ErrorCode.PLAYER_NOT_FOUND, f"no player {player_id}")
         return HTTPStatus.OK, orjson.dumps(body)
@@ -138,7 +138,7 @@ class RecordEndpoints:
             async with asyncio.timeout(LEADERBOARD_WAIT_S):
                 await self.leaderboards_checked.wait()
         standings = await self._leaderboards(mode).top(limit)
-        names = await self._with_conn(lambda conn: queries.player_names(conn, [s.player_id for s in standings]))
+        names = await self.with_conn(lambda conn: queries.player_names(conn, [s.player_id for s in standings]))
         return HTTPStatus.OK, orjson.dumps({"mode": mode, "players": [
             {"rank": s.rank, "id": s.player_id, "name": names.get(s.player_id), "score": s.score}
             for s in standings]})

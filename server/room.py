@@ -146,6 +146,7 @@ class Room:
         room.join_deadline = None
         room._empty_since = now
         room.restored_from = int(document.get("taken_ms", 0))
+        room._record("match_moved")  # Postgres names this node as the match's host from now on
         return room
 
     # -- seats -------------------------------------------------------------------------------------
@@ -245,9 +246,17 @@ class Room:
             self.roster |= player_ids
 
     def dismiss(self, player_id: str) -> None:
-        """The player gave their lobby seat up (left, or never came back in time): they may not come back."""
+        """The player gave their lobby seat up (left, or never came back in time): they may not come back. In a
+        running match the game hears it too: a match left with one player ends (also a restored one, where
+        nobody who was away ever left)."""
         if self.roster is not None:
             self.roster.discard(player_id)
+        seat = self._seats.get(player_id)
+        if seat is not None and seat.conn is None and self.phase is RoomPhase.RUNNING and self.failed is None:
+            try:
+                self.game.remove_player(seat.pid)
+            except Exception:
+                self._fail("remove_player")
 
     def is_connected(self, player_id: str) -> bool:
         seat = self._seats.get(player_id)
@@ -324,6 +333,9 @@ class Room:
         self._set_phase(RoomPhase.RUNNING, now)
         self.started_ms = self._wall_ms()
         self._record("match_started", started_ms=self.started_ms)
+        if self._recorder is not None:
+            # Positions from the first tick on: Postgres alone can restore the match from then on.
+            self._record_positions(self.game.snapshot(), self.started_ms)
 
     def _finish(self, reason: str, now: float) -> None:
         self.end_reason = reason
@@ -498,11 +510,7 @@ class Room:
             return None
         game = self.game.snapshot()
         if record_positions:
-            seats = {seat.pid: seat for seat in self._seats.values()}
-            players = [{"id": seat.player_id, "name": seat.name, "x": entry["x"], "y": entry["y"],
-                        "hp": entry["hp"], "kills": entry["kills"], "deaths": entry["deaths"], "score": entry["score"]}
-                       for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
-            self._record("positions", clock_ms=self.game.clock_ms, taken_ms=wall_ms, players=players)
+            self._record_positions(game, wall_ms)
         return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "match": self.match_id,
                        "created_ms": self.created_ms, "started_ms": self.started_ms, "tick": self.tick_no,
                        "taken_ms": wall_ms, "roster": sorted(self.roster) if self.roster is not None else None,
@@ -510,6 +518,19 @@ class Room:
                                   "joined_ms": seat.joined_ms, "connected": seat.conn is not None}
                                  for seat in self._seats.values()],
                        "game": game})
+
+    def _record_positions(self, game: dict[str, Any], wall_ms: int) -> None:
+        """The players' state for Postgres, with what it takes to restore the room from it alone
+        (persistence/recovery.py): each seat's pid and join time, the game's own state of each player, and the
+        match's progress (tick, roster, the rest of the game's snapshot)."""
+        seats = {seat.pid: seat for seat in self._seats.values()}
+        players = [{"id": seat.player_id, "name": seat.name, "pid": seat.pid, "joined_ms": seat.joined_ms,
+                    "x": entry["x"], "y": entry["y"], "hp": entry["hp"], "kills": entry["kills"],
+                    "deaths": entry["deaths"], "score": entry["score"], "state": entry}
+                   for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
+        self._record("positions", clock_ms=self.game.clock_ms, taken_ms=wall_ms, players=players, tick=self.tick_no,
+                     roster=sorted(self.roster) if self.roster is not None else None,
+                     game={key: value for key, value in game.items() if key != "players"})
 
     def crash_frames(self, message: str) -> bytes:
         return text_frame(error_message(ErrorCode.ROOM_CRASHED, message))

@@ -111,8 +111,11 @@ class Cluster:
     def __getitem__(self, node_id: str) -> NodeProcess:
         return self.nodes[node_id]
 
-    async def _spawn(self, node_id: str) -> NodeProcess:
-        node = NodeProcess(node_id, free_port(), self.tmp_path / f"{node_id}.log")
+    async def _spawn(self, node_id: str, port: int | None = None) -> NodeProcess:
+        # A restarted node logs to a new file: `problems()` reads every life's log.
+        lives = sum(1 for _ in self.tmp_path.glob(f"{node_id}*.log"))
+        node = NodeProcess(node_id, port or free_port(),
+                           self.tmp_path / (f"{node_id}.log" if not lives else f"{node_id}.{lives + 1}.log"))
         args = ["serve", "--host", "127.0.0.1", "--port", str(node.port), "--node-id", node_id,
                 "--public-url", node.url, "--redis-url", self.redis_url, "--database-url", self.database_url,
                 "--lobby-prefix", self.prefix, "--countdown-s", "1", "--node-heartbeat-s", "0.2",
@@ -141,6 +144,13 @@ class Cluster:
         node.process.send_signal(signal.SIGKILL)
         await asyncio.wait_for(node.process.wait(), 10)
 
+    async def restart(self, node_id: str) -> None:
+        """Start a node that was killed again, under the same id and port, and wait until it is healthy."""
+        old = self.nodes[node_id]
+        assert old.process is not None and old.process.returncode is not None, "restart only a node that is gone"
+        node = self.nodes[node_id] = await self._spawn(node_id, port=old.port)
+        await self.wait_healthy(node)
+
     async def stop_all(self) -> None:
         async def stop(node: NodeProcess) -> None:
             process = node.process
@@ -167,13 +177,19 @@ class Cluster:
             print(f"----- last {lines} lines of {node.node_id}'s log ({node.log_path}) -----\n{node.tail(lines)}")
 
     def problems(self) -> list[str]:
-        """Lines where a node logged an error or a traceback."""
+        """Lines where a node (in any of its lives) logged an error or a traceback."""
         found = []
-        for node in self.nodes.values():
-            for line in node.log_path.read_text(errors="replace").splitlines():
+        for log_path in sorted(self.tmp_path.glob("*.log")):
+            for line in log_path.read_text(errors="replace").splitlines():
                 if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
-                    found.append(f"{node.node_id}: {line}")
+                    found.append(f"{log_path.stem}: {line}")
         return found
+
+    def logged(self, text: str) -> dict[str, int]:
+        """How many lines of each node's logs (all its lives) contain `text`."""
+        return {node_id: sum(log_path.read_text(errors="replace").count(text)
+                             for log_path in self.tmp_path.glob(f"{node_id}*.log"))
+                for node_id in self.nodes}
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str,
@@ -185,6 +201,14 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, w
             raise TimeoutError(f"{what}: not within {timeout:g} s")
         await asyncio.sleep(interval)
     return time.monotonic() - started
+
+
+async def forget_everything(client: aioredis.Redis, prefix: str) -> int:
+    """What FLUSHALL does to a deployment, to this test's keys only (other tests share the Redis server)."""
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    return len(keys)
 
 
 def redis_client(url: str) -> aioredis.Redis:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -27,6 +28,7 @@ from tests.clusterkit import (
     Dump,
     Message,
     dump,
+    forget_everything,
     http_json,
     open_ws,
     redis_client,
@@ -52,12 +54,14 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-def cluster_of(tmp_path: Path, redis_url: str, database_url: str) -> Iterator[Callable[..., Cluster]]:
-    """Makes the test's cluster (used as `async with`); kills whatever it left running, whatever happened."""
+def cluster_of(tmp_path: Path, redis_url: str, fresh_database: str) -> Iterator[Callable[..., Cluster]]:
+    """Makes the test's cluster (used as `async with`); kills whatever it left running, whatever happened. Each
+    cluster is a deployment of its own: its own lobby prefix and its own database (recovery takes the live
+    matches Postgres lists for nodes of its ids that are gone)."""
     made: list[Cluster] = []
 
     def make(prefix: str, *extra_args: str) -> Cluster:
-        cluster = Cluster(tmp_path, redis_url, database_url, prefix, NODE_IDS, extra_args)
+        cluster = Cluster(tmp_path, redis_url, fresh_database, prefix, NODE_IDS, extra_args)
         made.append(cluster)
         return cluster
 
@@ -242,6 +246,185 @@ async def test_bots_whose_host_is_killed_come_back_into_their_restored_match_and
         summary = last_json_line(out)
         assert summary["disconnects"] == 5, summary
         assert summary["reconnects"] == 5, summary  # each bot back in the match, on its new host
+        assert cluster.problems() == []
+
+
+# -- Redis lost everything: recovery from Postgres --------------------------------------------------------------
+
+async def positions_in_postgres(database_url: str, room: str) -> tuple[int, dict[int, dict[str, Any]]]:
+    """The last positions Postgres has of the live match of `room`: its clock, and each player's row by pid."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pp.pid, pp.state, pp.match_clock_ms FROM player_positions pp "
+            "JOIN matches m ON m.id = pp.match_id WHERE m.room_id = $1 AND m.state = 'running'", room)
+    finally:
+        await conn.close()
+    # The game's own state of each player (the x and y columns are 32-bit floats, for people to read).
+    return (min((row["match_clock_ms"] for row in rows), default=-1),
+            {row["pid"]: orjson.loads(row["state"]) for row in rows})
+
+
+async def match_row(database_url: str, room: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT id, node, state, version FROM matches WHERE room_id = $1 "
+                                  "ORDER BY created_at DESC LIMIT 1", room)
+    finally:
+        await conn.close()
+    assert row is not None
+    return dict(row)
+
+
+async def a_running_match_with_positions_in_postgres(cluster: Cluster, client: aioredis.Redis,
+                                                     tokens: list[str]) -> tuple[str, list[ClientConnection]]:
+    """Three players matched through b-front play on a-host; one moves, then all stand still until Postgres has
+    positions from after that: what a restore from Postgres must give back."""
+    lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
+    founds = [await match_of(ws) for ws in lobbies]
+    room = founds[0]["room"]
+    assert {found["node"] for found in founds} == {HOST}
+    games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+    await recv_until(games[0], is_event("phase", state="running"))
+    await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')
+    moving = await recv_until(games[0], lambda m: m["type"] == "state" and m["t"] > 1500)
+    await games[0].send('{"type":"input","seq":2,"dx":0,"dy":0}')
+
+    async def still_in_postgres() -> bool:
+        clock, _ = await positions_in_postgres(cluster.database_url, room)
+        return clock > moving["t"] + 500
+
+    await wait_until(still_in_postgres, 15, "positions in Postgres from after the move")
+    return room, games
+
+
+async def test_a_killed_host_restarted_after_redis_lost_everything_restores_its_match_from_postgres(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    # The other nodes wait long before they count the host dead: the host's restart claims its match itself.
+    async with cluster_of(prefix, "--snapshot-every-s", "1", "--reconnect-grace-s", "30",
+                          "--node-dead-after-s", "8") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"f{i}") for i in range(3)]
+        room, _ = await a_running_match_with_positions_in_postgres(cluster, client, tokens)
+        clock, saved = await positions_in_postgres(cluster.database_url, room)
+        assert len(saved) == 3 and len({(row["x"], row["y"]) for row in saved.values()}) == 3
+
+        await cluster.kill(HOST)
+        assert await forget_everything(client, prefix) > 0
+        await cluster.restart(HOST)
+
+        async def back_in_the_lobby() -> bool:
+            return (await client.hget(room_key(prefix, room), "node") == HOST
+                    and await client.hget(room_key(prefix, room), "state") == "running")
+
+        await wait_until(back_in_the_lobby, 10, f"room {room} claimed again by its restarted host")
+        # The players come back through another node's lobby, which sends them to the restored room.
+        back = []
+        for token in tokens:
+            found = await match_of(await join_lobby(cluster, OTHER, token))
+            assert (found["room"], found["node"]) == (room, HOST), found
+            game, welcome = await play(token, found)
+            assert welcome["type"] == "welcome" and welcome["room"] == room and welcome["state"] == "running", welcome
+            back.append(game)
+        state = await recv_until(back[0], lambda m: m["type"] == "state" and len(m["players"]) == 3)
+        for player in state["players"]:
+            before = saved[player["p"]]
+            assert (player["x"], player["y"]) == (round(before["x"], 1), round(before["y"], 1))
+            assert (player["hp"], player["k"], player["d"], player["sc"]) == (
+                before["hp"], before["kills"], before["deaths"], before["score"])
+        assert state["t"] >= clock  # the match clock goes on from the positions
+        row = await match_row(cluster.database_url, room)
+        assert (row["node"], row["state"]) == (HOST, "running")
+        assert cluster.logged("restored from Postgres") == {HOST: 1, FRONT: 0, OTHER: 0}
+        for game in back:
+            await game.close()
+        assert cluster.problems() == []
+
+
+async def test_a_killed_hosts_match_with_no_snapshot_yet_is_restored_from_postgres_by_the_node_it_went_to(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    # No snapshot within the test: Postgres has the positions of the match's start, and nothing else does.
+    async with cluster_of(prefix, "--snapshot-every-s", "600", "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"s{i}") for i in range(3)]
+        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
+        founds = [await match_of(ws) for ws in lobbies]
+        room = founds[0]["room"]
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+
+        async def started_in_postgres() -> bool:
+            return len((await positions_in_postgres(cluster.database_url, room))[1]) == 3
+
+        await wait_until(started_in_postgres, 10, "the match's first positions in Postgres")
+        _, saved = await positions_in_postgres(cluster.database_url, room)
+        assert not await client.exists(LobbyKeys(prefix, "arena").room_snapshot(room))
+        await cluster.kill(HOST)
+
+        async def restored_elsewhere() -> bool:
+            node = await client.hget(room_key(prefix, room), "node")
+            return node in (FRONT, OTHER) and not await client.sismember(
+                LobbyKeys(prefix, "arena").node_adopt(node), room)
+
+        await wait_until(restored_elsewhere, 10, f"room {room} swept to a live node and handled there")
+        new_host = str(await client.hget(room_key(prefix, room), "node"))
+        found = await match_of(await join_lobby(cluster, OTHER, tokens[1]))
+        assert (found["room"], found["node"]) == (room, new_host)
+        game, welcome = await play(tokens[1], found)
+        assert welcome["state"] == "running", welcome
+        state = await recv_until(game, lambda m: m["type"] == "state")
+        mine = next(p for p in state["players"] if p["p"] == welcome["you"])
+        before = saved[welcome["you"]]
+        assert (mine["x"], mine["y"], mine["hp"]) == (round(before["x"], 1), round(before["y"], 1), before["hp"])
+        await game.close()
+        assert cluster.logged("restored from its snapshot") == {HOST: 0, FRONT: 0, OTHER: 0} | {new_host: 1}
+        assert cluster.problems() == []
+
+
+async def test_after_redis_lost_everything_exactly_one_live_node_restores_a_dead_hosts_match_from_postgres(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--snapshot-every-s", "1", "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"g{i}") for i in range(3)]
+        room, games = await a_running_match_with_positions_in_postgres(cluster, client, tokens)
+        _, saved = await positions_in_postgres(cluster.database_url, room)
+        match_id = (await match_row(cluster.database_url, room))["id"]
+
+        await cluster.kill(HOST)
+        await forget_everything(client, prefix)
+
+        async def restored_elsewhere() -> bool:
+            return await client.hget(room_key(prefix, room), "node") in (FRONT, OTHER)
+
+        await wait_until(restored_elsewhere, 20, f"room {room} claimed by a live node")
+        new_host = str(await client.hget(room_key(prefix, room), "node"))
+        assert await client.get(LobbyKeys(prefix, "arena").match_claim(str(match_id))) == new_host
+        for token in tokens:
+            found = await match_of(await join_lobby(cluster, FRONT, token))
+            assert (found["room"], found["node"]) == (room, new_host), found
+            game, welcome = await play(token, found)
+            assert welcome["state"] == "running", welcome
+            state = await recv_until(game, lambda m: m["type"] == "state")
+            mine = next(p for p in state["players"] if p["p"] == welcome["you"])
+            assert (mine["x"], mine["y"], mine["sc"]) == (
+                round(saved[welcome["you"]]["x"], 1), round(saved[welcome["you"]]["y"], 1),
+                saved[welcome["you"]]["score"])
+            games.append(game)
+
+        async def moved_in_postgres() -> bool:
+            return (await match_row(cluster.database_url, room))["node"] == new_host
+
+        await wait_until(moved_in_postgres, 10, "the match row naming its new host")
+        # Nothing to wait for: three more scans of each live node (every 2 s) must not restore it a second time.
+        await asyncio.sleep(3 * 2.0)
+        counts = cluster.logged("restored from Postgres")
+        assert counts[new_host] == 1 and sum(counts.values()) == 1, counts
+        for game in games:
+            with contextlib.suppress(Exception):
+                await game.close()
         assert cluster.problems() == []
 
 

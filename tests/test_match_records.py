@@ -167,3 +167,39 @@ async def test_results_of_matches_that_end_while_postgres_is_down_arrive_exactly
             (end["match"], "finished", 2) for end in ends)
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_the_node_that_sweeps_a_dead_one_writes_what_the_dead_one_had_spilled(
+        redis_url: str, fresh_database: str) -> None:
+    """A node killed while Postgres was down leaves writes in its Redis spill (one batch in flight): whoever
+    sweeps it takes them over, and they reach Postgres."""
+    await migrate_url(fresh_database)
+    app = await start_lobby_app(redis_url, database_url=fresh_database, persist=True)
+    client = aioredis.Redis.from_url(redis_url)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        prefix = app.settings.lobby_prefix
+        matches = [str(uuid.uuid4()) for _ in range(3)]
+        writes = [orjson.dumps({"op": "match_result", "match": match_id, "room": f"ghost-{i}", "mode": "arena",
+                                "node": "ghost", "created_ms": 1_795_000_000_000, "started_ms": None,
+                                "ended_ms": 1_795_000_060_000, "reason": "abandoned", "cancelled": True,
+                                "players": []}) for i, match_id in enumerate(matches)]
+        await client.rpush(f"{prefix}:node:ghost:writes:spill:inflight", writes[0])
+        await client.rpush(f"{prefix}:node:ghost:writes:spill", *writes[1:])
+        await client.zadd(f"{prefix}:nodes", {"ghost": 0})  # listed, with no heartbeat: dead
+
+        async def all_written() -> bool:
+            count = await conn.fetchval("SELECT count(*) FROM matches WHERE id = ANY($1::uuid[]) "
+                                        "AND state = 'cancelled'", [uuid.UUID(m) for m in matches])
+            return bool(count == len(matches))
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await all_written():
+            assert asyncio.get_running_loop().time() < deadline, "the dead node's spilled writes never landed"
+            await asyncio.sleep(0.05)
+        assert await client.exists(f"{prefix}:node:ghost:writes:spill",
+                                   f"{prefix}:node:ghost:writes:spill:inflight") == 0
+    finally:
+        await conn.close()
+        await client.aclose()
+        await app.__aexit__(None, None, None)

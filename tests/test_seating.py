@@ -652,6 +652,21 @@ async def test_a_sweep_frees_what_a_dead_node_held_and_a_second_sweep_does_nothi
     assert (await dump(lobby)).values == before.values
 
 
+async def test_a_sweep_changes_nothing_once_the_node_heart_beats_again(client: aioredis.Redis) -> None:
+    """The "is it dead?" read and the sweep are two steps; a node that restarts in between keeps its rooms."""
+    lobby = seating(client, countdown_ms=10_000)
+    await sweep_scene(lobby)
+    before = await dump(lobby)
+    heartbeat = f"{lobby.keys.prefix}:node:node-a"
+    await client.hset(heartbeat, "url", "ws://node-a")
+    swept = await lobby.sweep("node-a", T + 100, new_host="node-c", alive_key=heartbeat)
+    await client.delete(heartbeat)
+    assert swept.outcome == "alive"
+    assert (await dump(lobby)).values == before.values
+    swept = await lobby.sweep("node-a", T + 100, new_host="node-c", alive_key=heartbeat)
+    assert (swept.outcome, swept.counts) == ("swept", {"moved": 1, "recovered": 1})
+
+
 async def test_with_no_live_host_a_sweep_gives_a_running_rooms_players_their_place_in_line(
         client: aioredis.Redis) -> None:
     lobby = seating(client)

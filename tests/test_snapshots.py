@@ -150,3 +150,29 @@ def test_a_restored_room_tells_the_leaderboard_only_what_it_was_not_told_yet() -
     for pid in (3, 4):  # never told: all of their score (if any)
         assert by_player.get(players[pid - 1], 0) == scores[pid]
     assert any(scores[pid] for pid in (3, 4))  # the scene has points to tell
+
+
+def test_in_a_restored_match_the_only_player_back_wins_once_the_others_seats_are_given_up() -> None:
+    """Everyone comes back from a restore away; a match left with one player ends with that player first, as it
+    would have had the others left while it ran."""
+    game = played_game()
+    players = [str(uuid.uuid4()) for _ in range(3)]
+    document = {"v": 1, "room": "alone", "mode": "arena", "match": str(uuid.uuid4()), "created_ms": 1,
+                "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players,
+                "seats": [{"pid": i + 1, "id": pid, "name": f"p{i}", "joined_ms": 1} for i, pid in enumerate(players)],
+                "game": orjson.loads(orjson.dumps(game.snapshot()))}
+    room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"))
+    room.game.add_player(3)  # the one player who came back (a join activates their pid in the game)
+    room.dismiss(players[0])  # the first whose reconnect grace ran out: two others could still come back...
+    assert room.game.end_reason == "last_player"  # ...but in a running match one active player is one too few
+    assert room.game.ranking()[0].pid == 3
+    assert room.roster == frozenset(players[1:])
+
+
+def test_a_restored_match_nobody_came_back_to_does_not_end_when_seats_are_given_up() -> None:
+    game = played_game()
+    restored = ArenaGame(random.Random(5))
+    restored.restore(orjson.loads(orjson.dumps(game.snapshot())))
+    for pid in (1, 2):
+        restored.remove_player(pid)
+    assert restored.end_reason is None  # nobody is active: the room ends as abandoned after the grace instead

@@ -3,8 +3,11 @@
 -- `new_host` (or, when no node takes rooms, are dissolved into the queue); running ones go to `new_host` for
 -- recovery, listed in its `adopt` set (or, with no new host, back to the queue). Idempotent: a second
 -- sweep of the same node finds nothing left to do.
--- ARGV[4..]: dead_node, new_host
-local dead, new_host = ARGV[4], ARGV[5]
+-- Refused ('alive') while the node's heartbeat key exists: a node that restarts (or a stalled one that heart-beats
+-- again) between a sweeper's "is it dead?" read and this script keeps its rooms, and restores them itself.
+-- ARGV[4..]: dead_node, new_host, alive_key (the node's heartbeat hash; '' to skip the check)
+local dead, new_host, alive_key = ARGV[4], ARGV[5], ARGV[6]
+if alive_key and alive_key ~= '' and redis.call('EXISTS', alive_key) == 1 then return reply('alive') end
 local conns = node_conns_key(dead)
 for _, id in ipairs(redis.call('SMEMBERS', conns)) do
   local p = redis.call('HMGET', player_key(id), 'conn_node', 'status')

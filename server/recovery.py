@@ -1,0 +1,167 @@
+"""Recovery from Postgres: live matches whose host is gone and that Redis lost (flushed, failed over without its
+data) are claimed in Redis by one node and restored there from the positions and progress Postgres keeps, or
+cancelled when nothing can restore them. The Redis path (sweep, snapshot) comes first; this is what is left."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from lobby.hub import LobbyHub
+from lobby.outage import stop_if_cancelled
+from lobby.seating import Member
+from persistence.recovery import LiveMatch, StoredMatch, live_matches_elsewhere, stored_matches
+from server.room import SNAPSHOT_VERSION
+from server.settings import Settings
+
+log = logging.getLogger("tickroom.recovery")
+
+Read = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
+Submit = Callable[[dict[str, Any]], "asyncio.Future[None]"]
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def room_document(stored: StoredMatch) -> dict[str, Any]:
+    """A room snapshot (`Room.snapshot`'s layout) of what Postgres kept of a running match."""
+    return {"v": SNAPSHOT_VERSION, "room": stored.room_id, "mode": stored.mode, "match": str(stored.id),
+            "created_ms": _ms(stored.created_at), "started_ms": _ms(stored.started_at), "tick": stored.tick,
+            "taken_ms": _ms(stored.saved_at), "roster": stored.roster,
+            "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name, "joined_ms": _ms(seat.joined_at) or 0}
+                      for seat in stored.seats],
+            "game": {**stored.game, "players": [seat.state for seat in stored.seats]}}
+
+
+class PostgresRecovery:
+    """Scans Postgres after the first heartbeat and then every `node_dead_after_s` for live matches of nodes
+    that are not alive: this node's own from before a restart at once, another node's once it has been
+    missing from the lobby's directory for `node_dead_after_s`. The lobby's `reclaim` script gives each to one
+    node only, and only when Redis has neither the room nor its snapshot."""
+
+    def __init__(self, settings: Settings, hub: LobbyHub, read: Read, submit: Submit,
+                 restore: Callable[[dict[str, Any], dict[str, int] | None], object],
+                 told: Callable[[str, list[str]], Awaitable[dict[str, dict[str, int]]]],
+                 hosted: Callable[[], Iterable[str]], modes: Iterable[str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.hub = hub
+        self._read = read
+        self._submit = submit
+        self._restore = restore
+        self._told = told
+        self._hosted = hosted
+        self.modes = frozenset(modes)
+        self.clock = clock
+        self.started_at = datetime.now(UTC)
+        self._missing_since: dict[str, float] = {}
+        self.restored = 0
+        self.cancelled = 0
+
+    async def run(self) -> None:
+        """Scan once the lobby's directory has been read (right after the first heartbeat), then every
+        `node_dead_after_s`; a scan that fails (Postgres or Redis down) is tried again at the next."""
+        while True:
+            stop_if_cancelled()
+            upkeep = self.hub.upkeep
+            if not (upkeep.reachable and upkeep.live):
+                await asyncio.sleep(self.settings.node_heartbeat_s)
+                continue
+            try:
+                await self.scan()
+            except Exception as error:
+                stop_if_cancelled()
+                log.warning("recovery scan failed (%s: %s); trying again later", type(error).__name__, error)
+            await asyncio.sleep(self.settings.node_dead_after_s)
+
+    def _orphaned(self, matches: list[LiveMatch]) -> list[LiveMatch]:
+        """Of the live matches of nodes missing from the directory: this node's own from a previous life, and
+        those of nodes missing long enough to count as dead (a node whose heartbeat Redis lost heart-beats
+        again within a second)."""
+        now = self.clock()
+        missing = {match.node for match in matches if match.node != self.node_id}
+        self._missing_since = {node: self._missing_since.get(node, now) for node in missing}
+        hosted = set(self._hosted())
+        return [match for match in matches if match.mode in self.modes and (
+            (match.node == self.node_id and match.created_at < self.started_at and match.room_id not in hosted)
+            or (match.node != self.node_id
+                and now - self._missing_since[match.node] >= self.settings.node_dead_after_s))]
+
+    async def scan(self) -> int:
+        """One pass; how many matches this node claimed."""
+        live = {node.node_id for node in self.hub.upkeep.live} - {self.node_id}
+        matches: list[LiveMatch] = await self._read(lambda conn: live_matches_elsewhere(conn, live))
+        orphaned = self._orphaned(matches)
+        if not orphaned:
+            return 0
+        running = [match.id for match in orphaned if match.state == "running"]
+        stored: dict[uuid.UUID, StoredMatch] = (
+            await self._read(lambda conn: stored_matches(conn, match_ids=running)) if running else {})
+        claimed = 0
+        for mode in sorted({match.mode for match in orphaned}):
+            in_mode = [match for match in orphaned if match.mode == mode]
+            told = await self._told(mode, [str(match.id) for match in in_mode if match.id in stored])
+            for match in in_mode:
+                claimed += await self._claim(match, stored.get(match.id), told.get(str(match.id)))
+        return claimed
+
+    async def documents(self, mode: str, room_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Room snapshots from Postgres of the running matches of these rooms (for rooms the sweep gave this
+        node whose Redis snapshot is missing), by room id."""
+        stored: dict[uuid.UUID, StoredMatch] = await self._read(
+            lambda conn: stored_matches(conn, room_ids=room_ids, mode=mode))
+        return {match.room_id: room_document(match) for match in stored.values() if self._restorable(match)}
+
+    def _restorable(self, stored: StoredMatch | None) -> bool:
+        """A lobby match whose progress is recent enough for its players to still be about."""
+        if stored is None or stored.roster is None:
+            return False
+        age_s = (datetime.now(UTC) - stored.saved_at).total_seconds()
+        return age_s <= self.settings.snapshot_ttl_s
+
+    async def _claim(self, match: LiveMatch, stored: StoredMatch | None, told: dict[str, int] | None) -> int:
+        wall_ms = int(time.time() * 1000)
+        if self._restorable(stored):
+            assert stored is not None and stored.roster is not None
+            roster = set(stored.roster)
+            members = [Member(seat.player_id, seat.name) for seat in stored.seats if seat.player_id in roster]
+            outcome = await self.hub.reclaim(match.mode, match.room_id, str(match.id), created_ms=_ms(match.created_at)
+                                             or wall_ms, started_ms=_ms(stored.started_at) or wall_ms, members=members)
+            if outcome.outcome != "claimed":
+                return 0
+            # No await since the claim: a player back already finds the room here, not an empty one.
+            try:
+                self._restore(room_document(stored), told)
+            except (ValueError, KeyError, TypeError):
+                log.exception("room %s: what Postgres kept of match %s could not be restored", match.room_id,
+                              match.id)
+                await self.hub.give_back(match.mode, match.room_id)
+                self._cancel(match, wall_ms)
+                return 1
+            self.restored += 1
+            log.warning("room %s (match %s of node %s, which is gone) restored from Postgres as of %s", match.room_id,
+                        match.id, match.node, stored.saved_at.isoformat())
+            return 1
+        outcome = await self.hub.reclaim(match.mode, match.room_id, str(match.id))
+        if outcome.outcome != "claimed":
+            return 0
+        self._cancel(match, wall_ms)
+        return 1
+
+    def _cancel(self, match: LiveMatch, wall_ms: int) -> None:
+        """A live match of a node that is gone, which nothing can restore: cancelled (its players join anew)."""
+        self.cancelled += 1
+        log.warning("match %s (room %s, %s on node %s, which is gone) cannot be restored; recorded as cancelled",
+                    match.id, match.room_id, match.state, match.node)
+        self._submit({"op": "match_result", "match": str(match.id), "room": match.room_id, "mode": match.mode,
+                      "node": match.node, "created_ms": _ms(match.created_at), "started_ms": None,
+                      "ended_ms": wall_ms, "reason": "host_lost", "cancelled": True, "players": []})
