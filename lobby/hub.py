@@ -23,7 +23,7 @@ from lobby.keys import LobbyKeys
 from lobby.nodes import NodeRegistry
 from lobby.notices import Notice, NoticeBus
 from lobby.outage import OUTAGE, Backoff, LobbyUnavailable, stop_if_cancelled
-from lobby.seating import Member, Outcome, RoomRecord, RoomView, Seating, SeatingRules
+from lobby.seating import Claim, Outcome, RoomRecord, RoomView, Seating, SeatingRules
 from lobby.tickets import Ticket, mint_ticket
 from lobby.upkeep import LocalState, Upkeep
 from lobby.writes import GameReports, Write, WriteQueue
@@ -299,14 +299,14 @@ class LobbyHub:
         outcome = await self.seatings[mode].finish(room_id, self.wall_ms(), host=self.node_id)
         self._publish(mode, outcome)
 
-    async def reclaim(self, mode: str, room_id: str, match_id: str, *, created_ms: int = 0, started_ms: int = 0,
-                      members: Sequence[Member] | None = None) -> Outcome:
-        """Claim a live match the lobby lost, for this node to restore from Postgres ('claimed': this node won;
-        see `lobby/lua/reclaim.lua`); with `members`, its room runs here again and its players are sent here."""
-        outcome = await self.seatings[mode].reclaim(room_id, match_id, self.node_id, self.wall_ms(),
-                                                    created_ms=created_ms, started_ms=started_ms, members=members)
-        self._publish(mode, outcome)
-        return outcome
+    async def reclaim_many(self, mode: str, claims: Sequence[Claim]) -> list[Outcome]:
+        """Claim live matches the lobby lost, for this node to restore from Postgres ('claimed': this node won;
+        see `lobby/lua/reclaim.lua`): one round trip, and one notice to the nodes concerned."""
+        outcomes = await self.seatings[mode].reclaim_many(self.node_id, self.wall_ms(), claims)
+        notify = {node for outcome in outcomes if outcome.outcome == "claimed" for node in outcome.notify}
+        if notify:
+            self._publish(mode, Outcome("claimed", None, tuple(sorted(notify))))
+        return outcomes
 
     def forget(self, conn_id: str) -> None:
         """Stop pushing to a connection that ended (its leave follows as a write)."""

@@ -44,6 +44,10 @@ class LobbyKeys:
         """A running room's latest snapshot (persistence/snapshots.py), with a TTL: what recovery restores."""
         return f"{self.base}:room:{room_id}:snapshot"
 
+    def room_over(self, room_id: str) -> str:
+        """Set for an hour when the lobby saw a room end: recovery from Postgres leaves its match alone."""
+        return f"{self.base}:room:{room_id}:over"
+
     def match_told(self, match_id: str) -> str:
         """Hash: player id -> the points of this match the leaderboard was told of (so that a room restored
         from an older snapshot tells it only the difference)."""

@@ -80,6 +80,18 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """A live match for `reclaim.lua`: with `members`, its room is to run again on the claimer."""
+
+    room_id: str
+    match_id: str
+    old_node: str
+    created_ms: int = 0
+    started_ms: int = 0
+    members: tuple[Member, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RoomRecord:
     room_id: str
     mode: str
@@ -204,12 +216,22 @@ class Seating:
         """Sweep up after a dead node ('alive', changing nothing, while `alive_key`, its heartbeat, exists)."""
         return await self._call("sweep", now_ms, dead_node, new_host, alive_key)
 
-    async def reclaim(self, room_id: str, match_id: str, node: str, now_ms: int, *, created_ms: int = 0,
-                      started_ms: int = 0, members: Sequence[Member] | None = None) -> Outcome:
-        """Claim a live match the lobby lost for `node` (recovery from Postgres; exactly one caller wins:
-        'claimed'); with `members`, register its room as running there with those players."""
-        wire = "" if members is None else orjson.dumps([member.wire() for member in members]).decode()
-        return await self._call("reclaim", now_ms, room_id, match_id, node, created_ms, started_ms, wire)
+    async def reclaim_many(self, node: str, now_ms: int, claims: Sequence[Claim]) -> list[Outcome]:
+        """Claim live matches the lobby lost for `node` (recovery from Postgres; for each, exactly one caller
+        wins: 'claimed'), all in one round trip; see `lobby/lua/reclaim.lua`."""
+        if not claims:
+            return []
+        script = self._scripts["reclaim"]
+        script.sha = await self.client.script_load(script.script)  # a pipeline cannot fall back to EVAL
+        async with self.client.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                members = ("" if claim.members is None
+                           else orjson.dumps([member.wire() for member in claim.members]).decode())
+                pipe.evalsha(script.sha, 1, self.keys.available, self.keys.base, now_ms, self._rules_json,
+                             claim.room_id, claim.match_id, node, claim.created_ms, claim.started_ms, members,
+                             claim.old_node)
+            replies = await pipe.execute()
+        return [parse_outcome(raw) for raw in replies]
 
     # -- reads -------------------------------------------------------------------------------------
 

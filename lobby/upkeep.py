@@ -68,6 +68,7 @@ class Upkeep:
         self.live: list[NodeInfo] = []
         self.urls: dict[str, str] = {node_id: url}
         self.reachable = False
+        self.surveyed = asyncio.Event()  # set once the directory of live nodes was read
         # Called with each node this one swept (the app takes over the dead node's unwritten Postgres writes).
         self.on_swept: Callable[[str], Awaitable[None]] | None = None
 
@@ -109,6 +110,7 @@ class Upkeep:
                 self._adopted_at_start = True
                 live, dead = await self.registry.survey()
                 self.live = live
+                self.surveyed.set()
                 self.urls.update({node.node_id: node.url for node in live})
                 self.reachable = True
                 backoff.reset("heartbeat")
@@ -179,10 +181,10 @@ class Upkeep:
                 log.info("swept node %s (%s): %d waiting room(s) moved, %d running room(s) to recovery",
                          dead, mode, outcome.counts.get("moved", 0), outcome.counts.get("recovered", 0))
             self._publish(mode, outcome)
+        if self.on_swept is not None:
+            await self.on_swept(dead)  # before it leaves the index: a sweep cut short here is done again
         await self.registry.forget(dead)
         self.urls.pop(dead, None)
-        if self.on_swept is not None:
-            await self.on_swept(dead)
 
     async def presence_loop(self) -> None:
         backoff = Backoff()

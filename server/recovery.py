@@ -16,12 +16,14 @@ import asyncpg
 
 from lobby.hub import LobbyHub
 from lobby.outage import stop_if_cancelled
-from lobby.seating import Member
+from lobby.seating import Claim, Member, Outcome
 from persistence.recovery import LiveMatch, StoredMatch, live_matches_elsewhere, stored_matches
 from server.room import SNAPSHOT_VERSION
 from server.settings import Settings
 
 log = logging.getLogger("tickroom.recovery")
+
+MISSING_SCANS = 3  # a node missing from the lobby's directory this many dead-after times is gone
 
 Read = Callable[[Callable[[asyncpg.Connection], Awaitable[Any]]], Awaitable[Any]]
 Submit = Callable[[dict[str, Any]], "asyncio.Future[None]"]
@@ -73,7 +75,8 @@ class PostgresRecovery:
         while True:
             stop_if_cancelled()
             upkeep = self.hub.upkeep
-            if not (upkeep.reachable and upkeep.live):
+            await upkeep.surveyed.wait()
+            if not upkeep.reachable:
                 await asyncio.sleep(self.settings.node_heartbeat_s)
                 continue
             try:
@@ -85,16 +88,17 @@ class PostgresRecovery:
 
     def _orphaned(self, matches: list[LiveMatch]) -> list[LiveMatch]:
         """Of the live matches of nodes missing from the directory: this node's own from a previous life, and
-        those of nodes missing long enough to count as dead (a node whose heartbeat Redis lost heart-beats
-        again within a second)."""
+        those of nodes missing from every scan for `MISSING_SCANS` times the dead-after time. Live nodes come
+        back into an emptied Redis within a heartbeat, or within their outage back-off (5 s at most) after a
+        Redis restart: the margin is that of a sweep, three times over."""
         now = self.clock()
         missing = {match.node for match in matches if match.node != self.node_id}
         self._missing_since = {node: self._missing_since.get(node, now) for node in missing}
         hosted = set(self._hosted())
+        wait_s = MISSING_SCANS * self.settings.node_dead_after_s
         return [match for match in matches if match.mode in self.modes and (
             (match.node == self.node_id and match.created_at < self.started_at and match.room_id not in hosted)
-            or (match.node != self.node_id
-                and now - self._missing_since[match.node] >= self.settings.node_dead_after_s))]
+            or (match.node != self.node_id and now - self._missing_since[match.node] >= wait_s))]
 
     async def scan(self) -> int:
         """One pass; how many matches this node claimed."""
@@ -109,16 +113,59 @@ class PostgresRecovery:
         claimed = 0
         for mode in sorted({match.mode for match in orphaned}):
             in_mode = [match for match in orphaned if match.mode == mode]
-            told = await self._told(mode, [str(match.id) for match in in_mode if match.id in stored])
-            for match in in_mode:
-                claimed += await self._claim(match, stored.get(match.id), told.get(str(match.id)))
+            restorable = {match.id: stored[match.id] for match in in_mode if self._restorable(stored.get(match.id))}
+            told = await self._told(mode, [str(match_id) for match_id in restorable])
+            claims = [self._claim_of(match, restorable.get(match.id)) for match in in_mode]
+            outcomes = await self.hub.reclaim_many(mode, claims)
+            # No await from here on: a player back already finds each claimed room here, not an empty one.
+            pending: list[LiveMatch] = []
+            for match, outcome in zip(in_mode, outcomes, strict=True):
+                if outcome.outcome != "claimed":
+                    continue
+                claimed += 1
+                progress = restorable.get(match.id)
+                if progress is None or not self._restored(match, progress, outcome, told.get(str(match.id))):
+                    pending.append(match)
+            for match in pending:
+                self._cancel(match)
+                if restorable.get(match.id) is not None:
+                    await self.hub.give_back(mode, match.room_id)
         return claimed
+
+    @staticmethod
+    def _claim_of(match: LiveMatch, progress: StoredMatch | None) -> Claim:
+        if progress is None:
+            return Claim(match.room_id, str(match.id), match.node)
+        roster = set(progress.roster or ())
+        return Claim(match.room_id, str(match.id), match.node, created_ms=_ms(match.created_at) or 0,
+                     started_ms=_ms(progress.started_at) or 0,
+                     members=tuple(Member(seat.player_id, seat.name) for seat in progress.seats
+                                   if seat.player_id in roster))
+
+    def _restored(self, match: LiveMatch, progress: StoredMatch, outcome: Outcome,
+                  told: dict[str, int] | None) -> bool:
+        document = room_document(progress)
+        if outcome.view is not None:
+            # Only the players the lobby placed in the room again: one who plays another match by now is not
+            # waited for (their seat in the game stays, for the ranking).
+            document["roster"] = outcome.view.player_ids
+        try:
+            self._restore(document, told)
+        except Exception:
+            log.exception("room %s: what Postgres kept of match %s could not be restored", match.room_id, match.id)
+            return False
+        self.restored += 1
+        log.warning("room %s (match %s of node %s, which is gone) restored from Postgres as of %s", match.room_id,
+                    match.id, match.node, progress.saved_at.isoformat())
+        return True
 
     async def documents(self, mode: str, room_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Room snapshots from Postgres of the running matches of these rooms (for rooms the sweep gave this
-        node whose Redis snapshot is missing), by room id."""
-        stored: dict[uuid.UUID, StoredMatch] = await self._read(
-            lambda conn: stored_matches(conn, room_ids=room_ids, mode=mode))
+        node whose Redis snapshot is missing), by room id; at most `node_dead_after_s / 3` (TimeoutError after
+        that): this runs in the heartbeat, which must not stall."""
+        async with asyncio.timeout(self.settings.node_dead_after_s / 3):
+            stored: dict[uuid.UUID, StoredMatch] = await self._read(
+                lambda conn: stored_matches(conn, room_ids=room_ids, mode=mode))
         return {match.room_id: room_document(match) for match in stored.values() if self._restorable(match)}
 
     def _restorable(self, stored: StoredMatch | None) -> bool:
@@ -128,40 +175,11 @@ class PostgresRecovery:
         age_s = (datetime.now(UTC) - stored.saved_at).total_seconds()
         return age_s <= self.settings.snapshot_ttl_s
 
-    async def _claim(self, match: LiveMatch, stored: StoredMatch | None, told: dict[str, int] | None) -> int:
-        wall_ms = int(time.time() * 1000)
-        if self._restorable(stored):
-            assert stored is not None and stored.roster is not None
-            roster = set(stored.roster)
-            members = [Member(seat.player_id, seat.name) for seat in stored.seats if seat.player_id in roster]
-            outcome = await self.hub.reclaim(match.mode, match.room_id, str(match.id), created_ms=_ms(match.created_at)
-                                             or wall_ms, started_ms=_ms(stored.started_at) or wall_ms, members=members)
-            if outcome.outcome != "claimed":
-                return 0
-            # No await since the claim: a player back already finds the room here, not an empty one.
-            try:
-                self._restore(room_document(stored), told)
-            except (ValueError, KeyError, TypeError):
-                log.exception("room %s: what Postgres kept of match %s could not be restored", match.room_id,
-                              match.id)
-                await self.hub.give_back(match.mode, match.room_id)
-                self._cancel(match, wall_ms)
-                return 1
-            self.restored += 1
-            log.warning("room %s (match %s of node %s, which is gone) restored from Postgres as of %s", match.room_id,
-                        match.id, match.node, stored.saved_at.isoformat())
-            return 1
-        outcome = await self.hub.reclaim(match.mode, match.room_id, str(match.id))
-        if outcome.outcome != "claimed":
-            return 0
-        self._cancel(match, wall_ms)
-        return 1
-
-    def _cancel(self, match: LiveMatch, wall_ms: int) -> None:
+    def _cancel(self, match: LiveMatch) -> None:
         """A live match of a node that is gone, which nothing can restore: cancelled (its players join anew)."""
         self.cancelled += 1
         log.warning("match %s (room %s, %s on node %s, which is gone) cannot be restored; recorded as cancelled",
                     match.id, match.room_id, match.state, match.node)
         self._submit({"op": "match_result", "match": str(match.id), "room": match.room_id, "mode": match.mode,
                       "node": match.node, "created_ms": _ms(match.created_at), "started_ms": None,
-                      "ended_ms": wall_ms, "reason": "host_lost", "cancelled": True, "players": []})
+                      "ended_ms": int(time.time() * 1000), "reason": "host_lost", "cancelled": True, "players": []})

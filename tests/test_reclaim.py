@@ -15,13 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys
-from lobby.seating import Member, Outcome, RoomRecord, Seating, SeatingRules
+from lobby.seating import Claim, Member, Outcome, RoomRecord, Seating, SeatingRules
 from tests.clusterkit import Dump
 from tests.clusterkit import dump as dump_prefix
 
 # Time is injected: every test passes its own clock readings, starting here.
 T = 1_000_000
 CREATED_MS = T - 90_000
+OLD_NODE = "node-dead"  # the host the match had in Postgres
 STARTED_MS = T - 80_000
 
 
@@ -57,8 +58,10 @@ async def join(lobby: Seating, player: str, now_ms: int, *, room: str = "", node
 
 async def reclaim(lobby: Seating, node: str, *, room: str = "lost", match: str = "m-1",
                   players: Sequence[Member] | None = None, now_ms: int = T) -> Outcome:
-    return await lobby.reclaim(room, match, node, now_ms, created_ms=CREATED_MS, started_ms=STARTED_MS,
-                               members=players)
+    claim = Claim(room, match, OLD_NODE, created_ms=CREATED_MS, started_ms=STARTED_MS,
+                  members=None if players is None else tuple(players))
+    [outcome] = await lobby.reclaim_many(node, now_ms, [claim])
+    return outcome
 
 
 async def record_of(lobby: Seating, room_id: str) -> RoomRecord:
@@ -89,8 +92,8 @@ async def test_of_twenty_nodes_reclaiming_one_match_at_once_exactly_one_wins(cli
     outcomes = await asyncio.gather(*(reclaim(lobby, node, players=members("p1", "p2", "p3")) for node in nodes))
     winners = [node for node, outcome in zip(nodes, outcomes, strict=True) if outcome.outcome == "claimed"]
     assert len(winners) == 1, Counter(outcome.outcome for outcome in outcomes)
-    # The losers came after the winner had registered the room: the lobby knows it again.
-    assert Counter(outcome.outcome for outcome in outcomes) == Counter({"claimed": 1, "exists": 19})
+    # The losers came after the winner: its claim answers them first.
+    assert Counter(outcome.outcome for outcome in outcomes) == Counter({"claimed": 1, "taken": 19})
     assert await client.get(lobby.keys.match_claim("m-1")) == winners[0]
     record = await record_of(lobby, "lost")
     assert (record.node, record.state, record.player_ids) == (winners[0], "running", ["p1", "p2", "p3"])
@@ -137,8 +140,8 @@ async def test_a_match_claimed_once_is_taken_for_every_later_claim(client: aiore
     before = await dump(lobby)
     second = await reclaim(lobby, "node-b", players=members("p1", "p2", "p3"), now_ms=T + 5)
     assert (second.outcome, second.room) == ("taken", "lost")
-    third = await reclaim(lobby, "node-a", now_ms=T + 6)  # not even the winner claims it twice
-    assert third.outcome == "taken"
+    third = await reclaim(lobby, "node-a", now_ms=T + 6)  # the winner asking again (its answer was lost)
+    assert third.outcome == "claimed"
     assert (await dump(lobby)).values == before.values
     assert await client.get(lobby.keys.match_claim("m-1")) == "node-a"
     # Another match of the same room is a claim of its own.
@@ -267,7 +270,8 @@ async def test_a_player_whose_placement_still_names_the_lost_room_is_placed_in_i
 # -- a claim without members -----------------------------------------------------------------------------------
 
 
-async def test_a_claim_without_members_sets_the_claim_and_nothing_else(client: aioredis.Redis) -> None:
+async def test_a_claim_without_members_sets_the_claim_and_the_old_nodes_fencing_list_only(
+        client: aioredis.Redis) -> None:
     lobby = seating(client)
     await join(lobby, "p1", T - 100)  # a lobby with something in it: queued player, a waiting room
     await join(lobby, "w1", T - 90, room="W")
@@ -275,8 +279,26 @@ async def test_a_claim_without_members_sets_the_claim_and_nothing_else(client: a
     claimed = await reclaim(lobby, "node-b")
     assert (claimed.outcome, claimed.room, claimed.view, claimed.notify) == ("claimed", "lost", None, ())
     after = await dump(lobby)
-    claim = lobby.keys.match_claim("m-1")
-    assert set(after.values) - set(before.values) == {claim}
-    assert {key: value for key, value in after.values.items() if key != claim} == before.values
+    claim, swept = lobby.keys.match_claim("m-1"), lobby.keys.node_swept(OLD_NODE)
+    assert set(after.values) - set(before.values) == {claim, swept}
+    assert {key: value for key, value in after.values.items() if key not in (claim, swept)} == before.values
+    assert after.values[swept] == {"lost"}
     assert after.values[claim] == "node-b"
     assert 3590 <= after.ttls[claim] <= 3600
+
+
+async def test_a_room_the_lobby_saw_end_is_not_claimed_while_its_result_may_be_on_its_way(
+        client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    await client.set(lobby.keys.room_over("lost"), "1", ex=3600)  # what finish.lua leaves
+    assert (await reclaim(lobby, "node-b", players=members("p1", "p2", "p3"))).outcome == "over"
+    assert await client.get(lobby.keys.match_claim("m-1")) is None
+
+
+async def test_a_claimed_room_is_written_down_as_taken_from_its_old_node_for_its_fencing(
+        client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    assert (await reclaim(lobby, "node-b", players=members("p1", "p2", "p3"))).outcome == "claimed"
+    assert await members_of(lobby, lobby.keys.node_swept(OLD_NODE)) == {"lost"}
+    assert 0 < await client.ttl(lobby.keys.node_swept(OLD_NODE)) <= 3600
+

@@ -1,25 +1,35 @@
 -- Recovery from Postgres: a live match whose host is gone and that the lobby has lost (Redis lost its data, or
 -- the room's keys expired) is claimed by one node, exactly once. Refused while the lobby still knows the room
--- ('exists': the sweep and the snapshot path handle it) or still has its snapshot ('snapshot': restored from
--- Redis, or a match that ended while its result was on its way to Postgres), and for a match claimed before
--- ('taken'). The claim is kept an hour: nobody claims that match again.
+-- ('exists': the sweep and the snapshot path handle it), still has its snapshot ('snapshot': restored from
+-- Redis), or saw it end ('over': finish.lua marks it for an hour, while its result may still be on its way to
+-- Postgres); and for a match another node claimed ('taken'). The claim is kept an hour. A node that claims a
+-- match again (its answer was lost) gets 'claimed' again. The room goes on the old node's `swept` list, so
+-- that the old node, if it only stalled, closes its copy when it is back (as after a sweep).
 -- With `members` (JSON, join order: {id, name}), the room is registered again as running on `node`, and its
 -- players placed in it, so that the lobby sends them there when they come back: those without a placement,
 -- those waiting in the queue and those seated in a room not started yet; a player playing another match
--- stays there. Without it (a match that is only to be cancelled) nothing else changes.
--- ARGV[4..]: room_id, match_id, node, created_ms, started_ms, members ('' for none)
+-- stays there (and is left out of the answer's players). Without it (a match that is only to be cancelled)
+-- nothing else changes.
+-- ARGV[4..]: room_id, match_id, node, created_ms, started_ms, members ('' for none), old_node
 local room_id, match_id, node = ARGV[4], ARGV[5], ARGV[6]
-local created_ms, started_ms, members = ARGV[7], ARGV[8], ARGV[9]
-if redis.call('EXISTS', room_key(room_id)) == 1 then return reply('exists', {room = room_id}) end
+local created_ms, started_ms, members, old_node = ARGV[7], ARGV[8], ARGV[9], ARGV[10] or ''
+local key = room_key(room_id)
+local claim = base .. ':match:' .. match_id .. ':claim'
+local holder = redis.call('GET', claim)
+if holder and holder ~= node then return reply('taken', {room = room_id, node = holder}) end
+if holder and members == '' then return reply('claimed', {room = room_id}) end
+if holder and redis.call('HGET', key, 'node') == node then return reply('claimed', view(room_id)) end
+if redis.call('EXISTS', key) == 1 then return reply('exists', {room = room_id}) end
 if redis.call('EXISTS', base .. ':room:' .. room_id .. ':snapshot') == 1 then
   return reply('snapshot', {room = room_id})
 end
-local claim = base .. ':match:' .. match_id .. ':claim'
-if not redis.call('SET', claim, node, 'NX', 'EX', 3600) then
-  return reply('taken', {room = room_id, node = redis.call('GET', claim)})
+if redis.call('EXISTS', base .. ':room:' .. room_id .. ':over') == 1 then return reply('over', {room = room_id}) end
+redis.call('SET', claim, node, 'EX', 3600)
+if old_node ~= '' and old_node ~= node then
+  redis.call('SADD', node_swept_key(old_node), room_id)
+  redis.call('EXPIRE', node_swept_key(old_node), 3600)
 end
 if members == '' then return reply('claimed', {room = room_id}) end
-local key = room_key(room_id)
 -- Its version starts past any the room had before Redis lost it: nodes that remember an older view of the room
 -- (hosted by the dead node) take this one as the newer.
 redis.call('HSET', key, 'mode', rules.mode, 'node', node, 'state', 'running', 'created_ms', created_ms,
