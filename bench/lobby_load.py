@@ -41,13 +41,14 @@ clock = time.perf_counter
 async def serve_node(redis_url: str, countdown_s: float, prefix: str) -> None:
     """Run a node (the in-process `App`, as `tickroom serve` does minus Postgres) until SIGTERM; print its port."""
     from server.app import App
-    from server.cli import configure_logging, game_modes
+    from server.cli import game_modes
+    from server.logs import configure_logging
     from server.settings import Settings
 
     settings = Settings.load(environ={}, redis_url=redis_url, port=0, database_url="postgresql://unused",
                              node_id=f"bench-{prefix}", lobby_prefix=prefix, countdown_s=countdown_s,
                              log_level="WARNING")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "text")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -134,18 +134,27 @@ class LobbyHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self.expiry_events = False
         self.writes = WriteQueue()
+        self.tally: Counter[str] | None = None
         self.games = GameReports(self.writes, self.seatings, self._publish, self.wall_ms, config.node_id)
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
                              self._spawn, self.writes.submit, evict or (lambda mode, kept: None), self.wall_ms,
                              heartbeat_s=config.heartbeat_s,
                              presence_every_s=config.presence_every_s, adopt=adopt)
 
+    async def hand_off(self) -> None:
+        """Draining: the lobby moves this node's rooms to other nodes (`Upkeep.hand_off`)."""
+        await self.upkeep.hand_off()
+
+    def count_errors(self, tally: Counter[str]) -> None:
+        """Count every Redis failure of the hub's loops in `tally["redis"]` (the node's metrics)."""
+        self.tally = self.writes.tally = self.bus.tally = self.upkeep.tally = tally
+
     # -- lifetime --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """The hub's background work; runs until cancelled (by the node's task group at shutdown). A failure
         that escapes a loop restarts the hub after a pause: it never reaches the rooms' task group."""
-        backoff = Backoff(low=1.0, high=30.0)
+        backoff = Backoff(low=1.0, high=30.0, tally=self.tally)
         while True:
             try:
                 await self._run_once()

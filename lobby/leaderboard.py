@@ -7,6 +7,7 @@ adds each kill's points as they happen and rebuilds the set from Postgres when R
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,7 @@ class LeaderboardFeed:
     one task in a pipeline. Points that Redis could not take stay summed here and go with the next write."""
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.tally: Counter[str] | None = None  # Redis failures, for the node's metrics
         self.client = client
         self.prefix = prefix
         self._pending: dict[tuple[str, str, str], int] = {}  # (mode, match, player) -> points
@@ -93,7 +95,7 @@ class LeaderboardFeed:
                 for match_id, reply in zip(match_ids, replies, strict=True)}
 
     async def run(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(tally=self.tally)
         while True:
             stop_if_cancelled()  # redis-py may swallow a cancellation that hits it mid-call
             await self._wake.wait()

@@ -20,6 +20,7 @@ class NodeInfo:
     url: str
     load: int
     accepting: bool = True  # False: full, or draining; it keeps its rooms but takes no new one
+    state: str = "serving"  # serving, draining, handing_off, drained
 
 
 
@@ -36,17 +37,41 @@ class NodeRegistry:
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}:node:{node_id}"
 
-    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int, *, accepting: bool = True) -> bool:
-        """Say this node is alive (for `dead_after_s` more), where it is, how loaded, and if it takes rooms.
-        False when the node's hash had expired: the others may have taken it for dead and swept it."""
+    def drain_key(self, node_id: str) -> str:
+        """An operator's request that the node drain (`tickroom drain`): the deadline in seconds."""
+        return f"{self.prefix}:node:{node_id}:drain"
+
+    async def heartbeat(self, node_id: str, url: str, load: int, now_ms: int, *, accepting: bool = True,
+                        state: str = "serving") -> tuple[bool, float | None]:
+        """Say this node is alive (for `dead_after_s` more), where it is, how loaded, if it takes rooms and
+        whether it drains. Answers whether the node's hash was still there (False: it had expired, and the
+        others may have taken the node for dead and swept it), and the drain deadline an operator asked for
+        (None: no request)."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.exists(self.node_key(node_id))
             pipe.hset(self.node_key(node_id), mapping={"url": url, "load": load, "heartbeat_ms": now_ms,
-                                                       "accepting": int(accepting)})
+                                                       "accepting": int(accepting), "state": state})
             pipe.pexpire(self.node_key(node_id), self.dead_after_ms)
             pipe.zadd(self.index, {node_id: load})
+            pipe.get(self.drain_key(node_id))
             replies = await pipe.execute()
-        return bool(replies[0])
+        drain = replies[4]
+        return bool(replies[0]), None if drain is None else float(text(drain))
+
+    async def request_drain(self, node_id: str, deadline_s: float) -> None:
+        """Ask a node to drain (it reads this at its next heartbeat); kept a day."""
+        await self.client.set(self.drain_key(node_id), repr(float(deadline_s)), ex=86400)
+
+    async def clear_drain(self, node_id: str) -> None:
+        """The node took the request (a node started again under this id must not drain at once)."""
+        await self.client.delete(self.drain_key(node_id))
+
+    async def state_of(self, node_id: str) -> str | None:
+        """A live node's state (serving, draining, handing_off, drained); None when it is not alive."""
+        state = await self.client.hget(self.node_key(node_id), "state")
+        if state is None:
+            return None if not await self.client.exists(self.node_key(node_id)) else "serving"
+        return text(state)
 
     async def deregister(self, node_id: str) -> None:
         """A node stops: it is dead at once, and stays in the index until a live node has swept up after it
@@ -60,14 +85,15 @@ class NodeRegistry:
             return [], []
         async with self.client.pipeline(transaction=False) as pipe:
             for node_id in ids:
-                pipe.hmget(self.node_key(node_id), "url", "load", "accepting")
+                pipe.hmget(self.node_key(node_id), "url", "load", "accepting", "state")
             replies = await pipe.execute()
         live, dead = [], []
-        for node_id, (url, load, accepting) in zip(ids, replies, strict=True):
+        for node_id, (url, load, accepting, state) in zip(ids, replies, strict=True):
             if url is None:
                 dead.append(node_id)
             else:
-                live.append(NodeInfo(node_id, text(url), int(load), accepting is None or text(accepting) == "1"))
+                live.append(NodeInfo(node_id, text(url), int(load), accepting is None or text(accepting) == "1",
+                                     "serving" if state is None else text(state)))
         live.sort(key=lambda node: (node.load, node.node_id))
         return live, dead
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ Notice = dict[str, Any]
 
 class NoticeBus:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.tally: Counter[str] | None = None  # Redis failures, for the node's metrics
         self.client = client
         self.prefix = prefix
         db = client.connection_pool.connection_kwargs.get("db", 0)
@@ -63,7 +65,7 @@ class NoticeBus:
     async def listen(self, node_id: str, on_notice: Callable[[Notice], None], on_expired: Callable[[str], None],
                      on_subscribed: Callable[[], None] | None = None) -> None:
         """Deliver this node's notices and every expired key until cancelled, resubscribing after outages."""
-        backoff = Backoff()
+        backoff = Backoff(tally=self.tally)
         channel = self.channel(node_id)
         while True:
             stop_if_cancelled()

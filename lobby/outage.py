@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -54,8 +55,9 @@ class Backoff:
     """Exponential back-off with jitter for one background loop; says when an outage starts and ends."""
 
     def __init__(self, low: float = BACKOFF_MIN_S, high: float = BACKOFF_MAX_S,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, tally: Counter[str] | None = None) -> None:
         self.low = low
+        self._tally = tally  # counts each failure under "redis" (the node's metrics)
         self.high = high
         self.delay = low
         self.failing = False
@@ -64,6 +66,8 @@ class Backoff:
     async def wait(self, what: str, error: BaseException) -> None:
         """Sleep before the next try; a task being cancelled stops here instead."""
         stop_if_cancelled()
+        if self._tally is not None:
+            self._tally["redis"] += 1
         if not isinstance(error, OUTAGE):
             log.error("%s failed: %r; retrying with back-off", what, error, exc_info=error)
         elif not self.failing:

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ class LocalState:
 
     load: int = 0
     accepting: bool = True
+    state: str = "serving"  # serving, draining, handing_off, drained (server/drain.py)
     players: dict[str, list[str]] = field(default_factory=dict)
     rooms: dict[str, set[str]] = field(default_factory=dict)
 
@@ -69,7 +71,9 @@ class Upkeep:
         self.urls: dict[str, str] = {node_id: url}
         self.reachable = False
         self.surveyed = asyncio.Event()  # set once the directory of live nodes was read
+        self.tally: Counter[str] | None = None  # Redis failures, for the node's metrics
         # Called with each node this one swept (the app takes over the dead node's unwritten Postgres writes).
+        self.on_drain: Callable[[float], None] | None = None  # an operator asked this node to drain (deadline)
         self.on_swept: Callable[[str], Awaitable[None]] | None = None
 
     def pick_host(self) -> str:
@@ -93,7 +97,7 @@ class Upkeep:
             pass
 
     async def heartbeat_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(tally=self.tally)
         while True:
             stop_if_cancelled()
             try:
@@ -101,8 +105,12 @@ class Upkeep:
                     if self.stopping:
                         return
                     state = self._local_state()
-                    was_alive = await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
-                                                              accepting=state.accepting)
+                    was_alive, drain = await self.registry.heartbeat(
+                        self.node_id, self.url, state.load, self.wall_ms(), accepting=state.accepting,
+                        state=state.state)
+                    if drain is not None and self.on_drain is not None:
+                        self.on_drain(drain)
+                        await self.registry.clear_drain(self.node_id)
                     if not was_alive and self._beats:
                         await self._fence()
                     self._beats += 1
@@ -186,8 +194,16 @@ class Upkeep:
         await self.registry.forget(dead)
         self.urls.pop(dead, None)
 
+    async def hand_off(self) -> None:
+        """Draining: move this node's rooms to other nodes, as a sweep of a dead node would (the running ones
+        for the new host to restore from their snapshots), while this node lives on, idle."""
+        for mode, seating in self.seatings.items():
+            outcome = await seating.sweep(self.node_id, self.wall_ms(), new_host=self.pick_host())
+            log.info("handed off this node's rooms (%s): %s", mode, outcome.counts)
+            self._publish(mode, outcome)
+
     async def presence_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(tally=self.tally)
         while True:
             stop_if_cancelled()
             try:

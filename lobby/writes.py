@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 
 from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
@@ -20,6 +20,7 @@ Write = Callable[[], Awaitable[object]]
 
 class WriteQueue:
     def __init__(self, limit: int = WRITES_MAX) -> None:
+        self.tally: Counter[str] | None = None  # Redis failures, for the node's metrics
         self.limit = limit
         self._writes: deque[tuple[str, Write]] = deque()
         self._ready = asyncio.Event()
@@ -48,7 +49,7 @@ class WriteQueue:
 
     async def run(self) -> None:
         """Run the writes one by one until cancelled; a write that meets an outage is tried again."""
-        backoff = Backoff()
+        backoff = Backoff(tally=self.tally)
         while True:
             stop_if_cancelled()
             if not self._writes:

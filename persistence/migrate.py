@@ -77,3 +77,11 @@ async def migrate_url(database_url: str) -> list[Migration]:
         return await migrate(conn)
     finally:
         await conn.close()
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    """The newest migration applied (0 for a database never migrated)."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return 0
+    version: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return version

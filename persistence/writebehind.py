@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -139,6 +139,9 @@ async def _match_result(conn: asyncpg.Connection, write: Write) -> None:
           p.get("kills", 0), p.get("deaths", 0), p.get("score", 0)) for p in players])
     await conn.execute("DELETE FROM player_positions WHERE match_id = $1", match_id)
     await conn.execute("DELETE FROM match_progress WHERE match_id = $1", match_id)
+    # One line per match, naming its players: a player's way is followed into Postgres by their id.
+    log.info("match %s (room %s) recorded %s", match_id, write["room"], final_state,
+             extra={"match": str(match_id), "room": write["room"], "players": [p["id"] for p in players]})
 
 
 async def _positions(conn: asyncpg.Connection, write: Write) -> None:
@@ -249,6 +252,7 @@ class WriteBehind:
         self.retries = 0
         self._spilling: asyncio.Task[None] | None = None
         self._on_redis = False  # the worker's round is waiting for Redis (else for Postgres)
+        self.tally: Counter[str] | None = None  # failed rounds by backend ("postgres", "redis"), for metrics
 
     @property
     def depth(self) -> int:
@@ -306,6 +310,8 @@ class WriteBehind:
                 self.retries += 1
                 # An OSError may come from either side: the round says which one it was talking to.
                 what = "Redis (the write spill)" if self._on_redis and isinstance(error, OUTAGE) else "Postgres"
+                if self.tally is not None:
+                    self.tally["postgres" if what == "Postgres" else "redis"] += 1
                 if not isinstance(error, PG_DOWN + OUTAGE):
                     log.exception("the write queue failed unexpectedly; retrying with back-off")
                 if what != "Redis (the write spill)":
@@ -392,7 +398,9 @@ class WriteBehind:
             raise
         except Exception as error:  # a constraint, a bad value, a match that cannot take the change...
             refusal = error
-        log.error("a %s write was refused (%r); it is kept in %s", write["op"], refusal, self.dead_key)
+        log.error("a %s write was refused (%r); it is kept in %s", write["op"], refusal, self.dead_key,
+                  extra={"match": write.get("match"), "room": write.get("room"),
+                         "players": [p.get("id") for p in write.get("players", []) if isinstance(p, dict)]})
         await self.redis.rpush(self.dead_key, orjson.dumps({"write": write, "error": str(refusal)}))
         return False
 

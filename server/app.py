@@ -10,13 +10,17 @@ import asyncio
 import dataclasses
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from functools import partial
 from http import HTTPStatus
 from types import TracebackType
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -27,14 +31,19 @@ from lobby.leaderboard import Leaderboard, LeaderboardFeed, rebuild_if_missing
 from lobby.outage import OUTAGE, LobbyUnavailable, lobby_client, stop_if_cancelled
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
+from persistence.migrate import schema_version
 from persistence.snapshots import SnapshotStore
 from persistence.writebehind import WriteBehind, spill_key
+from server import admin_http
 from server.auth import AuthError, Identity, verify_token
 from server.broadcast import text_frame
 from server.connection import GameConnection, JoinRequest
+from server.drain import Drainer, DrainState
 from server.listener import Listener, Timeouts
 from server.lobby_http import LobbyEndpoints
 from server.lobby_session import LobbySession
+from server.logs import PLAYER
+from server.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
 from server.node import Node
 from server.protocol import MAX_FRAME_BYTES, CloseCode, ErrorCode, encode, handshake_error_body
 from server.records_http import RecordEndpoints, is_records_path
@@ -50,7 +59,11 @@ ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def json_response(status: HTTPStatus, body: bytes) -> Response:
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+    return body_response(status, body, "application/json")
+
+
+def body_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store")])
     return Response(status.value, status.phrase, headers, body)
 
@@ -94,6 +107,10 @@ class App:
         self._snapshot_task: asyncio.Task[None] | None = None
         self.recovery: PostgresRecovery | None = None
         self._recovery_task: asyncio.Task[None] | None = None
+        self.metrics = NodeMetrics()
+        self._reading = Reading({}, 0, 0, {}, 0, 0, 0, False)
+        self._metrics_registry = registry_of([NodeCollector(settings.node_id, self.metrics, lambda: self._reading)])
+        self.drainer: Drainer | None = None
 
     @property
     def port(self) -> int:
@@ -107,15 +124,29 @@ class App:
     async def __aenter__(self) -> App:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self.node = Node(self.settings, self.modes, self._tasks)
+        self.node.metrics = self.metrics
         self._server = Listener(self._process_request, self._handle, max_size=MAX_FRAME_BYTES, timeouts=Timeouts(),
-                                logger=logging.getLogger("tickroom.ws"))
+                                logger=logging.getLogger("tickroom.ws"), traffic=self.metrics.traffic)
         # Bursts of players arriving at once (a lobby wave, a node's players reconnecting) must not overflow
         # the kernel's accept queue: the default of 100 drops SYNs under 1,500 connections/s.
         await self._server.start(self.settings.host, self.settings.port, backlog=1024)
         self._start_lobby()
+        hub = self.hub
+        assert hub is not None
+        hub.count_errors(self.metrics.backend_errors)
+        self.drainer = Drainer(self.node, hub, self.snapshotter,
+                               lambda: [waiter.link for waiter in hub.waiters.values()
+                                        if isinstance(waiter, LobbySession)],
+                               self._tasks.create_task)
+        hub.upkeep.on_drain = self._drain_requested
         log.info("node %s listening on %s (players are sent to %s)", self.settings.node_id, self.url,
                  self.public_url)
         return self
+
+    def _drain_requested(self, deadline_s: float) -> None:
+        assert self.drainer is not None
+        if self.drainer.start(deadline_s):
+            log.warning("an operator asked this node to drain (deadline %g s)", deadline_s)
 
     @property
     def public_url(self) -> str:
@@ -148,6 +179,7 @@ class App:
             # it left there, and the nodes that sweep a dead one take over its spill.
             spill = spill_key(settings.lobby_prefix, settings.node_id)
             self.records = WriteBehind(settings.database_url, client, spill)
+            self.records.tally = self.metrics.backend_errors
             self._stack.push_async_callback(self.records.close)
             node.recorder = self.records.submit
             self._records_task = self._tasks.create_task(self.records.run(), name="postgres-writes")
@@ -165,7 +197,8 @@ class App:
             node.stored_rooms = self.recovery.documents
             self._recovery_task = self._tasks.create_task(self.recovery.run(), name="recovery")
             self.hub.upkeep.on_swept = self._take_over_writes
-        self.snapshotter = Snapshotter(lambda: node.rooms.values(), snapshots, settings.snapshot_every_s)
+        self.snapshotter = Snapshotter(lambda: node.rooms.values(), snapshots, settings.snapshot_every_s,
+                                       on_slot=self.metrics.snapshot_round.observe)
         self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")
 
     async def _take_over_writes(self, dead: str) -> None:
@@ -233,9 +266,88 @@ class App:
         if self._leaderboard_task is not None:
             self._leaderboard_task.cancel()
 
+    # -- the operator's endpoints (server/admin_http.py) ------------------------------------------------
+
+    async def _operator(self, path: str, query: dict[str, list[str]], request: Request) -> admin_http.Answer:
+        assert self.node is not None and self.drainer is not None
+        draining = self.drainer.state is not DrainState.SERVING
+        if path == "/readyz":
+            hub, records = self.hub, self._records_http
+            ping = hub.client.ping if hub is not None else None
+            schema = (partial(records.with_conn, schema_version) if records is not None else None)
+            return await admin_http.readiness(ping, schema, draining)
+        if path == "/metrics":
+            self._reading = await self._read_now()
+            return HTTPStatus.OK, render(self._metrics_registry), CONTENT_TYPE_LATEST
+        token = self.settings.admin_token
+        if not admin_http.authorized(token, request):
+            return admin_http.refused(token)
+        if path.rstrip("/") == "/admin/drain":
+            deadline = admin_http.drain_request(query, self.settings.node_id, self.settings.drain_deadline_s)
+            if not isinstance(deadline, float):
+                return deadline
+            self._drain_requested(deadline)
+            return HTTPStatus.OK, orjson.dumps(self.drainer.describe()), admin_http.JSON
+        if path.rstrip("/") != "/admin":
+            return HTTPStatus.NOT_FOUND, handshake_error_body(ErrorCode.NOT_FOUND, f"no endpoint at {path}"), \
+                admin_http.JSON
+        view = await self._admin_view()
+        if admin_http.wants_html(request, query):
+            return HTTPStatus.OK, admin_http.admin_page(view), "text/html; charset=utf-8"
+        return HTTPStatus.OK, orjson.dumps(view), admin_http.JSON
+
+    async def _admin_view(self) -> dict[str, Any]:
+        """The nodes of the deployment (as of the last heartbeat), this node's rooms with their tick figures,
+        and its players."""
+        assert self.node is not None and self.drainer is not None
+        node = self.node
+        stats = orjson.loads(await node.stats())
+        players = [{"player": seat.player_id, "room": room.room_id, "pid": seat.pid, "name": seat.name,
+                    "connected": seat.conn is not None}
+                   for room in list(node.rooms.values()) for seat in room.seats()]
+        live = self.hub.upkeep.live if self.hub is not None else []
+        return {"node": {"id": self.settings.node_id, **self.drainer.describe(), "uptime_s": stats["uptime_s"],
+                         "connections": node.connections, "accepting": node.accepting,
+                         "url": self.public_url},
+                "nodes": [{"id": info.node_id, "url": info.url, "load": info.load, "accepting": info.accepting,
+                           "state": info.state} for info in live],
+                "rooms": stats["rooms"], "players": players, "totals": stats["totals"]}
+
+    async def _read_now(self) -> Reading:
+        assert self.node is not None and self.drainer is not None
+        node, hub, records = self.node, self.hub, self.records
+        queue: dict[str, int] = {}
+        if hub is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    for mode, seating in hub.seatings.items():
+                        queue[mode] = await seating.queue_length()
+            except Exception:  # Redis down: the scrape answers without the queue lengths
+                stop_if_cancelled()
+                queue = {}
+        rooms = list(node.rooms.values())
+        return Reading(rooms_by_state=dict(Counter(room.phase.value for room in rooms)),
+                       players_connected=node.connections,
+                       lobby_waiting=len(hub.waiters) if hub is not None else 0, lobby_queue=queue,
+                       write_queue_depth=records.depth if records is not None else 0,
+                       write_retries=records.retries if records is not None else 0,
+                       writes=records.written if records is not None else 0,
+                       draining=self.drainer.state is not DrainState.SERVING,
+                       live_messages_out=sum(room.stats.sent_messages for room in rooms),
+                       live_bytes_out=sum(room.stats.sent_bytes for room in rooms))
+
     # -- handshake ---------------------------------------------------------------------------------
 
     async def _process_request(self, connection: GameConnection, request: Request) -> Response | None:
+        response = await self._answer(connection, request)
+        if response is not None and response.status_code >= 400:
+            try:  # every refusal is counted by its code (the body is small: {"error": CODE, "message": ...})
+                self.metrics.traffic.errors[str(orjson.loads(response.body)["error"])] += 1
+            except (ValueError, KeyError, TypeError):
+                self.metrics.traffic.errors["http_" + str(response.status_code)] += 1
+        return response
+
+    async def _answer(self, connection: GameConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         assert self.node is not None
@@ -243,6 +355,9 @@ class App:
             return json_response(HTTPStatus.OK, b'{"status":"ok"}')
         if url.path == "/stats":
             return json_response(HTTPStatus.OK, await self.node.stats())
+        if url.path in ("/readyz", "/metrics") or url.path.startswith("/admin"):
+            status, body, content_type = await self._operator(url.path, query, request)
+            return body_response(status, body, content_type)
         if url.path.startswith("/lobby/rooms") and self._lobby_http is not None:
             status, body = await self._lobby_http.answer(url.path, query)
             return json_response(status, body)
@@ -261,6 +376,7 @@ class App:
             identity = verify_token(self.settings.jwt_secret, token)
         except AuthError as error:
             return refuse(HTTPStatus.UNAUTHORIZED, ErrorCode(error.code), error.message)
+        PLAYER.set(identity.player_id)  # this connection's log lines name its player from here on
         if url.path == "/lobby":
             connection.identity = identity
             return None
@@ -341,6 +457,6 @@ class App:
         if ws.join_request is None:
             assert ws.identity is not None and self.hub is not None
             await LobbySession(self.hub, ws, ws.identity, self.settings, logging.getLogger("tickroom.lobby.session"),
-                               self.node.clock).run()
+                               self.node.clock, on_matched=self.metrics.lobby_wait.observe).run()
             return
         await PlayerSession(self.node, ws, ws.join_request, logging.getLogger("tickroom.session")).run()

@@ -36,4 +36,7 @@ def send_frames(connection: GameConnection, frames: bytes) -> bool:
     if transport.is_closing():
         return False
     transport.write(frames)
+    traffic = connection.listener.traffic
+    traffic.messages_out += 1
+    traffic.bytes_out += len(frames)
     return True

@@ -14,6 +14,7 @@ from game.arena import ArenaConfig, ArenaGame
 from game.base import GameFactory
 from server.auth import DEV_SECRET, mint_token
 from server.eventloop import run as run_on_loop
+from server.logs import configure_logging
 from server.settings import Settings, SettingsError, add_arguments
 
 log = logging.getLogger("tickroom")
@@ -23,14 +24,6 @@ def game_modes(settings: Settings) -> dict[str, GameFactory]:
     """The games this node offers, configured from the settings."""
     arena = ArenaConfig(time_limit_s=settings.match_time_s, kill_target=settings.kill_target)
     return {"arena": functools.partial(ArenaGame, config=arena)}
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    if level.upper() != "DEBUG":
-        # websockets logs every plain HTTP request (/stats, /healthz) at INFO.
-        logging.getLogger("tickroom.ws").setLevel(logging.WARNING)
 
 
 async def serve(settings: Settings) -> int:
@@ -63,6 +56,44 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _drain(settings: Settings, node_id: str, deadline_s: float | None, wait: bool) -> int:
+    """Ask a node to drain through Redis (it reads the request at its next heartbeat) and, with `wait`,
+    follow its state until it is drained."""
+    from lobby.nodes import NodeRegistry
+    from lobby.outage import lobby_client
+
+    if not settings.redis_url:
+        print("tickroom drain: set REDIS_URL (or --redis-url) to the deployment's Redis", file=sys.stderr)
+        return 2
+    client = lobby_client(settings.redis_url)
+    try:
+        registry = NodeRegistry(client, settings.lobby_prefix)
+        state = await registry.state_of(node_id)
+        if state is None:
+            print(f"tickroom drain: no live node {node_id!r} (prefix {settings.lobby_prefix!r})", file=sys.stderr)
+            return 1
+        deadline = settings.drain_deadline_s if deadline_s is None else deadline_s
+        await registry.request_drain(node_id, deadline)
+        print(f"asked node {node_id} to drain: its matches have {deadline:g} s to finish before they are "
+              f"handed to other nodes", flush=True)
+        if not wait:
+            return 0
+        shown = state
+        while True:
+            await asyncio.sleep(1.0)
+            state = await registry.state_of(node_id)
+            if state is None:
+                print(f"node {node_id} is gone (stopped before it reported drained)")
+                return 1
+            if state != shown:
+                print(f"node {node_id}: {state}", flush=True)
+                shown = state
+            if state == "drained":
+                return 0
+    finally:
+        await client.aclose()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickroom", description="Tickroom real-time game server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate_parser = commands.add_parser("migrate", help="apply the Postgres schema migrations")
     add_arguments(migrate_parser)
+
+    drain_parser = commands.add_parser(
+        "drain", help="take a node out of service: no new rooms, matches finish (or move at the deadline)")
+    drain_parser.add_argument("node", help="the node's id (TICKROOM_NODE_ID)")
+    drain_parser.add_argument("--deadline-s", type=float, default=None, dest="deadline",
+                              help="seconds the node's matches have to finish before they move to other nodes "
+                                   "[default: the node's drain_deadline_s setting here]")
+    drain_parser.add_argument("--no-wait", action="store_true", help="ask, and do not wait for 'drained'")
+    add_arguments(drain_parser)
 
     token_parser = commands.add_parser("token", help="print a development JWT for a player name")
     token_parser.add_argument("name", help="the player's display name (1 to 32 characters)")
@@ -108,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"tickroom: bad setting: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return run_on_loop(serve(settings))
     if args.command == "migrate":
         return run_on_loop(_migrate(settings))
+    if args.command == "drain":
+        if args.deadline is not None and not 0 <= args.deadline <= 86400:
+            parser.error("--deadline-s must be from 0 to 86400")
+        return run_on_loop(_drain(settings, args.node, args.deadline, not args.no_wait))
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -188,6 +188,7 @@ class GameConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
+        self.listener.traffic.bytes_in += len(data)
         if self._probe is not None:
             self._answered(True)
         protocol = self.protocol
@@ -218,6 +219,7 @@ class GameConnection(asyncio.Protocol):
                 break
             payload = apply_mask(data[start:stop], data[pos + 2:start])
             pos = stop
+            self.listener.traffic.messages_in += 1
             handler(payload, False)
         if pos < end:
             self._receive(data[pos:] if pos else data)
@@ -281,6 +283,7 @@ class GameConnection(asyncio.Protocol):
             self._fragments_binary = event.opcode is _BINARY
 
     def _deliver(self, payload: Payload, binary: bool) -> None:
+        self.listener.traffic.messages_in += 1
         handler = self.on_message
         if handler is not None:
             handler(payload, binary)

@@ -50,6 +50,7 @@ class ClientLink:
             self.ws.close(code, reason, last=text_frame(last) if last else b"")
 
     def refuse(self, error: ProtocolError) -> None:
+        self.ws.listener.traffic.errors[error.code.value] += 1
         message = error_message(error.code, error.message)
         if error.close is None:
             self.send(message)

@@ -6,6 +6,7 @@ timer per connection.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http
 import itertools
 import logging
@@ -18,6 +19,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from server.connection import GameConnection
+from server.logs import CONN
+from server.metrics import Traffic
 
 ProcessRequest = Callable[[GameConnection, Request], Awaitable[Response | None]]
 Handler = Callable[[GameConnection], Awaitable[None]]
@@ -38,8 +41,9 @@ class Listener:
     """`await Listener(...).start(host, port)`; `close()` then `await wait_closed()` to stop."""
 
     def __init__(self, process_request: ProcessRequest, handler: Handler, *, max_size: int, timeouts: Timeouts,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, traffic: Traffic | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.traffic = traffic or Traffic()  # what passes through the connections, for the node's metrics
         self.max_size = max_size
         self.logger = logger
         self.timeouts = timeouts
@@ -81,7 +85,10 @@ class Listener:
             self._all_gone.set_result(None)
 
     def handshake(self, conn: GameConnection, request: Request) -> None:
-        task = self.loop.create_task(self._serve(conn, request))
+        # The connection's task logs with its id (and, once authenticated, its player's: server/logs.py).
+        context = contextvars.Context()
+        context.run(CONN.set, conn.id)
+        task = self.loop.create_task(self._serve(conn, request), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -70,8 +70,11 @@ class LobbySession:
     """Runs one lobby connection; it is the hub's `Waiter` for its player."""
 
     def __init__(self, hub: LobbyHub, ws: GameConnection, identity: Identity, settings: Settings,
-                 logger: logging.Logger, clock: Callable[[], float]) -> None:
+                 logger: logging.Logger, clock: Callable[[], float],
+                 on_matched: Callable[[float], None] | None = None) -> None:
         self.hub = hub
+        self._on_matched = on_matched  # told each wait from `join` to `match_found`, in seconds (metrics)
+        self._joined_at: float | None = None
         self.ws = ws
         self.identity = identity
         self.settings = settings
@@ -142,6 +145,8 @@ class LobbySession:
         if self.phase not in (LobbyPhase.JOINING, LobbyPhase.WAITING):
             return
         self._to(LobbyPhase.MATCHED)
+        if self._on_matched is not None and self._joined_at is not None:
+            self._on_matched(self._clock() - self._joined_at)
         self.link.close(CloseCode.NORMAL, "match found", last=encode({
             "type": "match_found", "room": view.room_id, "mode": self.mode, "node": view.node,
             "url": f"{url}/game?room={view.room_id}&ticket={ticket}", "ticket": ticket,
@@ -215,6 +220,7 @@ class LobbySession:
             self.mode = msg.mode
             self._tried = True
             self._to(LobbyPhase.JOINING)
+            self._joined_at = self._clock()
             self._joining = self._loop.create_task(self._join())
         elif isinstance(msg, Leave):
             self._left = True

@@ -6,6 +6,7 @@ Every room runner is a task owned by the node's task group, so shutdown cancels 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -20,6 +21,7 @@ from lobby.upkeep import LocalState
 from persistence.snapshots import SnapshotStore
 from server.connection import GameConnection, JoinRequest
 from server.lifecycle import RoomPhase
+from server.metrics import NodeMetrics
 from server.protocol import CloseCode, ErrorCode, ProtocolError
 from server.room import Recorder, Room, Scorer, Seat
 from server.runner import RoomRunner
@@ -53,6 +55,9 @@ class Node:
         self.clock = clock
         self.started_at = clock()
         self.accepting = True
+        self.drain_state = "serving"  # server/drain.py
+        self._emptied = asyncio.Event()  # set while the node hosts no room
+        self._emptied.set()
         self._stats_task: asyncio.Future[bytes] | None = None
         self._stats_at = 0.0
         # Set by the app once Redis is configured: where lobby rooms report their players and their end.
@@ -66,6 +71,7 @@ class Node:
         # And where it finds those Redis has no snapshot of (mode, room ids -> room snapshots from Postgres).
         self.stored_rooms: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.metrics = NodeMetrics()  # the app shares its own (server/metrics.py)
 
     @staticmethod
     def wall_ms() -> int:
@@ -121,7 +127,7 @@ class Node:
         room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log, roster=join.roster,
                     node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer)
         self.rooms[join.room_id] = room
-        self._runners[join.room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{join.room_id}")
+        self._runners[join.room_id] = self._start_runner(room)
         log.info("room %s created (mode %s)", join.room_id, join.mode)
         return room
 
@@ -136,7 +142,7 @@ class Node:
         room = Room.restored(document, game, self.settings, self.clock(), logging.getLogger(f"tickroom.room.{mode}"),
                              node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer, told=told)
         self.rooms[room_id] = room
-        self._runners[room_id] = self._tasks.create_task(self._run_room(room), name=f"room:{room_id}")
+        self._runners[room_id] = self._start_runner(room)
         if room.roster is not None and self.lobby is not None:
             # Nobody is connected yet: each player has the reconnect grace to come back, as after a drop.
             loop = asyncio.get_running_loop()
@@ -174,9 +180,20 @@ class Node:
             if self.lobby is not None:
                 await self.lobby.give_back(mode, room_id)
 
+    async def idle(self) -> None:
+        """Until the node hosts no room."""
+        while self.rooms:
+            await self._emptied.wait()
+
+    def _start_runner(self, room: Room) -> asyncio.Task[None]:
+        self._emptied.clear()
+        # A fresh context: the room's log lines are not those of the player whose join created it.
+        return self._tasks.create_task(self._run_room(room), name=f"room:{room.room_id}", context=contextvars.Context())
+
     async def _run_room(self, room: Room) -> None:
         try:
-            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock, self._room_over).run()
+            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock, self._room_over,
+                             self.metrics).run()
         except Exception:
             # The runner handles the game's failures itself; this is the last guard so that a bug in
             # one room never reaches the task group, which would cancel every other room.
@@ -185,8 +202,15 @@ class Node:
             if self.rooms.get(room.room_id) is room:
                 del self.rooms[room.room_id]
                 del self._runners[room.room_id]
+                if not self.rooms:
+                    self._emptied.set()
             if not room.released:  # released first: shutdown or eviction, the match goes on elsewhere
                 room.record_unfinished("crashed" if room.failed is not None else "abandoned")
+            metrics = self.metrics
+            metrics.traffic.messages_out += room.stats.sent_messages
+            metrics.traffic.bytes_out += room.stats.sent_bytes
+            if room.started_ms is not None and not (room.released and room.end_reason is None):
+                metrics.matches_ended[room.end_reason or ("crashed" if room.failed is not None else "abandoned")] += 1
             self._room_over(room)
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
@@ -203,8 +227,9 @@ class Node:
         if room.roster is None or self.lobby is None:
             return
         timer = self._grace.pop((room.room_id, seat.player_id), None)
-        if timer is not None:
+        if timer is not None:  # back within the reconnect grace (after a drop, or into a restored match)
             timer.cancel()
+            self.metrics.reconnects += 1
         self.lobby.games.attached(room.mode, seat.player_id, room.room_id, conn_id)
 
     def unseated(self, room: Room, seat: Seat, conn_id: str, *, left: bool) -> None:
@@ -248,7 +273,8 @@ class Node:
 
     def lobby_state(self) -> LocalState:
         """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""
-        state = LocalState(load=len(self.rooms), accepting=self.accepting and len(self.rooms) < self.settings.max_rooms)
+        state = LocalState(load=len(self.rooms), accepting=self.accepting and len(self.rooms) < self.settings.max_rooms,
+                           state=self.drain_state)
         for room in self.rooms.values():
             if room.roster is not None:
                 state.rooms.setdefault(room.mode, set()).add(room.room_id)
@@ -265,6 +291,20 @@ class Node:
         for room in self.rooms.values():
             if room.phase is not RoomPhase.FINISHED:
                 room.released = True
+        for task in self._runners.values():
+            task.cancel()
+
+    def hand_off_rooms(self, last: bytes) -> None:
+        """Draining, at the deadline: the lobby moved these rooms to other nodes (which restore the running
+        ones from the snapshots just written); close them here without ending their matches, telling each
+        player `last` (a `reconnect`) first."""
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
+        for room in list(self.rooms.values()):
+            room.released = True
+            for conn in room.connections():
+                conn.close(CloseCode.GOING_AWAY, "node draining", last=last)
         for task in self._runners.values():
             task.cancel()
 

@@ -46,6 +46,9 @@ class ErrorCode(enum.StrEnum):
     PLAYER_NOT_FOUND = "player_not_found"
     MATCH_NOT_FOUND = "match_not_found"
     RECORDS_UNAVAILABLE = "records_unavailable"
+    # The operator's endpoints (/admin, /admin/drain).
+    ADMIN_TOKEN_INVALID = "admin_token_invalid"
+    BAD_REQUEST = "bad_request"
     # In-session `error` messages.
     BAD_JSON = "bad_json"
     BAD_MESSAGE = "bad_message"

@@ -258,6 +258,10 @@ class Room:
             except Exception:
                 self._fail("remove_player")
 
+    def seats(self) -> list[Seat]:
+        """Every seat, in join order (the admin view)."""
+        return list(self._seats.values())
+
     def is_connected(self, player_id: str) -> bool:
         seat = self._seats.get(player_id)
         return seat is not None and seat.conn is not None
@@ -480,8 +484,10 @@ class Room:
             return
         event_data = events[0] if len(events) == 1 else b"".join(events)
         data = event_data + state if event_data else state
+        messages = len(events) + (1 if state else 0)
         events.clear()
         limit = self.settings.slow_client_bytes
+        stats = self.stats
         for seat in self._connected:
             conn = seat.conn
             if conn is None or conn.protocol.state is not _OPEN:
@@ -500,6 +506,8 @@ class Room:
                 continue
             seat.slow_since = None
             transport.write(data)
+            stats.sent_messages += messages
+            stats.sent_bytes += len(data)
 
     def snapshot(self, wall_ms: int, *, record_positions: bool = False) -> bytes | None:
         """The running match as JSON for `room:ID:snapshot`: the seats in join order and the game's own

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from server.broadcast import send_frames
 from server.lifecycle import RoomPhase
+from server.metrics import NodeMetrics
 from server.protocol import CloseCode
 from server.room import Room
 
@@ -25,8 +26,9 @@ RESULT_WAIT_S = 10.0
 
 class RoomRunner:
     def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float],
-                 on_finished: Callable[[Room], None] | None = None) -> None:
+                 on_finished: Callable[[Room], None] | None = None, metrics: NodeMetrics | None = None) -> None:
         self.room = room
+        self.metrics = metrics or NodeMetrics()
         # Called once when the match ends, before the room lingers (the lobby frees its players then).
         self.on_finished = on_finished
         self.log = logger
@@ -41,10 +43,14 @@ class RoomRunner:
         interval = self.interval
         deadline = clock()
         linger = room.settings.end_linger_s
+        metrics = self.metrics
+        lateness_histogram, duration_histogram = metrics.tick_lateness, metrics.tick_duration
+        counted_start = room.started_ms is not None  # a restored match started elsewhere
         try:
             while True:
                 started = clock()
                 stats.lateness.add(started - deadline)
+                lateness_histogram.observe(started - deadline)
                 try:
                     room.tick(started)
                 except Exception:
@@ -54,6 +60,10 @@ class RoomRunner:
                     return
                 finished = clock()
                 stats.duration.add(finished - started)
+                duration_histogram.observe(finished - started)
+                if not counted_start and room.started_ms is not None:
+                    counted_start = True
+                    metrics.matches_started += 1
                 if room.phase is RoomPhase.FINISHED and room.finished_at is not None:
                     if self.on_finished is not None:
                         on_finished, self.on_finished = self.on_finished, None

@@ -33,6 +33,8 @@ def _default_node_id() -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    environment: str = _setting("development", "TICKROOM_ENV",
+                                "development or production; production refuses the development JWT secret")
     host: str = _setting("127.0.0.1", "TICKROOM_HOST", "address to listen on")
     port: int = _setting(8000, "TICKROOM_PORT", "TCP port for WebSocket and HTTP", low=0, high=65535)
     node_id: str = _setting("", "TICKROOM_NODE_ID", "this node's id (default: hostname plus a random suffix)")
@@ -67,6 +69,13 @@ class Settings:
                                             "seconds of skipped states before a slow client is dropped",
                                             low=0.1, high=600)
     log_level: str = _setting("INFO", "TICKROOM_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _setting("json", "TICKROOM_LOG_FORMAT",
+                               "json (one object per line) or text (for people)")
+    admin_token: str = _setting("", "TICKROOM_ADMIN_TOKEN",
+                                "bearer token for /admin and the drain call (unset: the admin view is off)")
+    drain_deadline_s: float = _setting(300.0, "TICKROOM_DRAIN_DEADLINE_S",
+                                       "seconds a draining node lets its running matches finish before it "
+                                       "hands them to other nodes", low=0, high=86400)
     public_url: str = _setting("", "TICKROOM_PUBLIC_URL",
                                "the ws:// URL players reach this node at (default: ws://HOST:PORT)")
     lobby_prefix: str = _setting("tickroom", "TICKROOM_LOBBY_PREFIX", "prefix of every lobby key in Redis")
@@ -156,6 +165,17 @@ class Settings:
                                 f"got {self.lobby_prefix!r}")
         if not self.jwt_secret:
             raise SettingsError("jwt_secret (TICKROOM_JWT_SECRET) must not be empty")
+        if self.environment not in ("development", "production"):
+            raise SettingsError(f"environment (TICKROOM_ENV) must be development or production, "
+                                f"got {self.environment!r}")
+        if self.environment != "development" and self.jwt_secret == DEV_SECRET:
+            raise SettingsError("jwt_secret (TICKROOM_JWT_SECRET) is the development secret, which anyone can "
+                                "read in the source: set a long random one (openssl rand -hex 32) in production")
+        if self.environment != "development" and len(self.jwt_secret) < 32:
+            raise SettingsError(f"jwt_secret (TICKROOM_JWT_SECRET) must be at least 32 characters in production, "
+                                f"got {len(self.jwt_secret)}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"log_format (TICKROOM_LOG_FORMAT) must be json or text, got {self.log_format!r}")
 
     @property
     def embedded(self) -> bool:

@@ -32,8 +32,9 @@ def slot_of(room_id: str, slots: int) -> int:
 
 class Snapshotter:
     def __init__(self, rooms: Callable[[], Iterable[Room]], store: SnapshotStore, every_s: float, *,
-                 positions_every: int = POSITIONS_EVERY) -> None:
+                 positions_every: int = POSITIONS_EVERY, on_slot: Callable[[float], None] | None = None) -> None:
         self._rooms = rooms
+        self._on_slot = on_slot  # told how long each slot's snapshots took to take and write (metrics)
         self.store = store
         self.slots = max(1, round(every_s / SLOT_S))
         self.slot_s = every_s / self.slots
@@ -79,6 +80,7 @@ class Snapshotter:
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += self.slot_s
+            began = time.perf_counter()
             snapshots = self.due(slot)
             slot = (slot + 1) % self.slots
             if slot == 0:
@@ -96,6 +98,8 @@ class Snapshotter:
                 log.exception("writing %d room snapshots failed", len(snapshots))
                 continue
             stop_if_cancelled()  # redis-py may have swallowed a cancellation in the save
+            if self._on_slot is not None and snapshots:
+                self._on_slot(time.perf_counter() - began)
             if self._failing:
                 log.info("room snapshots reach Redis again")
                 self._failing = False

@@ -43,7 +43,8 @@ def summarize_ms(values: Iterable[float]) -> dict[str, float]:
 
 
 class TickStats:
-    __slots__ = ("duration", "encodes", "late_resets", "lateness", "skipped_sends", "started_at", "ticks")
+    __slots__ = ("duration", "encodes", "late_resets", "lateness", "sent_bytes", "sent_messages", "skipped_sends",
+                 "started_at", "ticks")
 
     def __init__(self, started_at: float) -> None:
         self.lateness = RollingSamples()
@@ -52,4 +53,6 @@ class TickStats:
         self.encodes = 0
         self.skipped_sends = 0
         self.late_resets = 0
+        self.sent_messages = 0  # what the room's broadcasts wrote (for the node's metrics)
+        self.sent_bytes = 0
         self.started_at = started_at

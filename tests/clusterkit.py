@@ -181,7 +181,8 @@ class Cluster:
         found = []
         for log_path in sorted(self.tmp_path.glob("*.log")):
             for line in log_path.read_text(errors="replace").splitlines():
-                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+                if any(mark in line for mark in ('"level":"ERROR"', '"level":"CRITICAL"', " ERROR ", " CRITICAL ")) \
+                        or line.startswith("Traceback"):
                     found.append(f"{log_path.stem}: {line}")
         return found
 

@@ -24,9 +24,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from lobby.keys import LobbyKeys
 from tests.clusterkit import (
+    TICKROOM,
     Cluster,
     Dump,
     Message,
+    child_environment,
     dump,
     forget_everything,
     http_json,
@@ -423,6 +425,60 @@ async def test_after_redis_lost_everything_exactly_one_live_node_restores_a_dead
         counts = cluster.logged("restored from Postgres")
         assert counts[new_host] == 1 and sum(counts.values()) == 1, counts
         for game in games:
+            with contextlib.suppress(Exception):
+                await game.close()
+        assert cluster.problems() == []
+
+
+# -- draining a node ------------------------------------------------------------------------------------------
+
+async def test_a_drained_node_hands_its_match_to_another_where_every_player_finishes_it(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--snapshot-every-s", "1", "--match-time-s", "10", "--end-linger-s", "0.5") \
+            as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"d{i}") for i in range(3)]
+        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
+        founds = [await match_of(ws) for ws in lobbies]
+        room = founds[0]["room"]
+        assert {found["node"] for found in founds} == {HOST}
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+        await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')
+
+        # `tickroom drain`, through Redis, with one second for the match to finish (it will not): handed off.
+        drain = await asyncio.create_subprocess_exec(
+            TICKROOM, "drain", HOST, "--deadline-s", "1", "--redis-url", cluster.redis_url,
+            "--lobby-prefix", prefix, "--log-format", "text", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=child_environment())
+        told = [await recv_until(game, is_type("reconnect"), timeout=15) for game in games]
+        assert {message["reason"] for message in told} == {"drain"}
+        out, err = await asyncio.wait_for(drain.communicate(), 20)
+        assert drain.returncode == 0, (out, err)
+        assert b"drained" in out
+        assert await client.hget(f"{prefix}:node:{HOST}", "state") == "drained"
+
+        # Every player comes back through a lobby into the same match, on another node, and plays it out.
+        back = []
+        for token in tokens:
+            found = await match_of(await join_lobby(cluster, OTHER, token))
+            assert found["room"] == room and found["node"] in (FRONT, OTHER), found
+            game, welcome = await play(token, found)
+            assert welcome["state"] == "running", welcome
+            back.append(game)
+        ends = [await recv_until(game, is_type("match_end"), timeout=20) for game in back]
+        assert {end["match"] for end in ends} == {ends[0]["match"]} and ends[0]["reason"] == "time"
+        await recv_until(back[0], is_event("result_saved"), timeout=15)
+        conn = await asyncpg.connect(cluster.database_url)
+        try:
+            rows = await conn.fetch("SELECT id, state, node FROM matches WHERE room_id = $1", room)
+            lines = await conn.fetchval("SELECT count(*) FROM match_players WHERE match_id = $1", rows[0]["id"])
+        finally:
+            await conn.close()
+        assert [(str(row["id"]), row["state"]) for row in rows] == [(ends[0]["match"], "finished")]
+        assert rows[0]["node"] in (FRONT, OTHER) and lines == 3
+        for game in back:
             with contextlib.suppress(Exception):
                 await game.close()
         assert cluster.problems() == []

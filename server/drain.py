@@ -1,0 +1,117 @@
+"""Taking a node out of service without kicking anyone (`tickroom drain NODE`, or the admin call).
+
+serving → draining: the node takes no new rooms (its heartbeat says so, and the lobby places rooms
+elsewhere); its running matches play on to their end. When none is left, or at the deadline:
+draining → handing_off: its rooms' snapshots go to Redis, the node sweeps itself (the lobby moves its rooms
+to other nodes, which restore the running ones from those snapshots, as after a crash), and its players are
+told to `reconnect`: they come back through the lobby into the same match on its new host.
+→ drained: no room is left; its lobby connections are told to reconnect too. The node stays up, idle, until
+the operator stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from lobby.hub import LobbyHub
+from server.broadcast import text_frame
+from server.link import ClientLink
+from server.node import Node
+from server.protocol import CloseCode, encode
+from server.snapshotter import Snapshotter
+
+log = logging.getLogger("tickroom.drain")
+
+RECONNECT_RETRY_MS = 1000
+
+
+class DrainState(enum.Enum):
+    SERVING = "serving"
+    DRAINING = "draining"
+    HANDING_OFF = "handing_off"
+    DRAINED = "drained"
+
+
+RECONNECT_DRAIN = encode({"type": "reconnect", "reason": "drain", "retry_ms": RECONNECT_RETRY_MS})
+
+
+class Drainer:
+    def __init__(self, node: Node, hub: LobbyHub | None, snapshotter: Snapshotter | None,
+                 lobby_links: Callable[[], Iterable[ClientLink]], spawn: Callable[..., asyncio.Task[None]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.hub = hub
+        self.snapshotter = snapshotter
+        self._lobby_links = lobby_links
+        self._spawn = spawn
+        self.clock = clock
+        self._state = DrainState.SERVING
+        self.deadline: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> DrainState:
+        return self._state
+
+    @state.setter
+    def state(self, state: DrainState) -> None:
+        self._state = state
+        self.node.drain_state = state.value  # the heartbeat tells the lobby (and `tickroom drain`)
+
+    def start(self, deadline_s: float) -> bool:
+        """Begin draining (the deadline counts from now); False when the node drains already."""
+        if self.state is not DrainState.SERVING:
+            return False
+        self.state = DrainState.DRAINING
+        self.node.accepting = False
+        self.deadline = self.clock() + deadline_s
+        log.warning("draining: no new rooms; %d room(s) have %g s to finish before they are handed to other nodes",
+                    len(self.node.rooms), deadline_s)
+        self._task = self._spawn(self._run(), name="drain")
+        return True
+
+    def describe(self) -> dict[str, object]:
+        left = None if self.deadline is None else max(0.0, round(self.deadline - self.clock(), 3))
+        return {"state": self.state.value, "rooms": len(self.node.rooms), "deadline_in_s": left}
+
+    async def _run(self) -> None:
+        assert self.deadline is not None
+        try:
+            async with asyncio.timeout(max(0.0, self.deadline - self.clock())):
+                await self.node.idle()  # every match played to its end
+        except TimeoutError:
+            while True:
+                if not self.node.rooms or await self._hand_off():
+                    break
+                await asyncio.sleep(self.node.settings.node_heartbeat_s)  # no other node takes rooms yet
+            await self.node.idle()  # the rooms handed off close (their runners end)
+        for link in list(self._lobby_links()):  # players waiting in the lobby through this node go elsewhere
+            link.close(CloseCode.GOING_AWAY, "node drained", last=RECONNECT_DRAIN)
+        self.state = DrainState.DRAINED
+        log.warning("drained: no room left on this node; it can be stopped")
+
+    async def _hand_off(self) -> bool:
+        """Snapshot the rooms left, move them to other nodes through the lobby's sweep of this node, and tell
+        their players to reconnect. False when no other node takes rooms (nothing was changed)."""
+        hub = self.hub
+        if hub is None:  # no lobby: nobody could take the rooms; they end here
+            log.warning("draining without a lobby: closing %d room(s)", len(self.node.rooms))
+            self.state = DrainState.HANDING_OFF
+            self.node.hand_off_rooms(text_frame(RECONNECT_DRAIN))
+            return True
+        new_host = hub.upkeep.pick_host()
+        if not new_host or new_host == self.node.settings.node_id:
+            log.warning("draining: no other node takes rooms; %d room(s) stay here for now", len(self.node.rooms))
+            return False
+        self.state = DrainState.HANDING_OFF
+        if self.snapshotter is not None:
+            saved = await self.snapshotter.save_all(timeout=2.0)
+            log.info("draining: snapshots of %d running room(s) written", saved)
+        await hub.hand_off()
+        self.node.hand_off_rooms(text_frame(RECONNECT_DRAIN))
+        log.warning("draining: rooms handed to other nodes; their players were told to reconnect")
+        return True
