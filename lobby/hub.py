@@ -11,6 +11,7 @@ chores (heartbeat, presence, sweeps, expiry) are lobby/upkeep.py's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -141,9 +142,9 @@ class LobbyHub:
                              heartbeat_s=config.heartbeat_s,
                              presence_every_s=config.presence_every_s, adopt=adopt)
 
-    async def hand_off(self) -> None:
-        """Draining: the lobby moves this node's rooms to other nodes (`Upkeep.hand_off`)."""
-        await self.upkeep.hand_off()
+    async def hand_off(self, new_host: str) -> None:
+        """Draining: the lobby moves this node's rooms to `new_host` (`Upkeep.hand_off`)."""
+        await self.upkeep.hand_off(new_host)
 
     def count_errors(self, tally: Counter[str]) -> None:
         """Count every Redis failure of the hub's loops in `tally["redis"]` (the node's metrics)."""
@@ -195,7 +196,9 @@ class LobbyHub:
             except Exception:
                 log.exception("lobby task %s failed", name)
 
-        task = asyncio.get_running_loop().create_task(guarded(), name=name)
+        # A context of its own: the task serves the lobby as a whole, not the connection that happened to start
+        # it (whose log context it would otherwise carry: server/logs.py).
+        task = asyncio.get_running_loop().create_task(guarded(), name=name, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -437,7 +440,8 @@ class LobbyHub:
         if old is not None:
             old.cancel()
         delay = max(0.0, (ends_ms - self.wall_ms()) / 1000.0) + START_SLACK_S
-        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._countdown_over, key)
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._countdown_over, key,
+                                                                  context=contextvars.Context())
 
     def _countdown_over(self, key: RoomKey) -> None:
         self._timers.pop(key, None)
@@ -539,7 +543,8 @@ class LobbyHub:
             return
         self._dirty.add(key)
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_dirty())
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_dirty(),
+                                                                      context=contextvars.Context())
 
     async def _refresh_dirty(self) -> None:
         await asyncio.sleep(0)  # gather the notices of one burst into one read

@@ -59,8 +59,9 @@ class NodeRegistry:
         return bool(replies[0]), None if drain is None else float(text(drain))
 
     async def request_drain(self, node_id: str, deadline_s: float) -> None:
-        """Ask a node to drain (it reads this at its next heartbeat); kept a day."""
-        await self.client.set(self.drain_key(node_id), repr(float(deadline_s)), ex=86400)
+        """Ask a node to drain (it reads this at its next heartbeat, and deletes it); kept a minute at most, so
+        that a node started again later under this id does not take it for its own."""
+        await self.client.set(self.drain_key(node_id), repr(float(deadline_s)), ex=60)
 
     async def clear_drain(self, node_id: str) -> None:
         """The node took the request (a node started again under this id must not drain at once)."""

@@ -212,9 +212,11 @@ class Seating:
         return await self._call("expire", now_ms, room_id, "1" if host_alive else "0",
                                 orjson.dumps(list(new_room_ids)).decode(), new_room_node)
 
-    async def sweep(self, dead_node: str, now_ms: int, *, new_host: str, alive_key: str = "") -> Outcome:
-        """Sweep up after a dead node ('alive', changing nothing, while `alive_key`, its heartbeat, exists)."""
-        return await self._call("sweep", now_ms, dead_node, new_host, alive_key)
+    async def sweep(self, dead_node: str, now_ms: int, *, new_host: str, alive_key: str = "",
+                    hand_off: bool = False) -> Outcome:
+        """Sweep up after a dead node ('alive', changing nothing, while `alive_key`, its heartbeat, exists), or,
+        with `hand_off`, move a draining node's rooms to `new_host` leaving its players' seats alone."""
+        return await self._call("sweep", now_ms, dead_node, new_host, alive_key, "1" if hand_off else "0")
 
     async def reclaim_many(self, node: str, now_ms: int, claims: Sequence[Claim]) -> list[Outcome]:
         """Claim live matches the lobby lost for `node` (recovery from Postgres; for each, exactly one caller

@@ -111,6 +111,10 @@ class Upkeep:
                     if drain is not None and self.on_drain is not None:
                         self.on_drain(drain)
                         await self.registry.clear_drain(self.node_id)
+                        # Say "not accepting" at once rather than at the next heartbeat: fewer rooms land here.
+                        state = self._local_state()
+                        await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
+                                                      accepting=state.accepting, state=state.state)
                     if not was_alive and self._beats:
                         await self._fence()
                     self._beats += 1
@@ -194,13 +198,21 @@ class Upkeep:
         await self.registry.forget(dead)
         self.urls.pop(dead, None)
 
-    async def hand_off(self) -> None:
-        """Draining: move this node's rooms to other nodes, as a sweep of a dead node would (the running ones
-        for the new host to restore from their snapshots), while this node lives on, idle."""
+    async def hand_off(self, new_host: str) -> None:
+        """Draining: move this node's rooms to `new_host`, as a sweep of a dead node would (the running ones
+        for it to restore from their snapshots), while this node lives on, idle; players waiting through this
+        node keep their seats."""
         for mode, seating in self.seatings.items():
-            outcome = await seating.sweep(self.node_id, self.wall_ms(), new_host=self.pick_host())
+            outcome = await seating.sweep(self.node_id, self.wall_ms(), new_host=new_host, hand_off=True)
             log.info("handed off this node's rooms (%s): %s", mode, outcome.counts)
             self._publish(mode, outcome)
+
+    async def rooms_assigned(self) -> int:
+        """How many rooms the lobby has on this node (those it hosts, and those still forming for it)."""
+        total = 0
+        for seating in self.seatings.values():
+            total += int(await seating.client.scard(seating.keys.node_rooms(self.node_id)))
+        return total
 
     async def presence_loop(self) -> None:
         backoff = Backoff(tally=self.tally)

@@ -193,7 +193,8 @@ class App:
             node.told = self.leaderboard.told
             self._leaderboard_task = self._tasks.create_task(self._run_leaderboard(), name="leaderboard")
             self.recovery = PostgresRecovery(settings, self.hub, self._records_http.with_conn, self.records.submit,
-                                             node.restore_room, node.told, lambda: node.rooms.keys(), self.modes)
+                                             node.restore_room, node.told, lambda: node.rooms.keys(), self.modes,
+                                             accepting=lambda: node.accepting)
             node.stored_rooms = self.recovery.documents
             self._recovery_task = self._tasks.create_task(self.recovery.run(), name="recovery")
             self.hub.upkeep.on_swept = self._take_over_writes
@@ -340,7 +341,8 @@ class App:
 
     async def _process_request(self, connection: GameConnection, request: Request) -> Response | None:
         response = await self._answer(connection, request)
-        if response is not None and response.status_code >= 400:
+        operator = request.path.startswith(("/readyz", "/admin", "/metrics"))  # probes are not client errors
+        if response is not None and response.status_code >= 400 and not operator:
             try:  # every refusal is counted by its code (the body is small: {"error": CODE, "message": ...})
                 self.metrics.traffic.errors[str(orjson.loads(response.body)["error"])] += 1
             except (ValueError, KeyError, TypeError):
@@ -378,6 +380,11 @@ class App:
             return refuse(HTTPStatus.UNAUTHORIZED, ErrorCode(error.code), error.message)
         PLAYER.set(identity.player_id)  # this connection's log lines name its player from here on
         if url.path == "/lobby":
+            assert self.drainer is not None
+            if self.drainer.state is not DrainState.SERVING:
+                # The load balancer in front (docs/operations.md) passes a 503 on to another node.
+                return refuse(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.NODE_DRAINING,
+                              "this node is being taken out of service; join through another node")
             connection.identity = identity
             return None
         tickets = query.get("ticket")

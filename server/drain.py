@@ -1,23 +1,27 @@
 """Taking a node out of service without kicking anyone (`tickroom drain NODE`, or the admin call).
 
 serving → draining: the node takes no new rooms (its heartbeat says so, and the lobby places rooms
-elsewhere); its running matches play on to their end. When none is left, or at the deadline:
-draining → handing_off: its rooms' snapshots go to Redis, the node sweeps itself (the lobby moves its rooms
-to other nodes, which restore the running ones from those snapshots, as after a crash), and its players are
+elsewhere) and no new lobby connections (503 `node_draining`); its matches play on to their end, including
+those of lobby rooms placed on it just before. When none is left (here, or forming for it in the lobby):
+drained. At the deadline, draining → handing_off: its rooms' snapshots go to Redis, the lobby moves its rooms
+to another node (which restores the running ones from those snapshots, as after a crash) and its players are
 told to `reconnect`: they come back through the lobby into the same match on its new host.
-→ drained: no room is left; its lobby connections are told to reconnect too. The node stays up, idle, until
-the operator stops it.
+→ drained: no room is left; players still waiting in the lobby through this node are told to reconnect (their
+seats wait for them). The node stays up, idle, until the operator stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import enum
 import logging
 import time
 from collections.abc import Callable, Iterable
 
 from lobby.hub import LobbyHub
+from lobby.outage import stop_if_cancelled
 from server.broadcast import text_frame
 from server.link import ClientLink
 from server.node import Node
@@ -63,15 +67,22 @@ class Drainer:
         self.node.drain_state = state.value  # the heartbeat tells the lobby (and `tickroom drain`)
 
     def start(self, deadline_s: float) -> bool:
-        """Begin draining (the deadline counts from now); False when the node drains already."""
+        """Begin draining (the deadline counts from now), or bring the deadline of a drain under way closer;
+        False when there is nothing to change."""
+        deadline = self.clock() + deadline_s
+        if self.state is DrainState.DRAINING and self.deadline is not None and deadline < self.deadline:
+            self.deadline = deadline
+            log.warning("draining: the deadline is now in %g s", deadline_s)
+            return True
         if self.state is not DrainState.SERVING:
             return False
         self.state = DrainState.DRAINING
         self.node.accepting = False
-        self.deadline = self.clock() + deadline_s
+        self.deadline = deadline
         log.warning("draining: no new rooms; %d room(s) have %g s to finish before they are handed to other nodes",
                     len(self.node.rooms), deadline_s)
-        self._task = self._spawn(self._run(), name="drain")
+        # A context of its own: the drain's log lines are not those of the request that asked for it.
+        self._task = self._spawn(self._run(), name="drain", context=contextvars.Context())
         return True
 
     def describe(self) -> dict[str, object]:
@@ -79,20 +90,46 @@ class Drainer:
         return {"state": self.state.value, "rooms": len(self.node.rooms), "deadline_in_s": left}
 
     async def _run(self) -> None:
+        step = self.node.settings.node_heartbeat_s
+        while True:
+            try:
+                await self._drain()
+                return
+            except Exception:  # Redis failing mid hand-off, say: never take the node's other tasks down
+                stop_if_cancelled()
+                log.exception("draining failed; trying again")
+                if self.state is DrainState.HANDING_OFF:
+                    self.state = DrainState.DRAINING
+                await asyncio.sleep(step)
+
+    async def _drain(self) -> None:
         assert self.deadline is not None
-        try:
-            async with asyncio.timeout(max(0.0, self.deadline - self.clock())):
-                await self.node.idle()  # every match played to its end
-        except TimeoutError:
-            while True:
-                if not self.node.rooms or await self._hand_off():
+        step = self.node.settings.node_heartbeat_s
+        # The matches play on until none is left here, nor forming for this node in the lobby; or the deadline.
+        while (remaining := self.deadline - self.clock()) > 0:
+            if not self.node.rooms:
+                if not await self._assigned():
                     break
-                await asyncio.sleep(self.node.settings.node_heartbeat_s)  # no other node takes rooms yet
-            await self.node.idle()  # the rooms handed off close (their runners end)
-        for link in list(self._lobby_links()):  # players waiting in the lobby through this node go elsewhere
-            link.close(CloseCode.GOING_AWAY, "node drained", last=RECONNECT_DRAIN)
+                await asyncio.sleep(min(step, remaining))  # a lobby room placed here is still forming
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.node.idle(), min(step, remaining))
+        while self.node.rooms or await self._assigned():
+            if await self._hand_off():
+                break
+            await asyncio.sleep(step)  # no other node takes rooms yet
+        await self.node.idle()  # the rooms handed off close (their runners end)
+        self._send_lobby_elsewhere()
         self.state = DrainState.DRAINED
         log.warning("drained: no room left on this node; it can be stopped")
+
+    async def _assigned(self) -> int:
+        return await self.hub.upkeep.rooms_assigned() if self.hub is not None else 0
+
+    def _send_lobby_elsewhere(self) -> None:
+        """Players waiting in the lobby through this node reconnect through another (their seats wait)."""
+        for link in list(self._lobby_links()):
+            link.close(CloseCode.GOING_AWAY, "node drained", last=RECONNECT_DRAIN)
 
     async def _hand_off(self) -> bool:
         """Snapshot the rooms left, move them to other nodes through the lobby's sweep of this node, and tell
@@ -111,7 +148,8 @@ class Drainer:
         if self.snapshotter is not None:
             saved = await self.snapshotter.save_all(timeout=2.0)
             log.info("draining: snapshots of %d running room(s) written", saved)
-        await hub.hand_off()
+        await hub.hand_off(new_host)
         self.node.hand_off_rooms(text_frame(RECONNECT_DRAIN))
+        self._send_lobby_elsewhere()
         log.warning("draining: rooms handed to other nodes; their players were told to reconnect")
         return True

@@ -3,8 +3,9 @@ connection and the player it concerns when there is one, so that one player's wa
 and persistence can be followed (`grep '"player":"ID"'`).
 
 The connection id and player id are context variables: the listener sets them in each connection's task, and
-everything that task logs or starts (a lobby call, a write it submits) carries them. Room tasks start with an
-empty context: a room is nobody's in particular.
+what that task logs carries them (its session, its lobby calls). Tasks that serve everyone start with an empty
+context: rooms, the lobby's background work, the drain. Writes to Postgres run in the write queue's worker:
+their lines name the match and its `players` instead, so `grep PLAYER_ID` follows a player into Postgres too.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+ROOM_STATES = ("waiting", "countdown", "running", "finished")
 # Seconds: tick work and lateness live around the 15 ms period; waits and snapshot rounds are longer.
 TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.010, 0.015, 0.025, 0.050, 0.100, 0.250, 1.0)
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -98,8 +99,8 @@ class NodeCollector:
         m, reading = self.metrics, self._read()
         traffic = m.traffic
         rooms = GaugeMetricFamily("tickroom_rooms", "Rooms on this node by state", labels=["state"])
-        for state, count in sorted(reading.rooms_by_state.items()):
-            rooms.add_metric([state], count)
+        for state in ROOM_STATES:
+            rooms.add_metric([state], reading.rooms_by_state.get(state, 0))
         yield rooms
         yield GaugeMetricFamily("tickroom_players_connected", "Players with a game connection to this node",
                                 value=reading.players_connected)

@@ -117,7 +117,9 @@ class Node:
             if join.roster is not None:
                 room.admit(join.roster)
             return room
-        if not self.accepting:
+        if not self.accepting and join.roster is None:
+            # A draining node still hosts the lobby's rooms placed on it before the lobby knew (the ticket says
+            # so); it only refuses new development rooms.
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node is not taking new rooms", CloseCode.POLICY)
         if len(self.rooms) >= self.settings.max_rooms:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node hosts as many rooms as it may", CloseCode.POLICY)

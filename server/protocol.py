@@ -48,6 +48,7 @@ class ErrorCode(enum.StrEnum):
     RECORDS_UNAVAILABLE = "records_unavailable"
     # The operator's endpoints (/admin, /admin/drain).
     ADMIN_TOKEN_INVALID = "admin_token_invalid"
+    NODE_DRAINING = "node_draining"
     BAD_REQUEST = "bad_request"
     # In-session `error` messages.
     BAD_JSON = "bad_json"

@@ -53,7 +53,8 @@ class PostgresRecovery:
                  restore: Callable[[dict[str, Any], dict[str, int] | None], object],
                  told: Callable[[str, list[str]], Awaitable[dict[str, dict[str, int]]]],
                  hosted: Callable[[], Iterable[str]], modes: Iterable[str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, accepting: Callable[[], bool] = lambda: True) -> None:
+        self._accepting = accepting  # a draining node claims nothing
         self.settings = settings
         self.node_id = settings.node_id
         self.hub = hub
@@ -102,6 +103,8 @@ class PostgresRecovery:
 
     async def scan(self) -> int:
         """One pass; how many matches this node claimed."""
+        if not self._accepting():
+            return 0
         live = {node.node_id for node in self.hub.upkeep.live} - {self.node_id}
         matches: list[LiveMatch] = await self._read(lambda conn: live_matches_elsewhere(conn, live))
         orphaned = self._orphaned(matches)

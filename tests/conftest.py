@@ -15,7 +15,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
+from persistence.migrate import migrate_url
 from server.embedded import LocalPostgres, LocalRedis
 
 
@@ -68,6 +70,33 @@ def redis_url(redis_server: LocalRedis | ExternalServer) -> str:
 @pytest.fixture(scope="session")
 def database_url(postgres_server: LocalPostgres | ExternalServer) -> str:
     return postgres_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the session's Redis (bytes replies)."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client with text replies that waits for a free connection instead of failing when many calls run at
+    once (a module may define its own `client`)."""
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=32, timeout=10,
+                                                    decode_responses=True)
+    client = aioredis.Redis(connection_pool=pool)
+    yield client
+    await client.aclose()
+    await pool.aclose()
+
+
+@pytest.fixture
+async def migrated(fresh_database: str) -> str:
+    """A database of its own with the schema applied."""
+    await migrate_url(fresh_database)
+    return fresh_database
 
 
 @pytest.fixture

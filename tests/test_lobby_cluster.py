@@ -92,6 +92,17 @@ async def play(token: str, found: Message) -> tuple[ClientConnection, Message]:
     return ws, await recv_until(ws, lambda m: m["type"] in ("welcome", "error"))
 
 
+async def playing_on_the_host(cluster: Cluster, tokens: list[str]) -> tuple[str, list[ClientConnection]]:
+    """These players matched through b-front's lobby into one room on a-host, each in the game, which runs."""
+    lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
+    founds = [await match_of(ws) for ws in lobbies]
+    room = founds[0]["room"]
+    assert {(found["room"], found["node"]) for found in founds} == {(room, HOST)}
+    games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+    await recv_until(games[0], is_event("phase", state="running"))
+    return room, games
+
+
 def room_key(prefix: str, room_id: str) -> str:
     return f"{prefix}:{{arena}}:room:{room_id}"
 
@@ -175,12 +186,7 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
     async with cluster_of(prefix, "--snapshot-every-s", "1", "--reconnect-grace-s", "30") as cluster:
         await wait_nodes_surveyed(client, prefix, NODE_IDS)
         tokens = [new_token(f"k{i}") for i in range(3)]
-        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
-        founds = [await match_of(ws) for ws in lobbies]
-        room = founds[0]["room"]
-        assert {found["node"] for found in founds} == {HOST}
-        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
-        await recv_until(games[0], is_event("phase", state="running"))
+        room, games = await playing_on_the_host(cluster, tokens)
         await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')  # one player moves, so positions differ
         keys = LobbyKeys(prefix, "arena")
         snapshot_key = keys.room_snapshot(room)
@@ -282,12 +288,7 @@ async def a_running_match_with_positions_in_postgres(cluster: Cluster, client: a
                                                      tokens: list[str]) -> tuple[str, list[ClientConnection]]:
     """Three players matched through b-front play on a-host; one moves, then all stand still until Postgres has
     positions from after that: what a restore from Postgres must give back."""
-    lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
-    founds = [await match_of(ws) for ws in lobbies]
-    room = founds[0]["room"]
-    assert {found["node"] for found in founds} == {HOST}
-    games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
-    await recv_until(games[0], is_event("phase", state="running"))
+    room, games = await playing_on_the_host(cluster, tokens)
     await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')
     moving = await recv_until(games[0], lambda m: m["type"] == "state" and m["t"] > 1500)
     await games[0].send('{"type":"input","seq":2,"dx":0,"dy":0}')
@@ -351,11 +352,7 @@ async def test_a_killed_hosts_match_with_no_snapshot_yet_is_restored_from_postgr
     async with cluster_of(prefix, "--snapshot-every-s", "600", "--reconnect-grace-s", "30") as cluster:
         await wait_nodes_surveyed(client, prefix, NODE_IDS)
         tokens = [new_token(f"s{i}") for i in range(3)]
-        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
-        founds = [await match_of(ws) for ws in lobbies]
-        room = founds[0]["room"]
-        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
-        await recv_until(games[0], is_event("phase", state="running"))
+        room, _ = await playing_on_the_host(cluster, tokens)
 
         async def started_in_postgres() -> bool:
             return len((await positions_in_postgres(cluster.database_url, room))[1]) == 3
@@ -439,12 +436,7 @@ async def test_a_drained_node_hands_its_match_to_another_where_every_player_fini
             as cluster:
         await wait_nodes_surveyed(client, prefix, NODE_IDS)
         tokens = [new_token(f"d{i}") for i in range(3)]
-        lobbies = [await join_lobby(cluster, FRONT, token) for token in tokens]
-        founds = [await match_of(ws) for ws in lobbies]
-        room = founds[0]["room"]
-        assert {found["node"] for found in founds} == {HOST}
-        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
-        await recv_until(games[0], is_event("phase", state="running"))
+        room, games = await playing_on_the_host(cluster, tokens)
         await games[0].send('{"type":"input","seq":1,"dx":1,"dy":0}')
 
         # `tickroom drain`, through Redis, with one second for the match to finish (it will not): handed off.

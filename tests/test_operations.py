@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from persistence.migrate import migrate_url
 from server import configdoc
@@ -21,7 +22,7 @@ from server.app import App
 from server.auth import DEV_SECRET
 from server.logs import CONN, PLAYER, ContextFilter, JsonFormatter
 from server.settings import Settings, SettingsError
-from tests.serverkit import is_event, is_type, join_game, new_token, recv_until, start_lobby_app
+from tests.serverkit import is_event, is_type, join_game, join_lobby, new_token, recv_until, start_lobby_app
 
 ADMIN = "admin-" + uuid.uuid4().hex
 
@@ -174,6 +175,8 @@ async def test_a_drain_call_must_name_the_node_and_then_stops_new_rooms_and_read
     assert ready["ready"] is False and ready["checks"]["draining"]["ok"] is False
     _, refused = await join_game(node, "after-drain", token=new_token())
     assert (refused["type"], refused["code"]) == ("error", "server_full")
+    status, _, body = await get(node, "/lobby", bearer(new_token()))
+    assert (status, orjson.loads(body)["error"]) == (503, "node_draining")  # the balancer tries another node
     found = samples((await get(node, "/metrics"))[2])
     assert found[("tickroom_draining", ())] == 1
 
@@ -204,6 +207,50 @@ async def test_a_drain_lets_a_running_match_finish_then_reports_drained(node: Ap
     assert node.drainer.state.value == "drained"
     await ann.close()
     await bob.close()
+
+
+async def test_a_draining_node_still_hosts_the_lobby_room_that_was_forming_for_it(
+        redis_url: str, fresh_database: str) -> None:
+    """A room the lobby placed on the node before the drain fills up through another node's lobby and starts:
+    its players are seated here, play the match out, and only then is the node drained."""
+    await migrate_url(fresh_database)
+    options: dict[str, Any] = {"database_url": fresh_database, "persist": True, "min_players": 2,
+                               "max_players": 2, "match_time_s": 2, "admin_token": ADMIN,
+                               "lobby_prefix": f"t{uuid.uuid4().hex[:10]}"}
+    draining = await start_lobby_app(redis_url, node_id="node-draining", **options)
+    other = await start_lobby_app(redis_url, node_id="node-other", **options)
+    try:
+        first_token, second_token = new_token("ann"), new_token("bob")
+        first = await join_lobby(draining, first_token)
+        waiting = await recv_until(first, lambda m: m["type"] == "lobby" and m["status"] == "waiting")
+        assert draining.hub is not None
+        record = await draining.hub.room("arena", waiting["room"])
+        assert record is not None and record.node == "node-draining"
+        path = "/admin/drain?node=node-draining&deadline_s=60"
+        assert (await get(draining, path, bearer(ADMIN)))[0] == 200
+        second = await join_lobby(other, second_token)  # the room on the draining node is the fullest open one
+        founds = [await recv_until(ws, is_type("match_found"), timeout=10) for ws in (first, second)]
+        assert {found["node"] for found in founds} == {"node-draining"}
+        games = []
+        for token, found in zip((first_token, second_token), founds, strict=True):
+            game = await connect(found["url"], additional_headers=bearer(token), open_timeout=5)
+            await game.send('{"type":"hello","v":1}')
+            welcome = await recv_until(game, lambda m: m["type"] in ("welcome", "error"))
+            assert welcome["type"] == "welcome", welcome
+            games.append(game)
+        end = await recv_until(games[0], is_type("match_end"), timeout=10)
+        assert end["reason"] == "time"
+        assert draining.drainer is not None
+        for _ in range(300):
+            if draining.drainer.state.value == "drained":
+                break
+            await asyncio.sleep(0.05)
+        assert draining.drainer.state.value == "drained"
+        for game in games:
+            await game.close()
+    finally:
+        await other.__aexit__(None, None, None)
+        await draining.__aexit__(None, None, None)
 
 
 # -- logs ------------------------------------------------------------------------------------------------------

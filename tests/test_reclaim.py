@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys
@@ -24,17 +23,6 @@ T = 1_000_000
 CREATED_MS = T - 90_000
 OLD_NODE = "node-dead"  # the host the match had in Postgres
 STARTED_MS = T - 80_000
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    # Waits for a free connection instead of failing when many calls run at once.
-    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=32, timeout=10,
-                                                    decode_responses=True)
-    client = aioredis.Redis(connection_pool=pool)
-    yield client
-    await client.aclose()
-    await pool.aclose()
 
 
 def seating(client: aioredis.Redis, **rules: Any) -> Seating:

@@ -22,7 +22,6 @@ import redis.asyncio as aioredis
 from websockets.protocol import State
 
 from game.arena import ArenaGame
-from persistence.migrate import migrate_url
 from persistence.recovery import live_matches_elsewhere, stored_matches
 from persistence.writebehind import Write, WriteBehind, spill_key
 from server.auth import Identity
@@ -34,19 +33,6 @@ from tests.serverkit import node_settings
 
 T0_MS = 1_795_400_000_000
 log = logging.getLogger("tests.recovery_store")
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def migrated(fresh_database: str) -> str:
-    await migrate_url(fresh_database)
-    return fresh_database
 
 
 @pytest.fixture

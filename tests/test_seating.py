@@ -8,11 +8,10 @@ import random
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys
@@ -22,17 +21,6 @@ from tests.clusterkit import dump as dump_prefix
 
 # Time is injected: every test passes its own clock readings, starting here.
 T = 1_000_000
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    # Waits for a free connection instead of failing when hundreds of calls run at once.
-    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=32, timeout=10,
-                                                    decode_responses=True)
-    client = aioredis.Redis(connection_pool=pool)
-    yield client
-    await client.aclose()
-    await pool.aclose()
 
 
 def seating(client: aioredis.Redis, **rules: Any) -> Seating:

@@ -33,19 +33,6 @@ def some_players(n: int = 3) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def migrated(fresh_database: str) -> str:
-    await migrate_url(fresh_database)
-    return fresh_database
-
-
-@pytest.fixture
 async def queue(migrated: str, redis: aioredis.Redis) -> AsyncIterator[WriteBehind]:
     """A running queue on a migrated database of its own."""
     writes = WriteBehind(migrated, redis, f"t:{uuid.uuid4().hex}:spill")

@@ -5,8 +5,10 @@
 -- sweep of the same node finds nothing left to do.
 -- Refused ('alive') while the node's heartbeat key exists: a node that restarts (or a stalled one that heart-beats
 -- again) between a sweeper's "is it dead?" read and this script keeps its rooms, and restores them itself.
--- ARGV[4..]: dead_node, new_host, alive_key (the node's heartbeat hash; '' to skip the check)
-local dead, new_host, alive_key = ARGV[4], ARGV[5], ARGV[6]
+-- A draining node hands its rooms off the same way (`hand_off` = '1'), alive: its connections are its own to
+-- close, and the players waiting through it keep their seats (they come back through another node's lobby).
+-- ARGV[4..]: dead_node, new_host, alive_key (the node's heartbeat hash; '' to skip the check), hand_off
+local dead, new_host, alive_key, hand_off = ARGV[4], ARGV[5], ARGV[6], ARGV[7] == '1'
 if alive_key and alive_key ~= '' and redis.call('EXISTS', alive_key) == 1 then return reply('alive') end
 local conns = node_conns_key(dead)
 for _, id in ipairs(redis.call('SMEMBERS', conns)) do
@@ -14,12 +16,13 @@ for _, id in ipairs(redis.call('SMEMBERS', conns)) do
   if p[1] == dead then
     if p[2] == 'playing' then
       redis.call('HSET', player_key(id), 'conn', '', 'conn_node', '', 'conn_kind', '')
-    else
+      redis.call('SREM', conns, id)
+    elseif not hand_off then
       drop_player(id)
     end
   end
 end
-redis.call('DEL', conns)
+if not hand_off then redis.call('DEL', conns) end
 local function move(room_id)
   redis.call('HSET', room_key(room_id), 'node', new_host)
   bump(room_id)
@@ -34,8 +37,10 @@ for _, room_id in ipairs(redis.call('SMEMBERS', node_rooms_key(dead))) do
   local state = redis.call('HGET', room_key(room_id), 'state')
   if state == 'running' then
     -- Written down for the node, should it only have stalled: it closes exactly these rooms when it is back.
-    redis.call('SADD', node_swept_key(dead), room_id)
-    redis.call('EXPIRE', node_swept_key(dead), 3600)
+    if not hand_off then
+      redis.call('SADD', node_swept_key(dead), room_id)
+      redis.call('EXPIRE', node_swept_key(dead), 3600)
+    end
     if new_host == '' then
       requeue_running(room_id)  -- no live node takes rooms: the players keep their place in line
     else
