@@ -145,6 +145,9 @@ def test_compose_has_every_service_the_docs_name_and_no_version_key() -> None:
     assert set(SERVICES) <= set(compose["services"])
     assert {"migrate", "node-1", "node-2"} <= set(tickroom_services())
     assert all(name.startswith("node-") for name in node_names())
+    for doc in (ROOT / "README.md", OPERATIONS):  # and the docs name the services the compose file has
+        for name in SERVICES:
+            assert f"`{name}`" in doc.read_text(), f"{doc.name} does not name the service {name}"
 
 
 def test_tickroom_services_set_only_variables_the_server_reads() -> None:
