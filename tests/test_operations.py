@@ -22,7 +22,16 @@ from server.app import App
 from server.auth import DEV_SECRET
 from server.logs import CONN, PLAYER, ContextFilter, JsonFormatter
 from server.settings import Settings, SettingsError
-from tests.serverkit import is_event, is_type, join_game, join_lobby, new_token, recv_until, start_lobby_app
+from tests.serverkit import (
+    is_event,
+    is_type,
+    join_game,
+    join_lobby,
+    new_token,
+    recv_until,
+    start_lobby_app,
+    wait_for,
+)
 
 ADMIN = "admin-" + uuid.uuid4().hex
 
@@ -43,6 +52,12 @@ async def get(app: App, path: str, headers: dict[str, str] | None = None) -> tup
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def drained(app: App, timeout: float = 15.0) -> None:
+    drainer = app.drainer
+    assert drainer is not None
+    await wait_for(lambda: drainer.state.value == "drained", timeout, interval=0.05)
 
 
 def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -199,12 +214,7 @@ async def test_a_drain_lets_a_running_match_finish_then_reports_drained(node: Ap
     end = await recv_until(ann, is_type("match_end"), timeout=10)  # the match plays to its time limit
     assert end["reason"] == "time"
     await recv_until(ann, is_event("result_saved"), timeout=10)
-    assert node.drainer is not None
-    for _ in range(200):
-        if node.drainer.state.value == "drained":
-            break
-        await asyncio.sleep(0.05)
-    assert node.drainer.state.value == "drained"
+    await drained(node)
     await ann.close()
     await bob.close()
 
@@ -240,12 +250,7 @@ async def test_a_draining_node_still_hosts_the_lobby_room_that_was_forming_for_i
             games.append(game)
         end = await recv_until(games[0], is_type("match_end"), timeout=10)
         assert end["reason"] == "time"
-        assert draining.drainer is not None
-        for _ in range(300):
-            if draining.drainer.state.value == "drained":
-                break
-            await asyncio.sleep(0.05)
-        assert draining.drainer.state.value == "drained"
+        await drained(draining)
         for game in games:
             await game.close()
     finally:
