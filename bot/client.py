@@ -135,8 +135,8 @@ class BotClient(WSListener):
 
     __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "height",
                  "inputs", "joined_at", "lost_room", "orbit", "pending", "phase", "players", "refused", "rng", "room",
-                 "seq", "spec", "states", "tally", "transport", "url", "wander", "welcomed", "width", "window_start",
-                 "you")
+                 "seq", "spec", "states", "tally", "ticket", "transport", "url", "wander", "welcomed", "width",
+                 "window_start", "you")
 
     def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
                  rng: random.Random, clock: Callable[[], float] = time.monotonic) -> None:
@@ -157,6 +157,7 @@ class BotClient(WSListener):
         self.joined_at: float | None = None
         self.game_url: str | None = None
         self.lost_room: str | None = None  # the room whose connection dropped (or was told to reconnect)
+        self.ticket: str | None = None  # the seat ticket of the last match_found
         # Session: who we are in the room, and the latest state.
         self.you = 0
         self.width = 1000.0
@@ -181,7 +182,10 @@ class BotClient(WSListener):
         if self.phase is Phase.LOBBY_CONNECTING:
             self.phase = Phase.QUEUED
             self.joined_at = self.clock()
-            transport.send(_TEXT, JOIN)
+            # Back after losing a match's connection: the match's ticket lets the lobby wait for its recovery
+            # when it has lost the match (Redis lost everything) instead of matching this bot anew.
+            transport.send(_TEXT, JOIN if self.lost_room is None or self.ticket is None else orjson.dumps(
+                {"type": "join", "v": 1, "mode": "arena", "ticket": self.ticket}))
         else:
             self.phase = Phase.JOINING
             transport.send(_TEXT, HELLO)
@@ -265,6 +269,7 @@ class BotClient(WSListener):
                 self.phase = Phase.MATCHED
                 self.room = room
                 self.game_url = str(msg["url"])
+                self.ticket = str(msg.get("ticket", "")) or None
                 self._expect_close()
         elif kind == "error":
             code = str(msg.get("code"))

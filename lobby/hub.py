@@ -298,6 +298,17 @@ class LobbyHub:
                                                          scope="queue")
         self._publish(waiter.mode, outcome)
 
+    async def lost_to_recovery(self, mode: str, player_id: str, room_id: str) -> bool:
+        """Whether the lobby knows neither the player nor the room they come back to (nor saw it end, nor has its
+        snapshot): Redis lost them, and recovery from Postgres may be about to bring the room back."""
+        keys = self.seatings[mode].keys
+        try:
+            known = await self.client.exists(keys.player(player_id), keys.room(room_id), keys.room_over(room_id),
+                                             keys.room_snapshot(room_id))
+        except OUTAGE as error:
+            raise LobbyUnavailable(str(error)) from error
+        return not known
+
     async def adoption_pending(self, mode: str, room_id: str) -> bool:
         """Whether a sweep gave this node the running room to restore, and it is not restored yet."""
         try:

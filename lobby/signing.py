@@ -77,8 +77,10 @@ def _json_object(segment: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def decode(token: str, secret: str, *, require: tuple[str, ...] = (), now: float | None = None) -> dict[str, Any]:
-    """The claims of a valid token; `TokenExpired` or `TokenInvalid` (with the reason) otherwise."""
+def decode(token: str, secret: str, *, require: tuple[str, ...] = (), now: float | None = None,
+           verify_exp: bool = True) -> dict[str, Any]:
+    """The claims of a valid token; `TokenExpired` or `TokenInvalid` (with the reason) otherwise. Without
+    `verify_exp` an expired token is still read (its signature and the other claims are checked)."""
     if len(token) > MAX_TOKEN_CHARS:
         raise TokenInvalid("the token is too long")
     try:
@@ -105,7 +107,7 @@ def decode(token: str, secret: str, *, require: tuple[str, ...] = (), now: float
     for name in ("exp", "nbf", "iat"):
         if name in claims and not _number(claims[name]):
             raise TokenInvalid(f'the "{name}" claim must be a number')
-    if "exp" in claims and claims["exp"] <= at:
+    if verify_exp and "exp" in claims and claims["exp"] <= at:
         raise TokenExpired("the token has expired")
     for name in ("nbf", "iat"):
         if name in claims and claims[name] > at:

@@ -38,6 +38,23 @@ def mint_ticket(secret: str, ticket: Ticket, *, ttl_s: float = 60.0, now: float 
     return signing.encode(claims, secret)
 
 
+def lost_match_ticket(secret: str, token: str, *, player_id: str, max_age_s: float,
+                      now: float | None = None) -> Ticket | None:
+    """The room of the match a player comes back to (the ticket of its `match_found`, sent again with `join`):
+    expired or not, the ticket must be this player's and genuine; None when it is older than `max_age_s` (its
+    match is long over). Raises `TicketError` for a ticket that is not genuine."""
+    try:
+        claims = signing.decode(token, secret, require=("iat", "sub", "room", "typ"), now=now, verify_exp=False)
+    except signing.TokenInvalid as exc:
+        raise TicketError("ticket_invalid", f"the seat ticket is invalid: {exc}") from exc
+    if claims.get("typ") != TICKET_TYPE or claims["sub"] != player_id or not isinstance(claims["room"], str):
+        raise TicketError("ticket_invalid", "this is not a seat ticket of yours")
+    if (time.time() if now is None else now) - claims["iat"] > max_age_s:
+        return None
+    return Ticket(player_id=claims["sub"], room_id=claims["room"], node_id=str(claims.get("node", "")),
+                  mode=str(claims.get("mode", "arena")))
+
+
 def verify_ticket(secret: str, token: str, *, player_id: str, room_id: str) -> Ticket:
     """The ticket's content, if it is valid, unexpired, and for this player and this room."""
     try:

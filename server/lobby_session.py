@@ -15,6 +15,7 @@ from collections.abc import Callable
 from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
 from lobby.seating import RoomView
+from lobby.tickets import TicketError, lost_match_ticket
 from server.auth import Identity
 from server.broadcast import send_frames, text_frame
 from server.connection import GameConnection
@@ -33,6 +34,11 @@ from server.protocol import (
     parse_lobby_message,
 )
 from server.settings import Settings
+
+# A player back for a match the lobby lost waits for recovery from Postgres: another node claims a missing
+# node's matches after RECOVERY_MISSING_TIMES dead-after times (server/recovery.py), plus a scan and slack.
+RECOVERY_MISSING_TIMES = 4
+RECOVERY_SLACK_S = 5.0
 
 
 class LobbyPhase(enum.StrEnum):
@@ -217,17 +223,52 @@ class LobbySession:
             if msg.mode not in self.hub.seatings:
                 raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"unknown mode {msg.mode!r}; this lobby has "
                                     f"{sorted(self.hub.seatings)}")
+            lost = self._lost_room(msg.ticket) if msg.ticket is not None else None
             self.mode = msg.mode
             self._tried = True
             self._to(LobbyPhase.JOINING)
             self._joined_at = self._clock()
-            self._joining = self._loop.create_task(self._join())
+            self._joining = self._loop.create_task(self._join(lost))
         elif isinstance(msg, Leave):
             self._left = True
             self.link.close(CloseCode.NORMAL, "left")
 
-    async def _join(self) -> None:
+    def _lost_room(self, ticket: str) -> str | None:
+        """The room of the match this player lost (the ticket of its `match_found`), if recent enough to matter."""
+        settings = self.settings
         try:
+            seat = lost_match_ticket(settings.jwt_secret, ticket, player_id=self.player_id,
+                                     max_age_s=settings.join_window_s + settings.match_time_s
+                                     + settings.reconnect_grace_s + RECOVERY_SLACK_S)
+        except TicketError as error:
+            raise ProtocolError(ErrorCode(error.code), error.message) from None
+        return None if seat is None else seat.room_id
+
+    async def _wait_for_recovery(self, room_id: str) -> None:
+        """The lobby lost both the player and the room they come back to (Redis lost everything): wait, saying
+        `recovering`, until recovery from Postgres places them back in it (then `join` finds them there), or
+        the time recovery takes has passed (then they join afresh)."""
+        settings = self.settings
+        deadline = self._clock() + RECOVERY_MISSING_TIMES * settings.node_dead_after_s + RECOVERY_SLACK_S
+        told = False
+        while self.phase is LobbyPhase.JOINING and self._clock() < deadline:
+            if not await self.hub.lost_to_recovery(self.mode, self.player_id, room_id):
+                return
+            if not told:
+                told = True
+                self.link.send(encode({"type": "lobby", "status": "recovering", "mode": self.mode, "room": room_id,
+                                       "players": [], "countdown_ms": None, "min": settings.min_players,
+                                       "max": settings.max_players}))
+                self.log.info("player %s is back for room %s, which the lobby lost: waiting for its recovery",
+                              self.player_id, room_id)
+            await asyncio.sleep(settings.node_heartbeat_s)
+
+    async def _join(self, lost_room: str | None = None) -> None:
+        try:
+            if lost_room is not None:
+                await self._wait_for_recovery(lost_room)
+                if self.phase is not LobbyPhase.JOINING:
+                    return
             await self.hub.join(self)
         except LobbyUnavailable:
             if self.phase is LobbyPhase.JOINING:

@@ -134,6 +134,7 @@ class Join:
 
     v: int
     mode: str
+    ticket: str | None = None  # the seat ticket of a match the player lost its connection to (recovery)
 
 
 ClientMessage = Hello | Input | Fire | Chat | Leave | Ping
@@ -210,6 +211,7 @@ def _parse_ping(msg: dict[str, Any]) -> Ping:
 
 
 MODE_MAX_CHARS = 32
+TICKET_MAX_CHARS = 2048
 
 
 def _parse_join(msg: dict[str, Any]) -> Join:
@@ -219,7 +221,10 @@ def _parse_join(msg: dict[str, Any]) -> Join:
         raise ProtocolError(ErrorCode.BAD_FIELD, "join.mode must be a string")
     if not 1 <= len(mode) <= MODE_MAX_CHARS:
         raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"join.mode must be 1 to {MODE_MAX_CHARS} characters")
-    return Join(version, mode)
+    ticket = msg.get("ticket")
+    if ticket is not None and (type(ticket) is not str or not 1 <= len(ticket) <= TICKET_MAX_CHARS):
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"join.ticket must be a string of 1 to {TICKET_MAX_CHARS} characters")
+    return Join(version, mode, ticket)
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {

@@ -427,6 +427,38 @@ async def test_after_redis_lost_everything_exactly_one_live_node_restores_a_dead
         assert cluster.problems() == []
 
 
+async def test_bots_back_before_a_lost_match_is_restored_from_postgres_wait_for_it_and_count_reconnects(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    """Redis loses everything as the host dies: the bots, back in the lobby at once with their match's ticket,
+    are told `recovering` instead of being matched anew, and land in their restored match."""
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        bots = asyncio.get_running_loop().create_task(run_bot(
+            "--url", cluster[FRONT].url, "--lobby", "--bots", "5", "--duration", "24", "--ramp", "0.2", "--json",
+            "--quiet"))
+
+        async def a_match_in_postgres() -> bool:
+            conn = await asyncpg.connect(cluster.database_url)
+            try:
+                count = await conn.fetchval("SELECT count(*) FROM player_positions pp JOIN matches m "
+                                            "ON m.id = pp.match_id WHERE m.state = 'running' AND m.node = $1", HOST)
+            finally:
+                await conn.close()
+            return bool(count == 5)
+
+        await wait_until(a_match_in_postgres, 15, "the bots' match on a-host, with its positions in Postgres")
+        await cluster.kill(HOST)
+        await forget_everything(client, prefix)
+        code, out, err = await bots
+        assert code == 0, err
+        summary = last_json_line(out)
+        assert (summary["disconnects"], summary["reconnects"]) == (5, 5), summary
+        assert sum(cluster.logged("waiting for its recovery").values()) >= 1
+        assert sum(cluster.logged("restored from Postgres").values()) == 1
+        assert cluster.problems() == []
+
+
 # -- draining a node ------------------------------------------------------------------------------------------
 
 async def test_a_drained_node_hands_its_match_to_another_where_every_player_finishes_it(

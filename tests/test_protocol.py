@@ -121,6 +121,7 @@ def test_every_error_code_is_documented_and_every_documented_code_exists() -> No
 def test_lobby_messages_parse_with_arena_as_the_default_mode() -> None:
     assert parse_lobby_message('{"type":"join","v":1}') == Join(1, "arena")
     assert parse_lobby_message('{"type":"join","v":1,"mode":"duel"}') == Join(1, "duel")
+    assert parse_lobby_message('{"type":"join","v":1,"ticket":"a.b.c"}') == Join(1, "arena", "a.b.c")
     assert isinstance(parse_lobby_message('{"type":"leave"}'), Leave)
     assert parse_lobby_message('{"type":"ping","t":5}') == Ping(5.0)
 
@@ -129,6 +130,9 @@ def test_lobby_messages_parse_with_arena_as_the_default_mode() -> None:
     ('{"type":"join"}', ErrorCode.BAD_FIELD),
     ('{"type":"join","v":"1"}', ErrorCode.BAD_FIELD),
     ('{"type":"join","v":1,"mode":7}', ErrorCode.BAD_FIELD),
+    ('{"type":"join","v":1,"ticket":7}', ErrorCode.BAD_FIELD),
+    ('{"type":"join","v":1,"ticket":""}', ErrorCode.BAD_FIELD),
+    ('{"type":"join","v":1,"ticket":"' + "x" * 2049 + '"}', ErrorCode.BAD_FIELD),
     ('{"type":"join","v":1,"mode":""}', ErrorCode.UNKNOWN_MODE),
     ('{"type":"join","v":1,"mode":"' + "x" * 33 + '"}', ErrorCode.UNKNOWN_MODE),
     ('{"type":"input","seq":1,"dx":0,"dy":0}', ErrorCode.UNKNOWN_TYPE),  # a game message in the lobby

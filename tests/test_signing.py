@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from lobby import signing
-from lobby.tickets import Ticket, TicketError, mint_ticket, verify_ticket
+from lobby.tickets import Ticket, TicketError, lost_match_ticket, mint_ticket, verify_ticket
 from server.auth import AuthError, mint_token, verify_token
 
 SECRET = "tickroom-signing-test-secret-" + "k" * 40  # 64+ bytes: PyJWT warns about shorter keys for HS512
@@ -175,6 +175,19 @@ def test_verify_ticket_maps_expired_foreign_room_and_player_token_to_their_codes
         with pytest.raises(TicketError) as refused:
             verify_ticket(SECRET, token, player_id=player, room_id=room)
         assert refused.value.code == code
+
+
+def test_the_ticket_of_a_lost_match_is_read_expired_but_must_be_genuine_and_recent() -> None:
+    player = CLAIMS["sub"]
+    ticket = Ticket(player_id=player, room_id="room-1", node_id="node-a")
+    expired = mint_ticket(SECRET, ticket, ttl_s=60, now=NOW - 600)
+    assert lost_match_ticket(SECRET, expired, player_id=player, max_age_s=900, now=NOW) == ticket
+    assert lost_match_ticket(SECRET, expired, player_id=player, max_age_s=300, now=NOW) is None  # long over
+    for token, who in ((mint_ticket(OTHER_SECRET, ticket), player), (expired, "someone-else"),
+                       (mint_token(SECRET, "alice", player_id=player), player)):
+        with pytest.raises(TicketError) as refused:
+            lost_match_ticket(SECRET, token, player_id=who, max_age_s=900, now=NOW)
+        assert refused.value.code == "ticket_invalid"
 
 
 def _text(rng: random.Random) -> str:
