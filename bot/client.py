@@ -53,7 +53,7 @@ HELLO = b'{"type":"hello","v":1}'
 JOIN = b'{"type":"join","v":1,"mode":"arena"}'
 LEAVE = b'{"type":"leave"}'
 # Lobby errors that mean "not now": the bot closes, backs off and joins the queue again.
-LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match"})
+LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid"})
 _TEXT = WSMsgType.TEXT
 _CLOSE = WSMsgType.CLOSE
 _loads = orjson.loads
@@ -248,6 +248,8 @@ class BotClient(WSListener):
         elif kind == "error":
             code = str(msg.get("code"))
             self.tally.errors[code] += 1
+            if code == "ticket_invalid":
+                self.ticket = None  # the next join goes without it
             if self.phase is Phase.JOINING:
                 self.refused = True
             if code == "room_closed" and self.group is not None:
@@ -274,6 +276,8 @@ class BotClient(WSListener):
         elif kind == "error":
             code = str(msg.get("code"))
             self.tally.errors[code] += 1
+            if code == "ticket_invalid":
+                self.ticket = None  # the next join goes without it
             if self.phase is Phase.QUEUED:
                 self.refused = True
                 if code in LOBBY_RETRY_CODES:

@@ -223,7 +223,7 @@ class LobbySession:
             if msg.mode not in self.hub.seatings:
                 raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"unknown mode {msg.mode!r}; this lobby has "
                                     f"{sorted(self.hub.seatings)}")
-            lost = self._lost_room(msg.ticket) if msg.ticket is not None else None
+            lost = self._lost_room(msg.ticket, msg.mode) if msg.ticket is not None else None
             self.mode = msg.mode
             self._tried = True
             self._to(LobbyPhase.JOINING)
@@ -233,7 +233,7 @@ class LobbySession:
             self._left = True
             self.link.close(CloseCode.NORMAL, "left")
 
-    def _lost_room(self, ticket: str) -> str | None:
+    def _lost_room(self, ticket: str, mode: str) -> str | None:
         """The room of the match this player lost (the ticket of its `match_found`), if recent enough to matter."""
         settings = self.settings
         try:
@@ -242,7 +242,7 @@ class LobbySession:
                                      + settings.reconnect_grace_s + RECOVERY_SLACK_S)
         except TicketError as error:
             raise ProtocolError(ErrorCode(error.code), error.message) from None
-        return None if seat is None else seat.room_id
+        return None if seat is None or seat.mode != mode else seat.room_id  # another mode's match: no wait
 
     async def _wait_for_recovery(self, room_id: str) -> None:
         """The lobby lost both the player and the room they come back to (Redis lost everything): wait, saying
