@@ -6,18 +6,18 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 RUN python -m venv /opt/tickroom
 WORKDIR /src
-# Dependencies first, read from pyproject.toml, so that a code change does not reinstall them. The `bot`
+# Dependencies first, from the lock (requirements/image.txt, exported from uv.lock: exact versions, every file's
+# hash), so that a code change does not reinstall them and a new release of anything changes nothing. The `bot`
 # extra (picows) is in so that `tickroom bot` works inside the image; the `embedded` and `dev` extras are not.
+COPY requirements/image.txt /tmp/requirements.txt
+RUN /opt/tickroom/bin/pip install --require-hashes --no-deps -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['bot']))" > /tmp/requirements.txt \
-    && /opt/tickroom/bin/pip install -r /tmp/requirements.txt
 COPY server ./server
 COPY game ./game
 COPY lobby ./lobby
 COPY persistence ./persistence
 COPY bot ./bot
-RUN /opt/tickroom/bin/pip install --no-deps . && /opt/tickroom/bin/pip uninstall -y pip setuptools
+RUN /opt/tickroom/bin/pip install --no-deps --no-build-isolation . && /opt/tickroom/bin/pip uninstall -y pip setuptools
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 tickroom \

@@ -95,6 +95,6 @@ class NoticeBus:
                 await backoff.wait("notices", error)
             finally:
                 try:
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                    await asyncio.shield(pubsub.aclose())
                 except OUTAGE:
                     pass

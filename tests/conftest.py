@@ -1,4 +1,5 @@
-"""Shared fixtures: one private Redis and one private Postgres for the whole test session.
+"""Shared fixtures: one private Redis and one private Postgres for the whole test session (each pytest-xdist
+worker is a session of its own, so each worker has its own pair).
 
 They run on free ports from a temporary directory and die with the session, so fault tests can kill them
 without touching anyone's data. TEST_REDIS_URL / TEST_DATABASE_URL point the suite at servers of your own.

@@ -26,7 +26,8 @@ from server.embedded import LocalRedis
 from tests.serverkit import start_lobby_app
 from tests.test_writebehind import T0_MS
 
-ANN, BOB, CID = (str(uuid.uuid4()) for _ in range(3))
+# Fixed ids: test parameters name them, and every pytest-xdist worker must collect the same tests.
+ANN, BOB, CID = (str(uuid.UUID(int=0xA11 + n)) for n in range(3))
 
 
 def result(match_id: str, n: int, lines: list[tuple[str, str, int, int]]) -> dict[str, Any]:
