@@ -133,6 +133,9 @@ class LobbyHub:
         self._dirty: set[RoomKey] = set()
         self._refreshing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Joins waiting for a probe of another node's connection, by that connection's id: the other node's
+        # "probed" notice says whether it answered.
+        self._probe_answers: dict[str, asyncio.Future[bool]] = {}
         self.expiry_events = False
         self.writes = WriteQueue()
         self.tally: Counter[str] | None = None
@@ -262,25 +265,51 @@ class LobbyHub:
         """The player waits in the lobby on another connection, which may be a dead one that nobody noticed
         yet (a half-open TCP connection). Its node pings it (a "kick" notice, or here at once when it is ours)
         and drops it if it does not answer within `stale_probe_s`; the drop frees the player's connection in
-        Redis, and the join, tried again meanwhile, takes the player's seat back. A live one keeps the player."""
+        Redis, and the join, tried again meanwhile, takes the player's seat back. A live one keeps the player,
+        and the join is refused as soon as its node says so (a "probed" notice), not at the deadline."""
+        loop = asyncio.get_running_loop()
+        answer = self._probe_answers.get(busy.conn) or loop.create_future()
         if busy.conn_node == self.node_id:
             other = self.waiters.get(busy.conn)
             if other is not None:
-                self._spawn(self._probe(other), "probe")
-        else:
-            notice: Notice = {"kind": "kick", "mode": waiter.mode, "conn": busy.conn}
+                self._spawn(self._probe(other, answer), "probe")
+        elif busy.conn not in self._probe_answers:
+            self._probe_answers[busy.conn] = answer
+            notice: Notice = {"kind": "kick", "mode": waiter.mode, "conn": busy.conn, "from": self.node_id}
             self._spawn(self.bus.publish([busy.conn_node], notice), "kick")
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.stale_probe_s + PROBE_MARGIN_S
         outcome = busy
-        while outcome.outcome == "busy" and waiter.active and loop.time() < deadline:
-            await asyncio.sleep(PROBE_RETRY_S)
-            outcome = await join_again()
+        try:
+            while outcome.outcome == "busy" and waiter.active and loop.time() < deadline:
+                if answer.done():
+                    await asyncio.sleep(PROBE_RETRY_S)  # it did not answer: wait for its drop to reach Redis
+                else:
+                    await asyncio.wait([answer], timeout=PROBE_RETRY_S)
+                if answer.done() and answer.result():
+                    break  # it answered: the player really is connected twice
+                outcome = await join_again()
+        finally:
+            if self._probe_answers.get(busy.conn) is answer:
+                del self._probe_answers[busy.conn]
         return outcome
 
-    async def _probe(self, waiter: Waiter) -> None:
-        if not await waiter.probe(self.config.stale_probe_s):
+    async def _probe(self, waiter: Waiter, answer: asyncio.Future[bool] | None = None) -> None:
+        alive = await waiter.probe(self.config.stale_probe_s)
+        if not alive:
             log.info("dropped a lobby connection of player %s that no longer answered", waiter.player_id)
+        if answer is not None and not answer.done():
+            answer.set_result(alive)
+
+    async def _probe_for(self, node_id: str, waiter: Waiter | None, conn_id: str) -> None:
+        """Probe a connection of ours that another node's join found in the way, and tell that node the
+        outcome (a connection we no longer hold counts as gone)."""
+        alive = False
+        if waiter is not None:
+            answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            await self._probe(waiter, answer)
+            alive = answer.result()
+        notice: Notice = {"kind": "probed", "conn": conn_id, "alive": alive}
+        await self.bus.publish([node_id], notice)
 
     async def _connection_gone(self, outcome: Outcome) -> bool:
         """Is the connection that holds a busy player gone (its node dead, or a stale one of ours)?"""
@@ -531,9 +560,18 @@ class LobbyHub:
     def _on_notice(self, notice: Notice) -> None:
         mode = notice.get("mode")
         if notice.get("kind") == "kick":
-            waiter = self.waiters.get(str(notice.get("conn")))
-            if waiter is not None:
+            conn_id = str(notice.get("conn"))
+            waiter = self.waiters.get(conn_id)
+            origin = notice.get("from")
+            if isinstance(origin, str) and origin:
+                self._spawn(self._probe_for(origin, waiter, conn_id), "probe")
+            elif waiter is not None:
                 self._spawn(self._probe(waiter), "probe")
+            return
+        if notice.get("kind") == "probed":
+            answer = self._probe_answers.get(str(notice.get("conn")))
+            if answer is not None and not answer.done():
+                answer.set_result(notice.get("alive") is True)
             return
         if notice.get("kind") != "room" or not isinstance(mode, str) or mode not in self.seatings:
             log.debug("ignoring notice %r", notice)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -44,6 +45,13 @@ async def play(token: str, found: Message) -> tuple[ClientConnection, Message]:
     """Follow `match_found` to the game: connect to its url with the token, say hello, get welcome."""
     ws = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"}, compression=None,
                        open_timeout=5)
+    await ws.send('{"type":"hello","v":1}')
+    return ws, await recv_until(ws, lambda m: m["type"] in ("welcome", "error"))
+
+
+async def play_as_a_browser(token: str, found: Message) -> tuple[ClientConnection, Message]:
+    """Follow `match_found` as a browser's WebSocket must: no headers, the token appended to its url."""
+    ws = await connect(f"{found['url']}&token={urllib.parse.quote(token)}", compression=None, open_timeout=5)
     await ws.send('{"type":"hello","v":1}')
     return ws, await recv_until(ws, lambda m: m["type"] in ("welcome", "error"))
 
@@ -120,6 +128,28 @@ async def test_the_fifth_player_starts_the_match_at_once(redis_url: str) -> None
         status = await recv_until(sixth, is_type("lobby"))
         assert status["room"] != founds[0]["room"] and len(status["players"]) == 1
         await sixth.close()
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_the_join_that_fills_a_room_gets_match_found_without_a_lobby_status(redis_url: str) -> None:
+    app = await start_lobby_app(redis_url, countdown_s=60.0)
+    try:
+        lobbies = []
+        for _ in range(4):  # one at a time, so that the fifth join is the one that fills the room
+            lobbies.append(await join_lobby(app))
+            assert (await recv_until(lobbies[-1], is_type("lobby")))["status"] in ("waiting", "countdown")
+        token = new_token("fifth")
+        fifth = await join_lobby(app, token)
+        first = await recv_json(fifth)  # docs/protocol.md: a join that does not wait gets match_found only
+        assert first["type"] == "match_found", first
+        assert [p["name"] for p in first["players"]][-1] == "fifth" and len(first["players"]) == 5
+        assert await closed_with(fifth) == 1000
+        game, welcome = await play_as_a_browser(token, first)
+        assert welcome["type"] == "welcome" and welcome["room"] == first["room"]
+        await game.close()
+        for ws in lobbies:
+            await ws.close()
     finally:
         await app.__aexit__(None, None, None)
 

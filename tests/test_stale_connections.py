@@ -123,3 +123,35 @@ async def test_a_live_lobby_connection_on_another_node_keeps_the_player(two_node
     assert (await recv_until(alive, is_type("pong")))["t"] == 3
     assert first.hub is not None and len(first.hub.waiters) == 1
     await alive.close()
+
+
+LONG_PROBE_S = 4.0  # long enough that a refusal at the probe's deadline could not pass for a prompt one
+
+
+@pytest.mark.parametrize("across_nodes", [False, True], ids=["same-node", "across-nodes"])
+async def test_a_second_lobby_connection_is_refused_as_soon_as_the_first_answers_the_probe(
+        redis_url: str, across_nodes: bool) -> None:
+    prefix = lobby_prefix()
+    first = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="a-node", countdown_s=600,
+                                  stale_probe_s=LONG_PROBE_S)
+    second = (await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="b-node", countdown_s=600,
+                                    stale_probe_s=LONG_PROBE_S)) if across_nodes else first
+    try:
+        token = new_token()
+        alive = await join_lobby(first, token)
+        assert (await recv_until(alive, is_type("lobby")))["room"]
+        started = time.monotonic()
+        refused = await join_lobby(second, token)
+        error = await recv_until(refused, is_type("error"), timeout=LONG_PROBE_S + 5)
+        elapsed = time.monotonic() - started
+        assert error["code"] == "already_connected"
+        # The first connection answers its ping within milliseconds; waiting out the probe's deadline
+        # (LONG_PROBE_S and more) would be the bug.
+        assert elapsed < LONG_PROBE_S / 2, f"refused after {elapsed:.2f} s"
+        await alive.send('{"type":"ping","t":5}')
+        assert (await recv_until(alive, is_type("pong")))["t"] == 5
+        await alive.close()
+    finally:
+        if second is not first:
+            await second.__aexit__(None, None, None)
+        await first.__aexit__(None, None, None)
