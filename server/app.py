@@ -45,7 +45,14 @@ from server.lobby_session import LobbySession
 from server.logs import PLAYER
 from server.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
 from server.node import Node
-from server.protocol import MAX_FRAME_BYTES, CloseCode, ErrorCode, encode, handshake_error_body
+from server.protocol import (
+    MAX_FRAME_BYTES,
+    CloseCode,
+    ErrorCode,
+    ReconnectReason,
+    handshake_error_body,
+    reconnect_message,
+)
 from server.records_http import RecordEndpoints, is_records_path
 from server.recovery import PostgresRecovery
 from server.session import PlayerSession
@@ -54,7 +61,6 @@ from server.snapshotter import Snapshotter
 
 log = logging.getLogger("tickroom.app")
 
-RECONNECT_RETRY_MS = 1000  # in `reconnect`: when a client should try again (through the lobby)
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -235,8 +241,7 @@ class App:
         if self.node is not None:
             self.node.accepting = False
         if self._server is not None:
-            told = self._server.broadcast(text_frame(encode(
-                {"type": "reconnect", "reason": "shutdown", "retry_ms": RECONNECT_RETRY_MS})))
+            told = self._server.broadcast(text_frame(reconnect_message(ReconnectReason.SHUTDOWN)))
             log.info("shutting down: told %d clients to reconnect", told)
         if self.snapshotter is not None:
             # Before deregistering: the node that the sweep gives the running matches to restores these.

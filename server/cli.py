@@ -26,6 +26,15 @@ def game_modes(settings: Settings) -> dict[str, GameFactory]:
     return {"arena": functools.partial(ArenaGame, config=arena)}
 
 
+def ready_line(settings: Settings, url: str) -> str:
+    """What `tickroom serve` prints once it listens: where a player starts (the lobby), and where a room can be
+    joined by id only when direct joins are on (without them, /game wants the lobby's seat ticket)."""
+    line = f"tickroom: node {settings.node_id} ready: players join at {url}/lobby (tokens: tickroom token NAME)"
+    if settings.direct_join:
+        line += f"; direct joins on: {url}/game?room=ID"
+    return line
+
+
 async def serve(settings: Settings) -> int:
     from server.app import App
     from server.services import connect_services
@@ -37,8 +46,7 @@ async def serve(settings: Settings) -> int:
     async with AsyncExitStack() as stack:
         settings = await connect_services(settings, stack)
         app = await stack.enter_async_context(App(settings, game_modes(settings), persist=True))
-        print(f"tickroom: node {settings.node_id} ready on {app.url} (game: {app.url}/game?room=ID)",
-              file=sys.stderr, flush=True)
+        print(ready_line(settings, app.url), file=sys.stderr, flush=True)
         await stop.wait()
         log.info("signal received; shutting down")
     return 0

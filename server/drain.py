@@ -25,12 +25,10 @@ from lobby.outage import stop_if_cancelled
 from server.broadcast import text_frame
 from server.link import ClientLink
 from server.node import Node
-from server.protocol import CloseCode, encode
+from server.protocol import CloseCode, ReconnectReason, reconnect_message
 from server.snapshotter import Snapshotter
 
 log = logging.getLogger("tickroom.drain")
-
-RECONNECT_RETRY_MS = 1000
 
 
 class DrainState(enum.Enum):
@@ -40,7 +38,7 @@ class DrainState(enum.Enum):
     DRAINED = "drained"
 
 
-RECONNECT_DRAIN = encode({"type": "reconnect", "reason": "drain", "retry_ms": RECONNECT_RETRY_MS})
+RECONNECT_DRAIN = reconnect_message(ReconnectReason.DRAIN)
 
 
 class Drainer:

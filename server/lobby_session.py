@@ -33,11 +33,13 @@ from server.protocol import (
     error_message,
     parse_lobby_message,
 )
+from server.recovery import MISSING_SCANS
 from server.settings import Settings
 
 # A player back for a match the lobby lost waits for recovery from Postgres: another node claims a missing
-# node's matches after RECOVERY_MISSING_TIMES dead-after times (server/recovery.py), plus a scan and slack.
-RECOVERY_MISSING_TIMES = 4
+# node's matches once it has been missing for MISSING_SCANS dead-after times (server/recovery.py), found by a
+# scan that runs once every dead-after time, plus slack.
+RECOVERY_MISSING_TIMES = MISSING_SCANS + 1
 RECOVERY_SLACK_S = 5.0
 
 

@@ -283,5 +283,17 @@ def error_message(code: ErrorCode, message: str) -> bytes:
     return encode({"type": "error", "code": code.value, "message": message})
 
 
+RECONNECT_RETRY_MS = 1000  # in `reconnect`: when a client should try again (through the lobby)
+
+
+class ReconnectReason(enum.StrEnum):
+    SHUTDOWN = "shutdown"  # the node is stopping (SIGTERM, a deploy)
+    DRAIN = "drain"  # the node is being taken out of service and its rooms move to other nodes
+
+
+def reconnect_message(reason: ReconnectReason) -> bytes:
+    return encode({"type": "reconnect", "reason": reason.value, "retry_ms": RECONNECT_RETRY_MS})
+
+
 def handshake_error_body(code: ErrorCode, message: str) -> bytes:
     return encode({"error": code.value, "message": message})

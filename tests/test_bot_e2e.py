@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,3 +100,30 @@ async def test_bots_in_lobby_mode_are_matched_follow_match_found_and_report_thei
     # Two rooms of five at once; after the 2 s matches, back through the lobby for more.
     assert summary["matched"] >= 20 and summary["rooms"] >= 4
     assert summary["wait_ms_p50"] is not None and 0 < summary["wait_ms_p50"] <= summary["wait_ms_p99"] < 3000
+
+
+async def test_the_readmes_bot_example_prints_the_summary_the_readme_describes(redis_url: str) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    command = next(line.split("#")[0].split() for line in readme.splitlines()
+                   if line.startswith(".venv/bin/tickroom bot "))
+    described = readme[readme.index("The bot's `--json` summary"):].split("\n\n")[0]
+    fields = []
+    for name, other in re.findall(r"`([a-z_0-9]+)`(?:/`(p\d+)`)?", described):
+        fields.append(name)
+        if other:  # `wait_ms_p50`/`p99`
+            fields.append(f"{name.rsplit('_', 1)[0]}_{other}")
+    fields.remove("match_found")  # the message the wait ends at, not a field
+    assert fields, "the README names the summary's fields"
+    args = command[2:]
+    args[args.index("--url") + 1] = "{url}"
+    args[args.index("--duration") + 1] = "3"  # the example plays 30 s; the output's shape is what is checked
+    lobby_app = await start_lobby_app(redis_url, countdown_s=0.5)
+    try:
+        code, out, err = await run_bot(*(arg.format(url=lobby_app.url) for arg in args))
+    finally:
+        await lobby_app.__aexit__(None, None, None)
+    assert code == 0, err
+    summary = last_json_line(out)
+    missing = [field for field in fields if field not in summary]
+    assert not missing, f"the README names {missing}, which the summary lacks: {summary}"
+    assert summary["connected"] == 10 and summary["errors"] == 0

@@ -60,6 +60,9 @@ def test_serve_with_nothing_configured_runs_embedded_servers_plays_a_bot_and_sto
         assert alive == [], f"embedded servers left running: {alive}"
         log_text = log_path.read_text()
         assert "EMBEDDED Redis" in log_text and "EMBEDDED Postgres" in log_text
+        # The ready line sends a newcomer to the lobby; /game?room=ID only works with direct joins on.
+        ready = next(line for line in log_text.splitlines() if " ready: " in line)
+        assert f"ws://127.0.0.1:{port}/lobby" in ready and "/game?room=" not in ready
         assert (tmp_path / "data" / "postgres").is_dir() and (tmp_path / "data" / "redis").is_dir()
     finally:
         if server.poll() is None:

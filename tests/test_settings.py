@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser
+from server.cli import build_parser, ready_line
 from server.settings import Settings, SettingsError
 
 
@@ -53,3 +53,11 @@ def test_the_public_url_defaults_to_the_listening_address() -> None:
     assert Settings.load({"TICKROOM_PORT": "9100"}).advertised_url == "ws://127.0.0.1:9100"
     assert Settings.load({"TICKROOM_PUBLIC_URL": "wss://play.example.org/"}).advertised_url == \
         "wss://play.example.org"
+
+
+def test_the_ready_line_names_the_lobby_and_the_game_url_only_with_direct_joins() -> None:
+    url = "ws://127.0.0.1:8000"
+    plain = ready_line(Settings.load(environ={}), url)
+    assert f"{url}/lobby" in plain and "/game" not in plain
+    direct = ready_line(Settings.load(environ={}, direct_join=True), url)
+    assert f"{url}/lobby" in direct and f"{url}/game?room=ID" in direct
