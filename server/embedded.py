@@ -78,6 +78,24 @@ def _log_tail(log_path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+def _descendants(root: int) -> list[int]:
+    """Every living process below `root`, read from /proc (Linux; nothing elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after its last ")".
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     """A preexec_fn asking Linux to send `sig` to the child when the thread that started it dies.
 
@@ -230,13 +248,19 @@ class _ChildServer:
         self._after_exit()
 
     def kill(self) -> None:
-        """SIGKILL the server, as a crash would (for fault tests)."""
+        """SIGKILL the server and every process it started, as a crash would (for fault tests): a Postgres
+        backend (a session of its own, out of reach of the group) outlives its postmaster's SIGKILL and goes
+        on answering its connection for a moment."""
         atexit.unregister(self.stop)
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
-            process.kill()
+            for pid in [process.pid, *_descendants(process.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             process.wait()
         self._after_exit()
 

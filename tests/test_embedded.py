@@ -27,6 +27,7 @@ from server.embedded import (
     PostgresBinaries,
     RedisBinary,
     ServerStartError,
+    _descendants,
     find_postgres,
     find_redis_server,
     postgres_candidates,
@@ -283,3 +284,16 @@ async def test_session_fixtures_give_working_servers(redis_url: str, database_ur
         assert await connection.fetchval("SELECT 1") == 1
     finally:
         await connection.close()
+
+
+def test_descendants_are_found_through_proc_however_deep() -> None:
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & (sleep 30 & wait) & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while len(found := _descendants(shell.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(found) == 3  # a sleep, a subshell, and the subshell's sleep below it
+        assert shell.pid not in found and os.getpid() not in found
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
