@@ -81,13 +81,13 @@ def _log_tail(log_path: Path, lines: int = 30) -> str:
 def _descendants(root: int) -> list[int]:
     """Every living process below `root`, read from /proc (Linux; nothing elsewhere)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after its last ")".
-            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            ppid = int(stat_file.read_text().rpartition(")")[2].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
+        children.setdefault(ppid, []).append(int(stat_file.parent.name))
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):
