@@ -48,7 +48,7 @@ class _Player:
     """Mutable per-player state; plain slots because the tick reads and writes it every 15 ms."""
 
     __slots__ = ("active", "alive", "deaths", "hp", "in_match", "kills", "next_fire_us", "pid", "respawn_us",
-                 "score", "seq", "vx", "vy", "x", "y")
+                 "score", "seated", "seq", "vx", "vy", "x", "y")
 
     def __init__(self, pid: int, x: float, y: float, hp: int) -> None:
         self.pid = pid
@@ -62,7 +62,8 @@ class _Player:
         self.score = 0
         self.seq = 0
         self.alive = True
-        self.active = True
+        self.active = True  # connected: acts, is hit, is listed in the state
+        self.seated = True  # holds a seat: connected, or away and free to come back (the reconnect grace)
         self.in_match = True  # takes part in the ranking
         self.next_fire_us = 0
         self.respawn_us = 0
@@ -125,25 +126,40 @@ class ArenaGame:
             # A returning player keeps stats, hp, position and any pending respawn (leaving is no way
             # to skip the respawn wait or heal); a new connection starts a new seq counter and stands still.
             player.active = True
+            player.seated = True
             if not player.in_match:  # left before the match began: their old spot means nothing now
                 player.x, player.y = self._free_spot(None)
                 player.in_match = True
             player.seq = 0
             player.vx = player.vy = 0.0
         self._update_active()
+        self._end_if_one_seat_left()  # the only player still holding a seat is back
 
     def remove_player(self, pid: int) -> None:
         player = self._players.get(pid)
+        if player is None or not player.active:
+            return
+        player.active = False
+        self._update_active()
+        # Shots of someone who left vanish with them: clients never see a projectile of an unlisted player.
+        self._projectiles = [shot for shot in self._projectiles if shot.owner is not player]
+
+    def release_seat(self, pid: int) -> None:
+        player = self._players.get(pid)
         if player is None:
             return
-        if player.active:
-            player.active = False
-            self._update_active()
-            # Shots of someone who left vanish with them: clients never see a projectile of an unlisted player.
-            self._projectiles = [shot for shot in self._projectiles if shot.owner is not player]
-        # Also for one already away for good (a restored match starts with everyone away): one player left wins.
-        if self._started and self._end_reason is None and len(self._active) == 1:
-            self._last_player = self._active[0]
+        self.remove_player(pid)
+        player.seated = False
+        self._end_if_one_seat_left()
+
+    def _end_if_one_seat_left(self) -> None:
+        """A running match with one seat still held ends ("last_player"), that player first, once they are
+        connected. Players who are merely away hold their seats: they never make anyone the last player."""
+        if not self._started or self._end_reason is not None:
+            return
+        holders = [player for player in self._players.values() if player.seated and player.in_match]
+        if len(holders) == 1 and holders[0].active:
+            self._last_player = holders[0]
             self._end_reason = "last_player"
 
     def _update_active(self) -> None:

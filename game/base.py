@@ -37,9 +37,13 @@ class Game(Protocol):
         """Seat a new player, or reactivate a pid that left earlier (keeping their stats)."""
 
     def remove_player(self, pid: int) -> None:
-        """The player left: they stop acting and being hit, but stay in the ranking. Also called for a player
-        already away who will not come back (their seat given up): a running match left with one active
-        player ends ("last_player")."""
+        """The player's connection is gone: they stop acting and being hit, but stay in the ranking and keep
+        their seat (they may come back within the reconnect grace: `add_player` again)."""
+
+    def release_seat(self, pid: int) -> None:
+        """The player gave their seat up (`leave`, or the reconnect grace ran out): they will not come back.
+        Only this counts toward "everyone else left": a running match in which one player still holds a seat
+        ends ("last_player") once that player is connected."""
 
     def start(self) -> None:
         """Begin the match: reset scores, place every active player, start the match clock.

@@ -38,6 +38,9 @@ START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so
 # Script outcomes that may have changed rooms other than the one they name.
 WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed", "claimed"})
 LATEST_MAX = 10_000  # rooms whose newest view a node remembers
+# A join held for a match whose host stopped beating waits at most this many dead-after times: the sweep comes
+# after one, recovery from Postgres (Redis lost the room too) after MISSING_SCANS + 1 (server/recovery.py).
+HOLD_DEAD_AFTERS = 6
 
 
 class Waiter(Protocol):
@@ -68,6 +71,10 @@ class Waiter(Protocol):
 
     def dropped(self, reason: str) -> None:
         """The player's place is gone (another node swept it up, say): they must join again."""
+
+    def hold(self, room_id: str) -> None:
+        """The player's running match is in `room_id`, whose host stopped heart-beating: the join waits until
+        the match has a live host (status `recovering`)."""
 
     async def probe(self, timeout_s: float) -> bool:
         """Whether the client still answers (a ping); one that does not is disconnected, and False."""
@@ -244,9 +251,16 @@ class LobbyHub:
             return outcome  # the connection ended meanwhile; its leave follows
         if outcome.outcome == "busy":
             if outcome.conn_kind == "game":
-                raise LobbyRefused("already_in_match",
-                                   f"you are playing in room {outcome.room} "
-                                   f"on node {outcome.conn_node}; finish or leave that match first")
+                playing = await self._running_match(seating, waiter.player_id, outcome.room)
+                if playing is None:
+                    raise LobbyRefused("already_in_match",
+                                       f"you are playing in room {outcome.room} "
+                                       f"on node {outcome.conn_node}; finish or leave that match first")
+                # A player in a running match comes back to it, whatever became of their old connection (the
+                # game endpoint takes over from one that no longer answers): match_found, with a fresh ticket.
+                self.waiters[waiter.conn_id] = waiter
+                self._deliver_to(waiter, playing)
+                return outcome
             raise LobbyRefused("already_connected", "this player is already waiting in the lobby on another "
                                                     "connection")
         self.waiters[waiter.conn_id] = waiter
@@ -259,6 +273,15 @@ class LobbyHub:
             # can overtake this one on another connection.
             self._deliver_to(waiter, self._newest(waiter.mode, view) if view.room_id else view)
         return outcome
+
+    @staticmethod
+    async def _running_match(seating: Seating, player_id: str, room_id: str) -> RoomView | None:
+        """The running match `room_id`, if the player holds a seat in it."""
+        record = await seating.room(room_id) if room_id else None
+        if record is None or record.state != "running" or player_id not in record.player_ids:
+            return None
+        return RoomView(record.room_id, record.state, record.node, record.countdown_ends_ms, record.started_ms,
+                        record.players, record.version)
 
     async def _after_probe(self, waiter: Waiter, busy: Outcome,
                            join_again: Callable[[], Awaitable[Outcome]]) -> Outcome:
@@ -440,6 +463,9 @@ class LobbyHub:
         self._place(waiter.conn_id, key)
         if view.state == "running":
             self._unregister(waiter.conn_id)
+            if not self.upkeep.heart_beating(view.node):
+                self._spawn(self._match_when_hosted(waiter, view), f"hold:{waiter.player_id}")
+                return
             url = self.upkeep.urls.get(view.node)
             if url is None:
                 self._spawn(self._match_later(waiter, view), "match-url")
@@ -471,6 +497,32 @@ class LobbyHub:
             return
         self.upkeep.urls[view.node] = url
         self._match(waiter, view, url)
+
+    async def _match_when_hosted(self, waiter: Waiter, view: RoomView) -> None:
+        """The match's host stopped heart-beating: never send the player there. Hold the join until the room
+        has a live host (a sweep moved it, or the host beats again), then match_found; the player joins again
+        if the match ends meanwhile or no live node takes it within the time a sweep and a recovery take."""
+        waiter.hold(view.room_id)
+        seating = self.seatings[waiter.mode]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_DEAD_AFTERS * self.config.dead_after_s
+        try:
+            while waiter.active and loop.time() < deadline:
+                await asyncio.sleep(self.config.heartbeat_s / 2)
+                playing = await self._running_match(seating, waiter.player_id, view.room_id)
+                if playing is None:
+                    waiter.dropped("your match is over, or your seat in it is gone; join again")
+                    return
+                if self.upkeep.heart_beating(playing.node):
+                    url = self.upkeep.urls.get(playing.node) or await self.registry.url_of(playing.node)
+                    if url is not None:
+                        self._match(waiter, playing, url)
+                        return
+        except OUTAGE:
+            waiter.dropped("matchmaking is unavailable right now; join again in a few seconds")
+            raise
+        if waiter.active:
+            waiter.dropped("no live node took your match over in time; join again")
 
     def _arm_countdown(self, key: RoomKey, ends_ms: int) -> None:
         if self._countdowns.get(key) == ends_ms and key in self._timers:

@@ -7,7 +7,7 @@ a live node has swept up after it (`forget`), so that a sweeper dying half-way l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -21,6 +21,8 @@ class NodeInfo:
     load: int
     accepting: bool = True  # False: full, or draining; it keeps its rooms but takes no new one
     state: str = "serving"  # serving, draining, handing_off, drained
+    # How old its last heartbeat was when surveyed, by its key's TTL (no clocks compared); not part of identity.
+    beat_age_ms: int = field(default=0, compare=False)
 
 
 
@@ -87,14 +89,16 @@ class NodeRegistry:
         async with self.client.pipeline(transaction=False) as pipe:
             for node_id in ids:
                 pipe.hmget(self.node_key(node_id), "url", "load", "accepting", "state")
+                pipe.pttl(self.node_key(node_id))
             replies = await pipe.execute()
         live, dead = [], []
-        for node_id, (url, load, accepting, state) in zip(ids, replies, strict=True):
+        for node_id, (url, load, accepting, state), ttl_ms in zip(ids, replies[::2], replies[1::2], strict=True):
             if url is None:
                 dead.append(node_id)
             else:
                 live.append(NodeInfo(node_id, text(url), int(load), accepting is None or text(accepting) == "1",
-                                     "serving" if state is None else text(state)))
+                                     "serving" if state is None else text(state),
+                                     beat_age_ms=max(0, self.dead_after_ms - int(ttl_ms)) if ttl_ms >= 0 else 0))
         live.sort(key=lambda node: (node.load, node.node_id))
         return live, dead
 

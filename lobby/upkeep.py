@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,6 +19,11 @@ from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
 from lobby.seating import Outcome, Seating
 
 log = logging.getLogger("tickroom.lobby")
+
+# A node whose last heartbeat is older than this many heartbeat intervals is suspected dead (it beats once an
+# interval, and the survey that saw it is at most one interval old): no player is sent to it until its rooms
+# have moved or it beats again.
+SUSPECT_AFTER_BEATS = 3
 
 
 @dataclass(slots=True)
@@ -68,6 +74,7 @@ class Upkeep:
         self._beats = 0
         self._beating = asyncio.Lock()  # held while a heartbeat is in flight
         self.live: list[NodeInfo] = []
+        self.surveyed_at = 0.0  # time.monotonic() of the survey `live` comes from
         self.urls: dict[str, str] = {node_id: url}
         self.reachable = False
         self.surveyed = asyncio.Event()  # set once the directory of live nodes was read
@@ -82,6 +89,17 @@ class Upkeep:
         if not self.live:
             return self.node_id if self._local_state().accepting else ""
         return next((node.node_id for node in self.live if node.accepting), "")
+
+    def heart_beating(self, node_id: str) -> bool:
+        """Is the node alive and its heartbeat recent (at most SUSPECT_AFTER_BEATS heartbeats old)? A node that
+        stopped beating is suspected dead before its key expires: the lobby sends nobody to it meanwhile."""
+        if node_id == self.node_id:
+            return True
+        node = next((node for node in self.live if node.node_id == node_id), None)
+        if node is None:
+            return False
+        age_ms = node.beat_age_ms + (time.monotonic() - self.surveyed_at) * 1000
+        return age_ms <= SUSPECT_AFTER_BEATS * self.heartbeat_s * 1000
 
     def placed(self, node_id: str) -> None:
         """A new room was just put on `node_id`: count it now, so that a burst of new rooms spreads over the
@@ -122,6 +140,7 @@ class Upkeep:
                 self._adopted_at_start = True
                 live, dead = await self.registry.survey()
                 self.live = live
+                self.surveyed_at = time.monotonic()
                 self.surveyed.set()
                 self.urls.update({node.node_id: node.url for node in live})
                 self.reachable = True

@@ -169,6 +169,17 @@ class LobbySession:
     async def probe(self, timeout_s: float) -> bool:
         return await self.ws.probe(timeout_s)
 
+    def hold(self, room_id: str) -> None:
+        if self.phase in (LobbyPhase.JOINING, LobbyPhase.WAITING):
+            self._say_recovering(room_id)
+            self.log.info("player %s is back for room %s, whose host stopped heart-beating: waiting for a live "
+                          "host", self.player_id, room_id)
+
+    def _say_recovering(self, room_id: str) -> None:
+        self.link.send(encode({"type": "lobby", "status": "recovering", "mode": self.mode, "room": room_id,
+                               "players": [], "countdown_ms": None, "min": self.settings.min_players,
+                               "max": self.settings.max_players}))
+
     # -- the connection --------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -258,9 +269,7 @@ class LobbySession:
                 return
             if not told:
                 told = True
-                self.link.send(encode({"type": "lobby", "status": "recovering", "mode": self.mode, "room": room_id,
-                                       "players": [], "countdown_ms": None, "min": settings.min_players,
-                                       "max": settings.max_players}))
+                self._say_recovering(room_id)
                 self.log.info("player %s is back for room %s, which the lobby lost: waiting for its recovery",
                               self.player_id, room_id)
             await asyncio.sleep(settings.node_heartbeat_s)

@@ -141,6 +141,10 @@ class Room:
             room._scored = {entry.pid: entry.score for entry in game.ranking()}
         else:
             room._scored = {pid: told.get(player_id, 0) for player_id, pid in room._pids.items()}
+        if room.roster is not None:  # seats given up before the snapshot stay given up
+            for seat in room._seats.values():
+                if seat.player_id not in room.roster:
+                    game.release_seat(seat.pid)
         room.tick_no = int(document.get("tick", 0))
         room.phase = RoomPhase.RUNNING
         room.join_deadline = None
@@ -220,6 +224,9 @@ class Room:
         self._post({"type": "event", "kind": "leave", "p": seat.pid})
         try:
             self.game.remove_player(seat.pid)
+            if self.roster is None and self.phase is RoomPhase.RUNNING:
+                # No lobby, no reconnect grace: a direct-join player who drops gives the seat up.
+                self.game.release_seat(seat.pid)
         except Exception:
             self._fail("remove_player")
             return
@@ -247,16 +254,16 @@ class Room:
 
     def dismiss(self, player_id: str) -> None:
         """The player gave their lobby seat up (left, or never came back in time): they may not come back. In a
-        running match the game hears it too: a match left with one player ends (also a restored one, where
-        nobody who was away ever left)."""
+        running match the game hears it too (`release_seat`): a match in which one player still holds a seat
+        ends with that player first, also a restored one."""
         if self.roster is not None:
             self.roster.discard(player_id)
         seat = self._seats.get(player_id)
         if seat is not None and seat.conn is None and self.phase is RoomPhase.RUNNING and self.failed is None:
             try:
-                self.game.remove_player(seat.pid)
+                self.game.release_seat(seat.pid)
             except Exception:
-                self._fail("remove_player")
+                self._fail("release_seat")
 
     def seats(self) -> list[Seat]:
         """Every seat, in join order (the admin view)."""

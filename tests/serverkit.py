@@ -79,6 +79,21 @@ async def join_game(app: App, room: str, **kwargs: Any) -> tuple[ClientConnectio
     return ws, welcome
 
 
+async def no_match_end_for(ws: ClientConnection, seconds: float) -> int:
+    """Read for `seconds`: no `match_end` may come; how many states did."""
+    states = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        try:
+            message = await recv_json(ws, timeout=left)
+        except TimeoutError:
+            break
+        assert message["type"] != "match_end", f"the match ended while players were inside their grace: {message}"
+        states += message["type"] == "state"
+    return states
+
+
 def is_type(kind: str) -> Callable[[dict[str, Any]], bool]:
     return lambda message: message["type"] == kind
 

@@ -380,13 +380,16 @@ def test_the_match_ends_after_the_default_time_limit_of_180_seconds() -> None:
     assert game.clock_ms == 180_000
 
 
-def test_the_match_ends_when_one_player_remains_and_that_player_ranks_first() -> None:
+def test_the_match_ends_when_one_player_still_holds_a_seat_and_that_player_ranks_first() -> None:
     game, _ = match((100, 500), (300, 500), (900, 900), config=ONE_SHOT)
     game.fire(1, 1, 0.0)
     run(game, 0.3)
     game.remove_player(1)
-    assert game.end_reason is None
     game.remove_player(3)
+    assert game.end_reason is None  # away, inside their reconnect grace: they still hold their seats
+    game.release_seat(1)
+    assert game.end_reason is None
+    game.release_seat(3)
     assert game.end_reason == "last_player"
     assert game.ranking() == [
         RankEntry(pid=2, rank=1, kills=0, deaths=1, score=0),
@@ -396,6 +399,27 @@ def test_the_match_ends_when_one_player_remains_and_that_player_ranks_first() ->
     clock = game.clock_ms
     run(game, 1.0)
     assert game.clock_ms == clock
+
+
+def test_players_merely_away_never_make_anyone_the_last_player_and_may_come_back() -> None:
+    game, _ = match((100, 100), (500, 500), (900, 900), (100, 900))
+    for pid in (1, 2, 3):
+        game.remove_player(pid)
+    run(game, 1.0)
+    assert game.end_reason is None and [entry["p"] for entry in game.players_state()] == [4]
+    for pid in (1, 2, 3):
+        game.add_player(pid)
+    assert game.end_reason is None and len(game.players_state()) == 4
+
+
+def test_the_only_seat_holder_away_when_the_others_give_up_wins_once_back() -> None:
+    game, _ = match((100, 100), (500, 500), (900, 900))
+    game.remove_player(2)
+    game.release_seat(1)
+    game.release_seat(3)
+    assert game.end_reason is None  # player 2 holds the last seat but is not here to win it yet
+    game.add_player(2)
+    assert game.end_reason == "last_player" and game.ranking()[0].pid == 2
 
 
 # -- ranking and players ---------------------------------------------------------------------------------------

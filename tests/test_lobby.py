@@ -249,19 +249,6 @@ async def test_a_player_who_dropped_out_of_a_match_rejoins_it_through_the_lobby(
         await ws.close()
 
 
-async def test_joining_the_lobby_while_connected_to_a_match_is_refused(node: App) -> None:
-    tokens = [new_token() for _ in range(3)]
-    lobbies = [await join_lobby(node, token) for token in tokens]
-    founds = [await matched(ws) for ws in lobbies]
-    game, _ = await play(tokens[0], founds[0])
-    await asyncio.sleep(0.2)  # the attach is written in the background
-    again = await join_lobby(node, tokens[0])
-    error = await recv_until(again, is_type("error"))
-    assert error["code"] == "already_in_match" and founds[0]["room"] in error["message"]
-    assert await closed_with(again) == 1008
-    await game.close()
-
-
 async def test_bad_lobby_input_gets_documented_errors(node: App) -> None:
     ws = await open_lobby(node)
     await ws.send('{"type":"join","v":1,"mode":"chess"}')

@@ -39,7 +39,7 @@ from tests.clusterkit import (
     wait_nodes_surveyed,
     wait_until,
 )
-from tests.serverkit import is_event, is_type, lobby_prefix, new_token, recv_until
+from tests.serverkit import is_event, is_type, lobby_prefix, new_token, no_match_end_for, recv_until
 from tests.test_bot_e2e import last_json_line, run_bot
 
 # Node ids sort so that new rooms go to "a-host" while every node is equally loaded.
@@ -131,7 +131,8 @@ async def test_a_player_matched_through_a_front_node_plays_on_the_host_and_a_dea
             assert welcome["type"] == "welcome" and welcome["room"] == room, welcome
             games.append(game)
         await recv_until(games[0], is_event("phase", state="running"))
-        for game in games:
+        for game in games:  # they leave (a drop would keep their seats for the reconnect grace, 30 s)
+            await game.send('{"type":"leave"}')
             await game.close()
 
         # Once a-host is idle again (and every node has seen it), the next room goes there too: two players
@@ -218,6 +219,8 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
             assert (found["room"], found["node"]) == (room, new_host)
             game, welcome = await play(token, found)
             assert welcome["type"] == "welcome" and welcome["room"] == room and welcome["state"] == "running", welcome
+            if not welcomes:  # the restored match waits the grace for the others: one player back ends nothing
+                assert await no_match_end_for(game, 1.5) > 0
             welcomes.append(game)
         state = await recv_until(welcomes[0], lambda m: m["type"] == "state" and len(m["players"]) == 3)
         saved = {p["pid"]: p for p in snapshot["game"]["players"]}

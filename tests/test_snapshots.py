@@ -153,20 +153,36 @@ def test_a_restored_room_tells_the_leaderboard_only_what_it_was_not_told_yet() -
 
 
 def test_in_a_restored_match_the_only_player_back_wins_once_the_others_seats_are_given_up() -> None:
-    """Everyone comes back from a restore away; a match left with one player ends with that player first, as it
-    would have had the others left while it ran."""
+    """Everyone comes back from a restore away, holding their seats for the reconnect grace; a match in which
+    one player still holds a seat ends with that player first, as it would have had the others left while it
+    ran."""
     game = played_game()
-    players = [str(uuid.uuid4()) for _ in range(3)]
+    players = [str(uuid.uuid4()) for _ in range(4)]  # the fourth left while the match ran: not in the roster
     document = {"v": 1, "room": "alone", "mode": "arena", "match": str(uuid.uuid4()), "created_ms": 1,
-                "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players,
+                "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players[:3],
                 "seats": [{"pid": i + 1, "id": pid, "name": f"p{i}", "joined_ms": 1} for i, pid in enumerate(players)],
                 "game": orjson.loads(orjson.dumps(game.snapshot()))}
     room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"))
     room.game.add_player(3)  # the one player who came back (a join activates their pid in the game)
-    room.dismiss(players[0])  # the first whose reconnect grace ran out: two others could still come back...
-    assert room.game.end_reason == "last_player"  # ...but in a running match one active player is one too few
+    room.dismiss(players[0])  # the first whose reconnect grace ran out...
+    assert room.game.end_reason is None  # ...while the second's runs on: it still holds a seat
+    room.dismiss(players[1])
+    assert room.game.end_reason == "last_player"
     assert room.game.ranking()[0].pid == 3
-    assert room.roster == frozenset(players[1:])
+    assert room.roster == frozenset(players[2:3])
+
+
+def test_a_seat_given_up_before_the_snapshot_stays_given_up_in_the_restored_match() -> None:
+    game = played_game()
+    players = [str(uuid.uuid4()) for _ in range(4)]
+    document = {"v": 1, "room": "left", "mode": "arena", "match": str(uuid.uuid4()), "created_ms": 1,
+                "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players[1:3],  # the first and fourth left
+                "seats": [{"pid": i + 1, "id": pid, "name": f"p{i}", "joined_ms": 1} for i, pid in enumerate(players)],
+                "game": orjson.loads(orjson.dumps(game.snapshot()))}
+    room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"))
+    room.game.add_player(3)
+    room.dismiss(players[1])  # one of the two seats still held is given up: one is left
+    assert room.game.end_reason == "last_player" and room.game.ranking()[0].pid == 3
 
 
 def test_a_restored_match_nobody_came_back_to_does_not_end_when_seats_are_given_up() -> None:

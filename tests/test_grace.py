@@ -1,0 +1,127 @@
+"""The reconnect grace is the contract: a seat is given up only by `leave`, by the grace running out, or by the end
+of the match. Players who drop (an abort, a clean close without `leave`, a half-open connection) keep the match
+going for the others and come back into it through the lobby, which answers `match_found` for their running
+match whatever became of their old connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from server.app import App
+from tests.serverkit import (
+    RawClient,
+    closed_with,
+    is_event,
+    is_type,
+    join_lobby,
+    new_token,
+    no_match_end_for,
+    recv_until,
+    start_lobby_app,
+)
+
+Message = dict[str, Any]
+GRACE_S = 6.0
+AWAY_S = 1.5  # how long the dropped players stay away: long enough for a wrongly ended match to show
+
+
+@pytest.fixture
+async def node(redis_url: str) -> AsyncIterator[App]:
+    app = await start_lobby_app(redis_url, reconnect_grace_s=GRACE_S, countdown_s=0.5)
+    yield app
+    await app.__aexit__(None, None, None)
+
+
+async def play(token: str, found: Message) -> tuple[ClientConnection, Message]:
+    # max_queue=None: states pile up unread while the test looks elsewhere, and a full queue would stop the
+    # client reading, so that its close handshake waits out the close timeout.
+    ws = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"}, compression=None,
+                       open_timeout=5, max_queue=None)
+    await ws.send('{"type":"hello","v":1}')
+    return ws, await recv_until(ws, lambda m: m["type"] in ("welcome", "error"))
+
+
+async def match_found(app: App, token: str) -> Message:
+    lobby = await join_lobby(app, token)
+    found = await recv_until(lobby, is_type("match_found"), timeout=10)
+    await lobby.close()
+    return found
+
+
+async def running_match(app: App, count: int) -> tuple[list[str], list[Message]]:
+    tokens = [new_token(f"g{i}") for i in range(count)]
+    lobbies = [await join_lobby(app, token) for token in tokens]
+    founds = [await recv_until(ws, is_type("match_found"), timeout=10) for ws in lobbies]
+    assert len({found["room"] for found in founds}) == 1
+    return tokens, founds
+
+
+async def test_players_who_drop_without_leave_keep_the_match_and_come_back_into_it(node: App) -> None:
+    tokens, founds = await running_match(node, 4)
+    room = founds[0]["room"]
+    survivor, _ = await play(tokens[0], founds[0])
+    aborted, _ = await play(tokens[1], founds[1])
+    closed, _ = await play(tokens[2], founds[2])
+    # The fourth plays on a raw socket that will go silent: a half-open connection the server cannot see die.
+    half_open = await RawClient.open(node.port, path=urllib.parse.urlsplit(founds[3]["url"]).path + "?"
+                                     + urllib.parse.urlsplit(founds[3]["url"]).query, token=tokens[3])
+    half_open.send_json({"type": "hello", "v": 1})
+    assert (await half_open.message())["type"] == "welcome"
+    await recv_until(survivor, is_event("phase", state="running"))
+
+    assert aborted.transport is not None
+    aborted.transport.abort()  # no close frame
+    await closed.close()  # a clean close, without `leave`
+    # Three of four away: not one of them gave their seat up, so nobody is the last player.
+    assert await no_match_end_for(survivor, AWAY_S) >= AWAY_S * 60
+
+    back = []
+    for token in tokens[1:]:
+        found = await match_found(node, token)  # the half-open one too: no `already_in_match`
+        assert found["room"] == room
+        ws, welcome = await play(token, found)
+        assert welcome["type"] == "welcome" and welcome["state"] == "running", welcome
+        back.append(ws)
+    state = await recv_until(survivor, lambda m: m["type"] == "state" and len(m["players"]) == 4)
+    assert state["players"]
+    assert await half_open.at_eof(timeout=5, unread_ok=True)  # taken over: the server dropped the silent one
+    for ws in (survivor, *back):
+        await ws.close()
+    half_open.close()
+
+
+async def test_a_match_ends_last_player_only_once_the_others_gave_their_seats_up(redis_url: str) -> None:
+    app = await start_lobby_app(redis_url, reconnect_grace_s=1.0, countdown_s=0.5)
+    try:
+        tokens, founds = await running_match(app, 3)
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await recv_until(games[0], is_event("phase", state="running"))
+        await games[1].send('{"type":"leave"}')  # gives the seat up at once
+        await games[2].close()  # keeps it for the grace (1 s here)
+        assert await no_match_end_for(games[0], 0.5) > 0
+        end = await recv_until(games[0], is_type("match_end"), timeout=5)
+        assert end["reason"] == "last_player" and end["ranking"][0]["name"] == "g0"
+        await games[0].close()
+    finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_a_second_connection_to_a_running_match_is_refused_while_the_first_answers(node: App) -> None:
+    tokens, founds = await running_match(node, 3)
+    first, _ = await play(tokens[0], founds[0])
+    await asyncio.sleep(0.2)  # the attach is written in the background
+    again = await match_found(node, tokens[0])  # the lobby sends them back to their match...
+    assert again["room"] == founds[0]["room"] and again["node"] == founds[0]["node"]
+    second, refusal = await play(tokens[0], again)  # ...where the live first connection keeps the seat
+    assert refusal["type"] == "error" and refusal["code"] == "already_connected"
+    assert await closed_with(second) == 1008
+    await first.send('{"type":"ping","t":9}')
+    assert (await recv_until(first, is_type("pong")))["t"] == 9
+    await first.close()
