@@ -150,7 +150,7 @@ class LobbyHub:
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
                              self._spawn, self.writes.submit, evict or (lambda mode, kept: None), self.wall_ms,
                              heartbeat_s=config.heartbeat_s,
-                             presence_every_s=config.presence_every_s, adopt=adopt)
+                             presence_every_s=config.presence_every_s, adopt=adopt, listeners=self.bus.listeners)
 
     async def hand_off(self, new_host: str) -> None:
         """Draining: the lobby moves this node's rooms to `new_host` (`Upkeep.hand_off`)."""
@@ -258,8 +258,9 @@ class LobbyHub:
                                        f"on node {outcome.conn_node}; finish or leave that match first")
                 # A player in a running match comes back to it, whatever became of their old connection (the
                 # game endpoint takes over from one that no longer answers): match_found, with a fresh ticket.
+                host_ok = await self._host_reachable(playing.node)
                 self.waiters[waiter.conn_id] = waiter
-                self._deliver_to(waiter, playing)
+                self._deliver_to(waiter, playing, host_ok=host_ok)
                 return outcome
             raise LobbyRefused("already_connected", "this player is already waiting in the lobby on another "
                                                     "connection")
@@ -271,7 +272,10 @@ class LobbyHub:
         if view is not None:
             # A newer view may be here already: the reply of a later join, say the one that started the room,
             # can overtake this one on another connection.
-            self._deliver_to(waiter, self._newest(waiter.mode, view) if view.room_id else view)
+            view = self._newest(waiter.mode, view) if view.room_id else view
+            # Back for a running match: is its host still there (a killed host's listener is gone at once)?
+            host_ok = view.state != "running" or await self._host_reachable(view.node)
+            self._deliver_to(waiter, view, host_ok=host_ok)
         return outcome
 
     @staticmethod
@@ -451,7 +455,16 @@ class LobbyHub:
             self._latest.popitem(last=False)
         return view
 
-    def _deliver_to(self, waiter: Waiter, view: RoomView) -> None:
+    async def _host_reachable(self, node_id: str) -> bool:
+        """May a player be sent to this node: it heart-beats, and its process is there (its notice listener is
+        subscribed: a killed node's goes the moment it dies, long before its heartbeat is missed)?"""
+        if node_id == self.node_id:
+            return True
+        if not self.upkeep.heart_beating(node_id):
+            return False
+        return (await self.bus.listeners([node_id])).get(node_id, 0) > 0
+
+    def _deliver_to(self, waiter: Waiter, view: RoomView, *, host_ok: bool = True) -> None:
         key = (waiter.mode, view.room_id)
         if view.state == "queued" or not view.room_id:
             self._place(waiter.conn_id, None)
@@ -463,7 +476,7 @@ class LobbyHub:
         self._place(waiter.conn_id, key)
         if view.state == "running":
             self._unregister(waiter.conn_id)
-            if not self.upkeep.heart_beating(view.node):
+            if not host_ok or not self.upkeep.heart_beating(view.node):
                 self._spawn(self._match_when_hosted(waiter, view), f"hold:{waiter.player_id}")
                 return
             url = self.upkeep.urls.get(view.node)
@@ -513,7 +526,7 @@ class LobbyHub:
                 if playing is None:
                     waiter.dropped("your match is over, or your seat in it is gone; join again")
                     return
-                if self.upkeep.heart_beating(playing.node):
+                if await self._host_reachable(playing.node):
                     url = self.upkeep.urls.get(playing.node) or await self.registry.url_of(playing.node)
                     if url is not None:
                         self._match(waiter, playing, url)

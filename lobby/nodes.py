@@ -13,6 +13,12 @@ import redis.asyncio as aioredis
 
 from lobby.keys import text
 
+# Delete a node's hash only if its heartbeat is still the one the caller saw.
+_DECLARE_DEAD = """
+if redis.call('HGET', KEYS[1], 'heartbeat_ms') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
@@ -21,8 +27,10 @@ class NodeInfo:
     load: int
     accepting: bool = True  # False: full, or draining; it keeps its rooms but takes no new one
     state: str = "serving"  # serving, draining, handing_off, drained
-    # How old its last heartbeat was when surveyed, by its key's TTL (no clocks compared); not part of identity.
+    # How old its last heartbeat was when surveyed, by its key's TTL (no clocks compared), and the heartbeat's
+    # own stamp (what `declare_dead` checks); not part of identity.
     beat_age_ms: int = field(default=0, compare=False)
+    heartbeat_ms: str = field(default="", compare=False)
 
 
 
@@ -81,6 +89,10 @@ class NodeRegistry:
         (moved its waiting rooms, freed its players), as after a crash but without the wait."""
         await self.client.delete(self.node_key(node_id))
 
+    async def declare_dead(self, node: NodeInfo) -> bool:
+        """Make a node dead now, as its key's expiry would, unless it heart-beat since `node` was surveyed."""
+        return bool(await self.client.eval(_DECLARE_DEAD, 1, self.node_key(node.node_id), node.heartbeat_ms))
+
     async def survey(self) -> tuple[list[NodeInfo], list[str]]:
         """Live nodes, least loaded first, and the ids of dead nodes still waiting to be swept up after."""
         ids = [text(node_id) for node_id in await self.client.zrange(self.index, 0, -1)]
@@ -88,17 +100,19 @@ class NodeRegistry:
             return [], []
         async with self.client.pipeline(transaction=False) as pipe:
             for node_id in ids:
-                pipe.hmget(self.node_key(node_id), "url", "load", "accepting", "state")
+                pipe.hmget(self.node_key(node_id), "url", "load", "accepting", "state", "heartbeat_ms")
                 pipe.pttl(self.node_key(node_id))
             replies = await pipe.execute()
         live, dead = [], []
-        for node_id, (url, load, accepting, state), ttl_ms in zip(ids, replies[::2], replies[1::2], strict=True):
+        for node_id, (url, load, accepting, state, beat), ttl_ms in zip(ids, replies[::2], replies[1::2],
+                                                                       strict=True):
             if url is None:
                 dead.append(node_id)
             else:
                 live.append(NodeInfo(node_id, text(url), int(load), accepting is None or text(accepting) == "1",
                                      "serving" if state is None else text(state),
-                                     beat_age_ms=max(0, self.dead_after_ms - int(ttl_ms)) if ttl_ms >= 0 else 0))
+                                     beat_age_ms=max(0, self.dead_after_ms - int(ttl_ms)) if ttl_ms >= 0 else 0,
+                                     heartbeat_ms="" if beat is None else text(beat)))
         live.sort(key=lambda node: (node.load, node.node_id))
         return live, dead
 

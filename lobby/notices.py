@@ -46,6 +46,16 @@ class NoticeBus:
                 pipe.publish(self.channel(node_id), payload)
             await pipe.execute()
 
+    async def listeners(self, node_ids: Iterable[str]) -> dict[str, int]:
+        """How many connections listen on each node's channel: a node's own listener, whose connection the
+        kernel closes the moment its process dies (so Redis drops the subscription at once)."""
+        nodes = list(node_ids)
+        if not nodes:
+            return {}
+        replies = await self.client.pubsub_numsub(*(self.channel(node_id) for node_id in nodes))
+        counts = {text(channel): int(count) for channel, count in replies}
+        return {node_id: counts.get(self.channel(node_id), 0) for node_id in nodes}
+
     async def enable_expiry_events(self) -> bool:
         """Make Redis publish key expiry events (`notify-keyspace-events` with E and x), keeping the flags
         already set. False when the server refuses CONFIG (a managed Redis): set it in its configuration."""

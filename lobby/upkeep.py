@@ -24,6 +24,13 @@ log = logging.getLogger("tickroom.lobby")
 # interval, and the survey that saw it is at most one interval old): no player is sent to it until its rooms
 # have moved or it beats again.
 SUSPECT_AFTER_BEATS = 3
+# A node is taken for dead before its key expires when its process is gone: its notice listener has left Redis
+# (the kernel closed the connection when the process died) and it missed a heartbeat (its beat is older than
+# this many intervals). A machine that vanished keeps its connections open until TCP gives up: its key expires.
+GONE_AFTER_BEATS = 1.5
+STEADY_BEATS = 3  # only a node that heart-beat this many times in a row judges others (not just after an outage)
+
+Listeners = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 
 @dataclass(slots=True)
@@ -54,7 +61,7 @@ class Upkeep:
     def __init__(self, node_id: str, url: str, registry: NodeRegistry, seatings: Mapping[str, Seating],
                  local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn, submit: Submit,
                  evict: Evict, wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float,
-                 adopt: Adopt | None = None) -> None:
+                 adopt: Adopt | None = None, listeners: Listeners | None = None) -> None:
         self.node_id = node_id
         self.url = url
         self.registry = registry
@@ -72,6 +79,8 @@ class Upkeep:
         self.presence_every_s = presence_every_s
         self.stopping = False
         self._beats = 0
+        self._steady = 0  # heartbeats in a row since the last outage
+        self._listeners = listeners
         self._beating = asyncio.Lock()  # held while a heartbeat is in flight
         self.live: list[NodeInfo] = []
         self.surveyed_at = 0.0  # time.monotonic() of the survey `live` comes from
@@ -136,6 +145,7 @@ class Upkeep:
                     if not was_alive and self._beats:
                         await self._fence()
                     self._beats += 1
+                    self._steady += 1
                 await self.adopt_rooms(first=not self._adopted_at_start)
                 self._adopted_at_start = True
                 live, dead = await self.registry.survey()
@@ -145,18 +155,39 @@ class Upkeep:
                 self.urls.update({node.node_id: node.url for node in live})
                 self.reachable = True
                 backoff.reset("heartbeat")
+                for node in await self._processes_gone(live):
+                    if await self.registry.declare_dead(node):
+                        log.warning("node %s's process is gone (its notice listener left Redis and it missed a "
+                                    "heartbeat): taking it for dead now", node.node_id)
+                        dead.append(node.node_id)
+                        self.live = [other for other in self.live if other.node_id != node.node_id]
                 for node_id in dead:
                     # Asked again just before: a node that only stalled may have come back meanwhile.
                     if node_id != self.node_id and not await self.registry.is_alive(node_id):
                         await self.sweep(node_id)
             except OUTAGE as error:
                 self.reachable = False
+                self._steady = 0
                 await backoff.wait("heartbeat", error)
                 continue
             except Exception as error:  # a Redis answer we did not expect: never take the rooms down with it
+                self._steady = 0
                 await backoff.wait("heartbeat", error)
                 continue
             await asyncio.sleep(self.heartbeat_s)
+
+    async def _processes_gone(self, live: list[NodeInfo]) -> list[NodeInfo]:
+        """Live nodes whose process is gone: no listener on their notice channel, and a missed heartbeat. Judged
+        only while this node's own listener is there and it heart-beat steadily: after a Redis restart every
+        listener is gone for a moment, this one's too."""
+        others = [node for node in live if node.node_id != self.node_id]
+        if self._listeners is None or not others or self._steady < STEADY_BEATS:
+            return []
+        counts = await self._listeners([self.node_id, *(node.node_id for node in others)])
+        if counts.get(self.node_id, 0) < 1:
+            return []
+        late_ms = GONE_AFTER_BEATS * self.heartbeat_s * 1000
+        return [node for node in others if counts.get(node.node_id, 0) == 0 and node.beat_age_ms > late_ms]
 
     async def _fence(self) -> None:
         """This node's heartbeat had expired (a stall longer than the dead-after time, or Redis lost its data):

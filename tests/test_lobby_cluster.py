@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import random
 import re
+import signal
 import time
 import uuid
 from collections import Counter
@@ -233,6 +234,81 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
         for game in welcomes:
             await game.close()
         assert cluster.problems() == []
+
+
+async def snapshot_written(client: aioredis.Redis, prefix: str, room: str) -> None:
+    key = LobbyKeys(prefix, "arena").room_snapshot(room)
+
+    async def written() -> bool:
+        return bool(await client.exists(key))
+
+    await wait_until(written, 10, f"a snapshot of room {room}")
+
+
+async def test_a_killed_hosts_players_are_back_in_their_match_long_before_its_heartbeat_would_expire(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    """kill -9 closes the host's connections at once, its notice listener's too: the others take it for dead at
+    its first missed heartbeat instead of waiting out its key (10 s here)."""
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--node-dead-after-s", "10", "--snapshot-every-s", "1",
+                          "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"f{i}") for i in range(3)]
+        room, _ = await playing_on_the_host(cluster, tokens)
+        await snapshot_written(client, prefix, room)
+        killed = time.monotonic()
+        await cluster.kill(HOST)
+
+        async def come_back(token: str) -> tuple[Message, Message]:
+            found = await match_of(await join_lobby(cluster, FRONT, token))
+            game, welcome = await play(token, found)
+            await game.close()
+            return found, welcome
+
+        comebacks = await asyncio.gather(*(come_back(token) for token in tokens))
+        elapsed = time.monotonic() - killed
+        for found, welcome in comebacks:
+            assert found["room"] == room and found["node"] in (FRONT, OTHER)  # never the dead host
+            assert welcome["type"] == "welcome" and welcome["state"] == "running", welcome
+        assert elapsed < 3.0, f"players back {elapsed:.2f} s after the kill; the dead-after time is 10 s"
+        assert any(cluster.logged("process is gone").values())
+
+
+async def test_a_stalled_host_is_suspected_at_once_but_taken_for_dead_only_when_its_key_expires(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis) -> None:
+    """A host that stops heart-beating but keeps its connections open (stalled, or a machine cut off until TCP
+    gives up) is not judged by its listener: its rooms move when its key expires. Meanwhile the lobby sends
+    nobody to it: a player coming back is told `recovering` and then sent to the match's new host."""
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--node-dead-after-s", "4", "--snapshot-every-s", "1",
+                          "--reconnect-grace-s", "30") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        tokens = [new_token(f"s{i}") for i in range(3)]
+        room, _ = await playing_on_the_host(cluster, tokens)
+        await snapshot_written(client, prefix, room)
+        host = cluster[HOST].process
+        assert host is not None
+        host.send_signal(signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+
+            async def suspected() -> bool:  # three heartbeats (0.2 s) late, and seen so by a survey
+                ttl_ms = await client.pttl(f"{prefix}:node:{HOST}")
+                return 0 <= ttl_ms < 4000 - 1000
+
+            await wait_until(suspected, 5, f"{HOST} three heartbeats late")
+            lobby = await join_lobby(cluster, FRONT, tokens[0])
+            status = await recv_until(lobby, lambda m: m["type"] in ("lobby", "match_found", "error"), timeout=5)
+            assert (status["type"], status.get("status"), status.get("room")) == ("lobby", "recovering", room), status
+            found = await match_of(lobby)
+            moved = time.monotonic() - stopped
+            assert found["room"] == room and found["node"] in (FRONT, OTHER)
+            assert moved >= 4.0 - 0.5, f"the stalled host was taken for dead after {moved:.2f} s, not at its expiry"
+            game, welcome = await play(tokens[0], found)
+            assert welcome["type"] == "welcome" and welcome["state"] == "running", welcome
+            await game.close()
+        finally:
+            host.send_signal(signal.SIGCONT)
 
 
 async def test_bots_whose_host_is_killed_come_back_into_their_restored_match_and_count_reconnects(
