@@ -26,7 +26,7 @@ from lobby.notices import Notice, NoticeBus
 from lobby.outage import OUTAGE, Backoff, LobbyUnavailable, stop_if_cancelled
 from lobby.seating import Claim, Outcome, RoomRecord, RoomView, Seating, SeatingRules
 from lobby.tickets import Ticket, mint_ticket
-from lobby.upkeep import LocalState, Upkeep
+from lobby.upkeep import HostedMatch, LocalState, Upkeep
 from lobby.writes import GameReports, Write, WriteQueue
 
 log = logging.getLogger("tickroom.lobby")
@@ -71,6 +71,9 @@ class Waiter(Protocol):
 
     def dropped(self, reason: str) -> None:
         """The player's place is gone (another node swept it up, say): they must join again."""
+
+    def results_saved(self, match_ids: Sequence[str]) -> None:
+        """These matches' results became durable after the player had left their rooms."""
 
     def hold(self, room_id: str) -> None:
         """The player's running match is in `room_id`, whose host stopped heart-beating: the join waits until
@@ -117,7 +120,8 @@ class LobbyHub:
     def __init__(self, client: object, config: HubConfig, local_state: Callable[[], LocalState],
                  wall_ms: Callable[[], int] | None = None,
                  evict: Callable[[str, set[str]], None] | None = None,
-                 adopt: Callable[[str, list[str]], Awaitable[None]] | None = None) -> None:
+                 adopt: Callable[[str, list[str]], Awaitable[None]] | None = None,
+                 hosted: Callable[[], list[HostedMatch]] | None = None) -> None:
         from redis.asyncio import Redis
 
         assert isinstance(client, Redis)
@@ -150,7 +154,8 @@ class LobbyHub:
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
                              self._spawn, self.writes.submit, evict or (lambda mode, kept: None), self.wall_ms,
                              heartbeat_s=config.heartbeat_s,
-                             presence_every_s=config.presence_every_s, adopt=adopt, listeners=self.bus.listeners)
+                             presence_every_s=config.presence_every_s, adopt=adopt, listeners=self.bus.listeners,
+                             hosted=hosted, attach=self.games.attached)
 
     async def hand_off(self, new_host: str) -> None:
         """Draining: the lobby moves this node's rooms to `new_host` (`Upkeep.hand_off`)."""
@@ -234,19 +239,26 @@ class LobbyHub:
         seating = self.seatings[waiter.mode]
         host = self.upkeep.pick_host()
         new_room = uuid.uuid4().hex[:16]
-        try:
+        saved: list[str] = []  # each join call hands over (and deletes) the results saved since the last
+
+        async def join_once(takeover: str = "") -> Outcome:
             outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
-                                         conn_node=self.node_id, new_room_id=new_room, new_room_node=host)
+                                         conn_node=self.node_id, new_room_id=new_room, new_room_node=host,
+                                         takeover=takeover)
+            saved.extend(outcome.saved)
+            return outcome
+
+        try:
+            outcome = await join_once()
             if outcome.outcome == "busy" and await self._connection_gone(outcome):
-                outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(),
-                                             conn_id=waiter.conn_id, conn_node=self.node_id,
-                                             new_room_id=new_room, new_room_node=host, takeover=outcome.conn)
+                outcome = await join_once(takeover=outcome.conn)
             if outcome.outcome == "busy" and outcome.conn_kind == "lobby" and outcome.conn:
-                outcome = await self._after_probe(waiter, outcome, lambda: seating.join(
-                    waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id, conn_node=self.node_id,
-                    new_room_id=new_room, new_room_node=host))
+                outcome = await self._after_probe(waiter, outcome, join_once)
         except OUTAGE as error:
             raise LobbyUnavailable(str(error)) from error
+        finally:
+            if saved:
+                waiter.results_saved(saved)
         if not waiter.active:
             return outcome  # the connection ended meanwhile; its leave follows
         if outcome.outcome == "busy":

@@ -78,6 +78,11 @@ class LobbyKeys:
         """Hash: room, node, status, joined_ms, name, conn, conn_node, conn_kind."""
         return f"{self.base}:player:{player_id}"
 
+    def player_saved(self, player_id: str) -> str:
+        """Set of the matches whose results became durable after the player left their room (join.lua tells
+        and deletes it)."""
+        return f"{self.base}:player:{player_id}:saved"
+
     def node_rooms(self, node_id: str) -> str:
         """Set of the rooms a node hosts (for the sweep when it dies)."""
         return f"{self.base}:node:{node_id}:rooms"

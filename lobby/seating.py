@@ -77,6 +77,7 @@ class Outcome:
     conn_kind: str = ""
     joined_ms: int | None = None
     counts: dict[str, int] | None = None
+    saved: tuple[str, ...] = ()  # (join) matches whose results were saved after the player left them
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +141,16 @@ def parse_outcome(raw: Any) -> Outcome:
                    room=str(reply.get("room") or ""),
                    conn=str(reply.get("conn") or ""), conn_node=str(reply.get("conn_node") or ""),
                    conn_kind=str(reply.get("conn_kind") or ""),
-                   joined_ms=_optional_int(reply.get("joined_ms")), counts=counts or None)
+                   joined_ms=_optional_int(reply.get("joined_ms")), counts=counts or None,
+                   saved=_list(reply.get("saved")))
 
 
 def _script(name: str) -> str:
     lua = resources.files("lobby").joinpath("lua")
     return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
+
+SAVED_TTL_S = 3600  # a player told nothing within the hour reads the result at GET /matches/ID instead
 
 SCRIPTS = ("join", "leave", "start", "attach", "detach", "finish", "expire", "sweep", "reclaim")
 
@@ -184,6 +188,16 @@ class Seating:
         seated, rejoined, requeued (seated again after losing their room), busy (connected elsewhere)."""
         return await self._call("join", now_ms, player_id, name, conn_id, conn_node, new_room_id, new_room_node,
                                 takeover)
+
+    async def note_saved(self, match_id: str, player_ids: Iterable[str]) -> None:
+        """The match's result is durable, and these players were gone from its room by then: their next `join`
+        tells them (`saved`); kept SAVED_TTL_S at most."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for player_id in player_ids:
+                key = self.keys.player_saved(player_id)
+                pipe.sadd(key, match_id)
+                pipe.expire(key, SAVED_TTL_S)
+            await pipe.execute()
 
     async def leave(self, player_id: str, now_ms: int, *, conn_id: str = "*", scope: str = "seat") -> Outcome:
         """Give up a place: scope "queue" only while waiting (a lobby connection ends), "seat" in any state.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from lobby.keys import text
 from lobby.nodes import NodeInfo, NodeRegistry
 from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
-from lobby.seating import Outcome, Seating
+from lobby.seating import Claim, Outcome, Seating
 
 log = logging.getLogger("tickroom.lobby")
 
@@ -45,7 +45,18 @@ class LocalState:
     rooms: dict[str, set[str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HostedMatch:
+    """A running lobby match this node hosts, as the lobby must know it again after Redis lost it: the claim
+    (`reclaim.lua`, with its members in join order) and the game connections of the players connected now."""
+
+    mode: str
+    claim: Claim
+    connected: tuple[tuple[str, str], ...] = ()  # (player id, connection id)
+
+
 Publish = Callable[[str, Outcome], None]
+Attach = Callable[[str, str, str, str], None]  # (mode, player id, room id, connection id)
 # Restores running matches this node was given (mode, room ids), or gives their players back.
 Adopt = Callable[[str, list[str]], Awaitable[None]]
 
@@ -61,7 +72,8 @@ class Upkeep:
     def __init__(self, node_id: str, url: str, registry: NodeRegistry, seatings: Mapping[str, Seating],
                  local_state: Callable[[], LocalState], publish: Publish, spawn: Spawn, submit: Submit,
                  evict: Evict, wall_ms: Callable[[], int], *, heartbeat_s: float, presence_every_s: float,
-                 adopt: Adopt | None = None, listeners: Listeners | None = None) -> None:
+                 adopt: Adopt | None = None, listeners: Listeners | None = None,
+                 hosted: Callable[[], list[HostedMatch]] | None = None, attach: Attach | None = None) -> None:
         self.node_id = node_id
         self.url = url
         self.registry = registry
@@ -81,6 +93,8 @@ class Upkeep:
         self._beats = 0
         self._steady = 0  # heartbeats in a row since the last outage
         self._listeners = listeners
+        self._hosted = hosted
+        self._attach = attach
         self._beating = asyncio.Lock()  # held while a heartbeat is in flight
         self.live: list[NodeInfo] = []
         self.surveyed_at = 0.0  # time.monotonic() of the survey `live` comes from
@@ -144,6 +158,7 @@ class Upkeep:
                                                       accepting=state.accepting, state=state.state)
                     if not was_alive and self._beats:
                         await self._fence()
+                        await self._reassert()
                     self._beats += 1
                     self._steady += 1
                 await self.adopt_rooms(first=not self._adopted_at_start)
@@ -201,6 +216,33 @@ class Upkeep:
             if taken:
                 self._evict(mode, taken)
                 await seating.client.delete(key)
+
+    async def _reassert(self) -> None:
+        """This node's heartbeat hash was gone. If Redis lost the lobby's state (a flush, a restart without
+        persistence, a failover to an empty replica), put back the running matches this node still hosts, with
+        their seats and connected players, so that comebacks reach them and `GET /lobby/rooms` lists them:
+        `reclaim.lua` for this node itself, which leaves alone every room the lobby still knows (a stall)."""
+        if self._hosted is None:
+            return
+        by_mode: dict[str, list[HostedMatch]] = {}
+        for match in self._hosted():
+            by_mode.setdefault(match.mode, []).append(match)
+        for mode, matches in by_mode.items():
+            outcomes = await self.seatings[mode].reclaim_many(self.node_id, self.wall_ms(),
+                                                              [match.claim for match in matches])
+            restored = 0
+            for match, outcome in zip(matches, outcomes, strict=True):
+                if outcome.outcome != "claimed" or outcome.view is None:
+                    continue
+                restored += 1
+                seated = set(outcome.view.player_ids)
+                for player_id, conn_id in match.connected:
+                    if player_id in seated and self._attach is not None:
+                        self._attach(mode, player_id, match.claim.room_id, conn_id)
+                self._publish(mode, outcome)
+            if restored:
+                log.warning("the lobby had lost %d running match(es) of this node (%s): registered again with "
+                            "their players", restored, mode)
 
     async def adopt_rooms(self, *, first: bool) -> None:
         """Restore the running matches a sweep gave this node (its `adopt` set), and at the first heartbeat

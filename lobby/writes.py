@@ -112,6 +112,14 @@ class GameReports:
 
         self.writes.submit(f"{player_id} leaves their match", leave)
 
+    def saved(self, mode: str, match_id: str, player_ids: list[str]) -> None:
+        """The match's result is durable and these players had left its room: their next join tells them."""
+
+        async def note() -> None:
+            await self.seatings[mode].note_saved(match_id, player_ids)
+
+        self.writes.submit(f"result of {match_id} saved", note)
+
     def gone(self, conn_id: str) -> None:
         """A game connection ended after its match: nothing to write, only to forget."""
         self.conns.discard(conn_id)

@@ -174,7 +174,7 @@ class App:
                            heartbeat_s=settings.node_heartbeat_s,
                            dead_after_s=settings.node_dead_after_s)
         self.hub = LobbyHub(client, config, self.node.lobby_state, evict=self.node.evict_lobby_rooms,
-                            adopt=self.node.adopt_rooms)
+                            adopt=self.node.adopt_rooms, hosted=self.node.hosted_matches)
         snapshots = self.node.snapshots = SnapshotStore(client, settings.lobby_prefix, settings.snapshot_ttl_s)
         self.node.lobby = self.hub
         self._lobby_http = LobbyEndpoints(self.hub)

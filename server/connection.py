@@ -91,6 +91,11 @@ EARLY_LIMIT = 256
 MAX_UNSENT_BYTES = 1 << 20
 
 
+def game_conn_id(conn: GameConnection) -> str:
+    """How the lobby names a player's game connection (the `conn` of their record in Redis)."""
+    return f"game-{conn.id}"
+
+
 class GameConnection(asyncio.Protocol):
     """A client connection, from the opening handshake to the TCP close (`/game`, `/lobby` and plain HTTP)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
@@ -168,6 +168,11 @@ class LobbySession:
 
     async def probe(self, timeout_s: float) -> bool:
         return await self.ws.probe(timeout_s)
+
+    def results_saved(self, match_ids: Sequence[str]) -> None:
+        if self.phase is not LobbyPhase.CLOSED:
+            events = (encode({"type": "event", "kind": "result_saved", "match": match_id}) for match_id in match_ids)
+            send_frames(self.ws, b"".join(text_frame(event) for event in events))
 
     def hold(self, room_id: str) -> None:
         if self.phase in (LobbyPhase.JOINING, LobbyPhase.WAITING):

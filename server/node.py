@@ -17,9 +17,10 @@ import orjson
 
 from game.base import GameFactory
 from lobby.hub import LobbyHub
-from lobby.upkeep import LocalState
+from lobby.seating import Claim, Member
+from lobby.upkeep import HostedMatch, LocalState
 from persistence.snapshots import SnapshotStore
-from server.connection import GameConnection, JoinRequest
+from server.connection import GameConnection, JoinRequest, game_conn_id
 from server.lifecycle import RoomPhase
 from server.metrics import NodeMetrics
 from server.protocol import CloseCode, ErrorCode, ProtocolError
@@ -188,6 +189,8 @@ class Node:
             await self._emptied.wait()
 
     def _start_runner(self, room: Room) -> asyncio.Task[None]:
+        if room.roster is not None:
+            room.saved_while_away = self._saved_while_away
         self._emptied.clear()
         # A fresh context: the room's log lines are not those of the player whose join created it.
         return self._tasks.create_task(self._run_room(room), name=f"room:{room.room_id}", context=contextvars.Context())
@@ -217,6 +220,10 @@ class Node:
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
     # -- lobby rooms: what the lobby must hear of their players ---------------------------------------
+
+    def _saved_while_away(self, room: Room, player_ids: list[str]) -> None:
+        if self.lobby is not None:
+            self.lobby.games.saved(room.mode, room.match_id, player_ids)
 
     def _room_over(self, room: Room) -> None:
         """The match ended (or the room closed without one): its players are free to join again at once,
@@ -283,6 +290,20 @@ class Node:
                 state.players.setdefault(room.mode, []).extend(
                     player_id for player_id in room.roster if room.is_connected(player_id))
         return state
+
+    def hosted_matches(self) -> list[HostedMatch]:
+        """The running lobby matches this node hosts, for the lobby to register again if Redis lost them."""
+        matches = []
+        for room in self.rooms.values():
+            if room.roster is None or room.phase is not RoomPhase.RUNNING or room.released or room.evicted:
+                continue
+            seats = [seat for seat in room.seats() if seat.player_id in room.roster]
+            claim = Claim(room.room_id, room.match_id, self.settings.node_id, created_ms=room.created_ms,
+                          started_ms=room.started_ms or 0,
+                          members=tuple(Member(seat.player_id, seat.name) for seat in seats))
+            connected = tuple((seat.player_id, game_conn_id(seat.conn)) for seat in seats if seat.conn is not None)
+            matches.append(HostedMatch(room.mode, claim, connected))
+        return matches
 
     def stop_rooms(self) -> None:
         """Shutdown: stop every room without ending its lobby match: a running match goes on on the node that

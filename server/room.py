@@ -87,6 +87,8 @@ class Room:
         self.cancelled = False
         self.evicted = False  # the lobby gave this room's players back while its node stalled
         self.released = False  # the lobby has been told the room is over
+        # Told which players had left the room when its result became durable (the lobby tells them later).
+        self.saved_while_away: Callable[[Room, list[str]], None] | None = None
         self._empty_since: float | None = None  # when the last connected player left
         self.game = game
         self.settings = settings
@@ -414,6 +416,12 @@ class Room:
             return
         self.result_saved = True
         self._post({"type": "event", "kind": "result_saved", "match": self.match_id})
+        away = [seat.player_id for seat in self._seats.values() if seat.conn is None]
+        if away and self.saved_while_away is not None:
+            try:
+                self.saved_while_away(self, away)
+            except Exception:
+                self.log.exception("room %s: telling the lobby of a saved result failed", self.room_id)
 
     def _record(self, op: str, **fields: Any) -> asyncio.Future[None] | None:
         if self._recorder is None:

@@ -11,7 +11,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from server.connection import GameConnection, JoinRequest
+from server.connection import GameConnection, JoinRequest, game_conn_id
 from server.link import ClientLink, TokenBucket
 from server.protocol import (
     PROTOCOL_VERSION,
@@ -87,7 +87,7 @@ class PlayerSession:
 
     @property
     def conn_id(self) -> str:
-        return f"game-{self.ws.id}"
+        return game_conn_id(self.ws)
 
     def _leave_room(self, *, left: bool) -> None:
         room, seat = self.room, self.seat

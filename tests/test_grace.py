@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import App
+from tests.clusterkit import forget_everything
 from tests.serverkit import (
     RawClient,
     closed_with,
@@ -125,3 +126,33 @@ async def test_a_second_connection_to_a_running_match_is_refused_while_the_first
     await first.send('{"type":"ping","t":9}')
     assert (await recv_until(first, is_type("pong")))["t"] == 9
     await first.close()
+
+
+async def test_a_live_node_puts_its_running_match_back_when_redis_lost_the_lobby(node: App, redis: Any) -> None:
+    tokens, founds = await running_match(node, 3)
+    room = founds[0]["room"]
+    games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+    await recv_until(games[0], is_event("phase", state="running"))
+    prefix = node.settings.lobby_prefix
+    await forget_everything(redis, prefix)  # what a FLUSHALL does, to this deployment's keys
+
+    async def listed_again() -> bool:
+        return await redis.hget(f"{prefix}:{{arena}}:room:{room}", "node") == node.settings.node_id.encode()
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await listed_again():
+        assert asyncio.get_running_loop().time() < deadline, "the node did not register its match again"
+        await asyncio.sleep(0.05)
+    members = await redis.smembers(f"{prefix}:{{arena}}:room:{room}:players")
+    assert {member.decode() for member in members} == {player["id"] for player in founds[0]["players"]}
+    # A player who drops now comes back into the same match through the lobby; the others play on.
+    await games[1].close()
+    found = await match_found(node, tokens[1])
+    assert found["room"] == room
+    back, welcome = await play(tokens[1], found)
+    assert welcome["type"] == "welcome" and welcome["state"] == "running", welcome
+    # A connected player's record names their game connection again: a lobby join sends them to the match.
+    again = await match_found(node, tokens[0])
+    assert again["room"] == room
+    for ws in (games[0], games[2], back):
+        await ws.close()

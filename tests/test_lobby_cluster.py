@@ -144,6 +144,9 @@ async def test_a_player_matched_through_a_front_node_plays_on_the_host_and_a_dea
         await wait_until(room_over, 10, f"room {room} over and gone from Redis")
         await wait_heartbeats_after(client, prefix, NODE_IDS, int(time.time() * 1000))
         assert await client.hget(f"{prefix}:node:{HOST}", "load") == "0"
+        # Once more: each node's survey follows its own heartbeat, so only a second round is sure to have seen
+        # a-host's idle heartbeat.
+        await wait_heartbeats_after(client, prefix, NODE_IDS, int(time.time() * 1000))
         waiting_tokens = [new_token(f"w{i}") for i in range(2)]
         waiting = [await join_lobby(cluster, FRONT, token) for token in waiting_tokens]
         status_msg = await recv_until(waiting[1], is_type("lobby"))

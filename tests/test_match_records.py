@@ -12,12 +12,22 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
 
 from game.arena import ArenaConfig, ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.migrate import migrate_url
 from server.embedded import LocalPostgres
-from tests.serverkit import is_event, is_type, join_game, new_token, recv_until, start_lobby_app
+from tests.serverkit import (
+    is_event,
+    is_type,
+    join_game,
+    join_lobby,
+    new_token,
+    recv_json,
+    recv_until,
+    start_lobby_app,
+)
 
 
 async def test_a_finished_match_is_recorded_with_its_result_and_the_players_are_told(
@@ -166,6 +176,50 @@ async def test_results_of_matches_that_end_while_postgres_is_down_arrive_exactly
         assert sorted((str(r["id"]), r["state"], r["players"]) for r in rows) == sorted(
             (end["match"], "finished", 2) for end in ends)
     finally:
+        await app.__aexit__(None, None, None)
+
+
+async def test_players_gone_before_their_result_was_durable_are_told_at_their_next_lobby_join(
+        redis_url: str, private_postgres: LocalPostgres) -> None:
+    await migrate_url(private_postgres.url)
+    app = await start_lobby_app(redis_url, database_url=private_postgres.url, persist=True, countdown_s=0.3,
+                                end_linger_s=0.2)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        tokens = [new_token(f"r{n}", player_id=player_id) for n, player_id in enumerate(ids)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await recv_until(ws, is_type("match_found")) for ws in lobbies]
+        games = []
+        for token, found in zip(tokens, founds, strict=True):
+            game = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"},
+                                 compression=None, open_timeout=5, max_queue=None)
+            await game.send('{"type":"hello","v":1}')
+            games.append(game)
+        await recv_until(games[0], is_event("phase", state="running"))
+        private_postgres.stop()
+        for game in games[1:]:
+            await game.send('{"type":"leave"}')
+        end = await recv_until(games[0], is_type("match_end"))
+        await games[0].close()  # everyone is gone before the result can be durable
+        private_postgres.restart()
+        keys = LobbyKeys(app.settings.lobby_prefix, "arena")
+
+        async def everyone_noted() -> bool:
+            return all([await client.sismember(keys.player_saved(player_id), end["match"]) for player_id in ids])
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await everyone_noted():
+            assert asyncio.get_running_loop().time() < deadline, "the saved result was not noted for every player"
+            await asyncio.sleep(0.05)
+        for token, player_id in zip(tokens, ids, strict=True):
+            lobby = await join_lobby(app, token)
+            told = await recv_json(lobby)
+            assert told == {"type": "event", "kind": "result_saved", "match": end["match"]}
+            assert not await client.exists(keys.player_saved(player_id))  # told once
+            await lobby.close()
+    finally:
+        await client.aclose()
         await app.__aexit__(None, None, None)
 
 

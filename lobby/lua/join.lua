@@ -6,10 +6,14 @@
 local player_id, name, conn_id, conn_node = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local new_room_id, new_room_node, takeover = ARGV[8], ARGV[9], ARGV[10]
 local pkey = player_key(player_id)
+-- Results that became durable after the player had left their room: told on this connection (`saved`).
+local saved_key = pkey .. ':saved'
+local saved = redis.call('SMEMBERS', saved_key)
+if #saved > 0 then redis.call('DEL', saved_key) end
 local p = redis.call('HMGET', pkey, 'room', 'status', 'conn', 'conn_node', 'conn_kind')
 local room_id, status, conn = p[1], p[2], p[3]
 if status and conn and conn ~= '' and conn ~= conn_id and conn ~= takeover then
-  return reply('busy', {conn = conn, conn_node = p[4], conn_kind = p[5], room = room_id or ''})
+  return reply('busy', {conn = conn, conn_node = p[4], conn_kind = p[5], room = room_id or '', saved = saved})
 end
 if room_id and room_id ~= '' and redis.call('SISMEMBER', players_key(room_id), player_id) == 0 then
   room_id = ''  -- a placement whose room is gone
@@ -32,4 +36,5 @@ else
 end
 local result = view(room_id)
 result.joined_ms = tonumber(redis.call('HGET', pkey, 'joined_ms'))
+result.saved = saved
 return reply(outcome, result)
