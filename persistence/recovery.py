@@ -52,6 +52,19 @@ class StoredMatch:
     seats: tuple[StoredSeat, ...]  # in pid (join) order
 
 
+async def beat(conn: asyncpg.Connection, node: str) -> None:
+    """This node is alive (migration 004)."""
+    await conn.execute("INSERT INTO node_heartbeats (node, seen_at) VALUES ($1, now()) "
+                       "ON CONFLICT (node) DO UPDATE SET seen_at = now()", node)
+
+
+async def heartbeat_ages(conn: asyncpg.Connection, nodes: Collection[str]) -> dict[str, float]:
+    """Seconds since each of these nodes last beat in Postgres (nodes that never did are left out)."""
+    rows = await conn.fetch("SELECT node, extract(epoch FROM now() - seen_at)::float8 AS age FROM node_heartbeats "
+                            "WHERE node = ANY($1::text[])", list(nodes))
+    return {row["node"]: float(row["age"]) for row in rows}
+
+
 async def live_matches_elsewhere(conn: asyncpg.Connection, live_nodes: Collection[str]) -> list[LiveMatch]:
     """The waiting and running matches of every node not in `live_nodes`."""
     rows = await conn.fetch(

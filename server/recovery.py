@@ -17,7 +17,14 @@ import asyncpg
 from lobby.hub import LobbyHub
 from lobby.outage import stop_if_cancelled
 from lobby.seating import Claim, Member, Outcome
-from persistence.recovery import LiveMatch, StoredMatch, live_matches_elsewhere, stored_matches
+from persistence.recovery import (
+    LiveMatch,
+    StoredMatch,
+    beat,
+    heartbeat_ages,
+    live_matches_elsewhere,
+    stored_matches,
+)
 from server.room import SNAPSHOT_VERSION
 from server.settings import Settings
 
@@ -44,10 +51,10 @@ def room_document(stored: StoredMatch) -> dict[str, Any]:
 
 
 class PostgresRecovery:
-    """Scans Postgres after the first heartbeat and then every `node_dead_after_s` for live matches of nodes
-    that are not alive: this node's own from before a restart at once, another node's once it has been
-    missing from the lobby's directory for `node_dead_after_s`. The lobby's `reclaim` script gives each to one
-    node only, and only when Redis has neither the room nor its snapshot."""
+    """Beats in Postgres every heartbeat, and scans Postgres for live matches of nodes that are not alive: this
+    node's own from before a restart at once, another node's once it is missing from the lobby's directory and
+    its heartbeat in Postgres is older than `node_dead_after_s` (see `_orphaned`). The lobby's `reclaim` script
+    gives each to one node only, and only when Redis has neither the room nor its snapshot."""
 
     def __init__(self, settings: Settings, hub: LobbyHub, read: Read, submit: Submit,
                  restore: Callable[[dict[str, Any], dict[str, int] | None], object],
@@ -71,35 +78,50 @@ class PostgresRecovery:
         self.cancelled = 0
 
     async def run(self) -> None:
-        """Scan once the lobby's directory has been read (right after the first heartbeat), then every
-        `node_dead_after_s`; a scan that fails (Postgres or Redis down) is tried again at the next."""
+        """Beat in Postgres every heartbeat. Scan once the lobby's directory has been read (right after the first
+        heartbeat), then every `node_dead_after_s`, or every heartbeat while some node with live matches is
+        missing; a scan that fails (Postgres or Redis down) is tried again at the next."""
+        settings = self.settings
+        next_scan = 0.0
         while True:
             stop_if_cancelled()
-            upkeep = self.hub.upkeep
-            await upkeep.surveyed.wait()
-            if not upkeep.reachable:
-                await asyncio.sleep(self.settings.node_heartbeat_s)
-                continue
             try:
-                await self.scan()
+                await self._read(lambda conn: beat(conn, self.node_id))
             except Exception as error:
                 stop_if_cancelled()
-                log.warning("recovery scan failed (%s: %s); trying again later", type(error).__name__, error)
-            await asyncio.sleep(self.settings.node_dead_after_s)
+                log.debug("heartbeat in Postgres failed (%s: %s)", type(error).__name__, error)
+            upkeep = self.hub.upkeep
+            if upkeep.surveyed.is_set() and upkeep.reachable and self.clock() >= next_scan:
+                try:
+                    await self.scan()
+                except Exception as error:
+                    stop_if_cancelled()
+                    log.warning("recovery scan failed (%s: %s); trying again later", type(error).__name__, error)
+                next_scan = self.clock() + (settings.node_heartbeat_s if self._missing_since
+                                            else settings.node_dead_after_s)
+            await asyncio.sleep(settings.node_heartbeat_s)
 
-    def _orphaned(self, matches: list[LiveMatch]) -> list[LiveMatch]:
-        """Of the live matches of nodes missing from the directory: this node's own from a previous life, and
-        those of nodes missing from every scan for `MISSING_SCANS` times the dead-after time. Live nodes come
-        back into an emptied Redis within a heartbeat, or within their outage back-off (5 s at most) after a
-        Redis restart: the margin is that of a sweep, three times over."""
+    def _orphaned(self, matches: list[LiveMatch], beat_ages: dict[str, float]) -> list[LiveMatch]:
+        """Of the live matches of nodes missing from the directory: this node's own from a previous life; those
+        of nodes whose heartbeat in Postgres is older than the dead-after time too (gone from both stores: a
+        live node beats in Postgres whatever became of Redis); and, for a node with no heartbeat there (older
+        code, say), those missing from every scan for `MISSING_SCANS` times the dead-after time (live nodes come
+        back into an emptied Redis within a heartbeat, or their outage back-off, 5 s at most, after a restart)."""
         now = self.clock()
+        dead_after_s = self.settings.node_dead_after_s
         missing = {match.node for match in matches if match.node != self.node_id}
         self._missing_since = {node: self._missing_since.get(node, now) for node in missing}
         hosted = set(self._hosted())
-        wait_s = MISSING_SCANS * self.settings.node_dead_after_s
+
+        def gone(node: str) -> bool:
+            age = beat_ages.get(node)
+            if age is not None:
+                return age > dead_after_s
+            return now - self._missing_since[node] >= MISSING_SCANS * dead_after_s
+
         return [match for match in matches if match.mode in self.modes and (
             (match.node == self.node_id and match.created_at < self.started_at and match.room_id not in hosted)
-            or (match.node != self.node_id and now - self._missing_since[match.node] >= wait_s))]
+            or (match.node != self.node_id and gone(match.node)))]
 
     async def scan(self) -> int:
         """One pass; how many matches this node claimed."""
@@ -107,7 +129,9 @@ class PostgresRecovery:
             return 0
         live = {node.node_id for node in self.hub.upkeep.live} - {self.node_id}
         matches: list[LiveMatch] = await self._read(lambda conn: live_matches_elsewhere(conn, live))
-        orphaned = self._orphaned(matches)
+        missing = {match.node for match in matches} - {self.node_id}
+        ages: dict[str, float] = await self._read(lambda conn: heartbeat_ages(conn, missing)) if missing else {}
+        orphaned = self._orphaned(matches, ages)
         if not orphaned:
             return 0
         running = [match.id for match in orphaned if match.state == "running"]

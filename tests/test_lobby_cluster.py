@@ -480,7 +480,9 @@ async def test_after_redis_lost_everything_exactly_one_live_node_restores_a_dead
         async def restored_elsewhere() -> bool:
             return await client.hget(room_key(prefix, room), "node") in (FRONT, OTHER)
 
-        await wait_until(restored_elsewhere, 20, f"room {room} claimed by a live node")
+        took = await wait_until(restored_elsewhere, 20, f"room {room} claimed by a live node")
+        # Gone from Redis and silent in Postgres for a dead-after time (2 s): claimed then, not after three.
+        assert took < 4.5, f"claimed {took:.1f} s after the kill"
         new_host = str(await client.hget(room_key(prefix, room), "node"))
         assert await client.get(LobbyKeys(prefix, "arena").match_claim(str(match_id))) == new_host
         for token in tokens:
