@@ -259,21 +259,44 @@ class LobbyHub:
         finally:
             if saved:
                 waiter.results_saved(saved)
+                saved.clear()
         if not waiter.active:
             return outcome  # the connection ended meanwhile; its leave follows
-        if outcome.outcome == "busy":
-            if outcome.conn_kind == "game":
-                playing = await self._running_match(seating, waiter.player_id, outcome.room)
-                if playing is None:
-                    raise LobbyRefused("already_in_match",
-                                       f"you are playing in room {outcome.room} "
-                                       f"on node {outcome.conn_node}; finish or leave that match first")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_DEAD_AFTERS * self.config.dead_after_s
+        held = False
+        while outcome.outcome == "busy" and outcome.conn_kind == "game" and waiter.active:
+            playing = await self._running_match(seating, waiter.player_id, outcome.room)
+            if playing is not None:
                 # A player in a running match comes back to it, whatever became of their old connection (the
                 # game endpoint takes over from one that no longer answers): match_found, with a fresh ticket.
                 host_ok = await self._host_reachable(playing.node)
                 self.waiters[waiter.conn_id] = waiter
                 self._deliver_to(waiter, playing, host_ok=host_ok)
                 return outcome
+            if await self._host_reachable(outcome.conn_node) or loop.time() >= deadline:
+                raise LobbyRefused("already_in_match", f"you are playing in room {outcome.room} "
+                                   f"on node {outcome.conn_node}; finish or leave that match first")
+            # The connection holding the player is on a node that is gone, and the lobby no longer knows its
+            # match as running (Redis lost it as the node died): wait, as `recovering`, until the sweep or the
+            # recovery from Postgres has settled where the player is, then join again.
+            if not held:
+                held = True
+                waiter.hold(outcome.room)
+            await asyncio.sleep(self.config.heartbeat_s / 2)
+            if await self.lost_to_recovery(waiter.mode, waiter.player_id, outcome.room):
+                continue  # Redis lost the player and the room: recovery from Postgres places them back first
+            try:
+                outcome = await join_once()
+            except OUTAGE as error:
+                raise LobbyUnavailable(str(error)) from error
+            finally:
+                if saved:
+                    waiter.results_saved(saved)
+                    saved.clear()
+        if not waiter.active:
+            return outcome
+        if outcome.outcome == "busy":
             raise LobbyRefused("already_connected", "this player is already waiting in the lobby on another "
                                                     "connection")
         self.waiters[waiter.conn_id] = waiter
@@ -536,6 +559,8 @@ class LobbyHub:
                 await asyncio.sleep(self.config.heartbeat_s / 2)
                 playing = await self._running_match(seating, waiter.player_id, view.room_id)
                 if playing is None:
+                    if await self.lost_to_recovery(waiter.mode, waiter.player_id, view.room_id):
+                        continue  # Redis lost the room as its host died: recovery from Postgres brings it back
                     waiter.dropped("your match is over, or your seat in it is gone; join again")
                     return
                 if await self._host_reachable(playing.node):
@@ -544,6 +569,9 @@ class LobbyHub:
                         self._match(waiter, playing, url)
                         return
         except OUTAGE:
+            waiter.dropped("matchmaking is unavailable right now; join again in a few seconds")
+            raise
+        except LobbyUnavailable:  # lost_to_recovery's word for the same
             waiter.dropped("matchmaking is unavailable right now; join again in a few seconds")
             raise
         if waiter.active:

@@ -1199,3 +1199,186 @@ async def test_hundreds_of_bots_joining_leaving_and_dropping_on_three_nodes_keep
             if items:
                 print(f"{len(items)} problem(s) with {what}:", *items[:12], sep="\n  ")
         assert {what: len(items) for what, items in found.items() if items} == {}
+
+
+# -- a storm of drops and comebacks while a node is killed (issue 12) ----------------------------------------------
+
+STORM_PLAYERS = 15  # three rooms of five
+STORM_S = 18.0  # drops and comebacks for this long, the kill at KILL_AT_S
+KILL_AT_S = 7.0
+MEAN_PLAY_S = 2.5  # a player plays this long on average between drops
+
+
+@dataclass
+class Stormer:
+    """One client of the storm, written from docs/protocol.md: it drops its game connection at random (an abort,
+    a close without `leave`, or a connection it stops reading) and comes back through a lobby with its ticket."""
+
+    token: str
+    name: str
+    rng: random.Random
+    rooms: set[str] = field(default_factory=set)
+    ticket: str | None = None
+    game: ClientConnection | None = None
+    lost_at: float | None = None  # when it last lost its game connection (a drop, or its host's death)
+    back_after: list[tuple[float, float]] = field(default_factory=list)  # (lost at, seconds until welcome)
+    refusals: list[str] = field(default_factory=list)  # lobby or game refusals: none is promised
+    unreachable: int = 0  # /game connections that failed at the TCP level (then: back to the lobby)
+    match_ends: list[Message] = field(default_factory=list)
+    silent: list[ClientConnection] = field(default_factory=list)  # half-open: never read again
+    node: str = ""  # the host its last match_found named
+    welcomed: list[float] = field(default_factory=list)  # when each welcome came
+
+    async def come_back(self, cluster: Cluster, lobby_nodes: tuple[str, ...]) -> None:
+        """Through a lobby into the game, trying again the documented way until welcomed."""
+        delay = 0.2
+        while True:
+            lobby = await open_ws(f"{cluster[self.rng.choice(lobby_nodes)].url}/lobby", self.token)
+            join: dict[str, Any] = {"type": "join", "v": 1, "mode": "arena"}
+            if self.ticket is not None:
+                join["ticket"] = self.ticket
+            await lobby.send(orjson.dumps(join).decode())
+            reply = await recv_until(lobby, lambda m: m["type"] in ("match_found", "error"), timeout=30)
+            await lobby.close()
+            if reply["type"] == "error":
+                self.refusals.append(f"lobby {reply['code']}: {reply['message']}")
+                await asyncio.sleep(delay)
+                continue
+            self.rooms.add(reply["room"])
+            self.ticket = reply["ticket"]
+            self.node = reply["node"]
+            try:
+                game = await open_ws(reply["url"], self.token)
+            except OSError:
+                self.unreachable += 1
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            except InvalidStatus as error:
+                self.refusals.append(f"game {error.response.status_code}: {error.response.body!r}")
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await game.send('{"type":"hello","v":1}')
+                welcome = await recv_until(game, lambda m: m["type"] in ("welcome", "error"), timeout=10)
+            except ConnectionClosed:  # its host died as it let us in: back to the lobby
+                self.unreachable += 1
+                await asyncio.sleep(delay)
+                continue
+            if welcome["type"] == "error":
+                self.refusals.append(f"game {welcome['code']}: {welcome['message']}")
+                await asyncio.sleep(delay)
+                continue
+            self.welcomed.append(time.monotonic())
+            if self.lost_at is not None:
+                self.back_after.append((self.lost_at, time.monotonic() - self.lost_at))
+                self.lost_at = None
+            self.game = game
+            return
+
+    async def play_until(self, deadline: float) -> bool:
+        """Read states until `deadline`; False when the connection was lost meanwhile (its host died, say)."""
+        assert self.game is not None
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = orjson.loads(await asyncio.wait_for(self.game.recv(), left))
+            except TimeoutError:
+                return True
+            except ConnectionClosed:
+                self.lost_at = time.monotonic()
+                self.game = None
+                return False
+            if message["type"] == "match_end":
+                self.match_ends.append(message)
+        return True
+
+    async def drop(self) -> None:
+        game, self.game = self.game, None
+        assert game is not None
+        how = self.rng.choice(("abort", "close", "silent"))
+        if how == "abort" and game.transport is not None:
+            game.transport.abort()
+        elif how == "close":
+            await game.close()
+        elif game.transport is not None:
+            game.transport.pause_reading()  # half-open as far as the server can tell: it answers nothing any more
+            self.silent.append(game)
+        self.lost_at = time.monotonic()
+
+    async def storm(self, cluster: Cluster, lobby_nodes: tuple[str, ...], until: float) -> None:
+        await self.come_back(cluster, lobby_nodes)
+        while time.monotonic() < until:
+            if await self.play_until(min(until, time.monotonic() + self.rng.expovariate(1 / MEAN_PLAY_S))):
+                if time.monotonic() >= until:
+                    break
+                await self.drop()
+                await asyncio.sleep(self.rng.uniform(0.05, 1.0))
+            await self.come_back(cluster, lobby_nodes)
+
+
+@pytest.mark.parametrize("flush", [False, True], ids=["kill", "kill-and-flush"])
+async def test_a_storm_of_drops_and_comebacks_through_a_node_kill_loses_no_seat_and_ends_each_match_once(
+        cluster_of: Callable[..., Cluster], client: aioredis.Redis, flush: bool) -> None:
+    prefix = lobby_prefix()
+    async with cluster_of(prefix, "--snapshot-every-s", "1", "--reconnect-grace-s", "20", "--countdown-s", "30",
+                          "--node-dead-after-s", "4") as cluster:
+        await wait_nodes_surveyed(client, prefix, NODE_IDS)
+        rng = random.Random(12 + flush)
+        players = [Stormer(new_token(f"st{i}"), f"st{i}", random.Random(rng.random())) for i in range(STORM_PLAYERS)]
+        lobby_nodes = (FRONT, OTHER)
+        started = time.monotonic()
+        storms = [asyncio.create_task(player.storm(cluster, lobby_nodes, started + STORM_S)) for player in players]
+
+        await asyncio.sleep(KILL_AT_S)  # the storm runs on its own meanwhile
+        rooms_on_host = {room for player in players for room in player.rooms
+                         if await client.hget(room_key(prefix, room), "node") == HOST}
+        assert rooms_on_host, "no room on the node to kill: the storm would test nothing"
+        on_host = [player for player in players if player.node == HOST]
+        await cluster.kill(HOST)
+        killed_at = time.monotonic()
+        if flush:
+            await forget_everything(client, prefix)
+        async with asyncio.timeout(STORM_S + 60):
+            await asyncio.gather(*storms)
+
+        # Every player is in their one match; the lobby counts each room's seats right.
+        rooms = {room for player in players for room in player.rooms}
+        assert all(len(player.rooms) == 1 for player in players), [sorted(p.rooms) for p in players]
+        assert len(rooms) == STORM_PLAYERS // 5
+        _, listed = await asyncio.to_thread(http_json, f"{cluster[FRONT].http}/lobby/rooms?mode=arena")
+        counts = {room["id"]: room["players"] for room in listed["rooms"]}
+        assert counts == dict.fromkeys(rooms, 5), counts
+        # No comeback refused; no match ended while its dropped players were inside their grace.
+        assert [refusal for player in players for refusal in player.refusals] == []
+        assert [end for player in players for end in player.match_ends] == []
+        # The killed node's players were back within 3 s of the kill (10 s when Redis lost everything too).
+        after_kill = [min(t for t in player.welcomed if t > killed_at) - killed_at for player in on_host]
+        assert after_kill and max(after_kill) < (10.0 if flush else 3.0), sorted(after_kill)
+        assert all(player.node != HOST for player in players)
+        assert [player.back_after for player in players if player.lost_at is not None] == []
+
+        # Each match ends once: in each room all but one leave, and the last player wins.
+        for room in rooms:
+            members = [player for player in players if room in player.rooms]
+            for player in members[1:]:
+                assert player.game is not None
+                await player.game.send('{"type":"leave"}')
+            assert members[0].game is not None
+            end = await recv_until(members[0].game, is_type("match_end"), timeout=10)
+            assert end["reason"] == "last_player"
+
+        async def every_result_in_postgres() -> bool:
+            conn = await asyncpg.connect(cluster.database_url)
+            try:
+                rows = await conn.fetch("SELECT room_id, state FROM matches WHERE room_id = ANY($1::text[])",
+                                        list(rooms))
+            finally:
+                await conn.close()
+            return sorted((row["room_id"], row["state"]) for row in rows) == sorted((room, "finished")
+                                                                                   for room in rooms)
+
+        await wait_until(every_result_in_postgres, 15, "exactly one finished match row per room")
+        for player in players:
+            for ws in (player.game, *player.silent):
+                if ws is not None and ws.transport is not None:
+                    ws.transport.abort()
