@@ -239,13 +239,16 @@ class LobbyHub:
         seating = self.seatings[waiter.mode]
         host = self.upkeep.pick_host()
         new_room = uuid.uuid4().hex[:16]
-        saved: list[str] = []  # each join call hands over (and deletes) the results saved since the last
 
         async def join_once(takeover: str = "") -> Outcome:
-            outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
-                                         conn_node=self.node_id, new_room_id=new_room, new_room_node=host,
-                                         takeover=takeover)
-            saved.extend(outcome.saved)
+            try:
+                outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
+                                             conn_node=self.node_id, new_room_id=new_room, new_room_node=host,
+                                             takeover=takeover)
+            except OUTAGE as error:
+                raise LobbyUnavailable(str(error)) from error
+            if outcome.saved:  # each join hands over (and deletes) the results saved since the last one
+                waiter.results_saved(outcome.saved)
             return outcome
 
         try:
@@ -256,10 +259,6 @@ class LobbyHub:
                 outcome = await self._after_probe(waiter, outcome, join_once)
         except OUTAGE as error:
             raise LobbyUnavailable(str(error)) from error
-        finally:
-            if saved:
-                waiter.results_saved(saved)
-                saved.clear()
         if not waiter.active:
             return outcome  # the connection ended meanwhile; its leave follows
         loop = asyncio.get_running_loop()
@@ -286,14 +285,7 @@ class LobbyHub:
             await asyncio.sleep(self.config.heartbeat_s / 2)
             if await self.lost_to_recovery(waiter.mode, waiter.player_id, outcome.room):
                 continue  # Redis lost the player and the room: recovery from Postgres places them back first
-            try:
-                outcome = await join_once()
-            except OUTAGE as error:
-                raise LobbyUnavailable(str(error)) from error
-            finally:
-                if saved:
-                    waiter.results_saved(saved)
-                    saved.clear()
+            outcome = await join_once()
         if not waiter.active:
             return outcome
         if outcome.outcome == "busy":

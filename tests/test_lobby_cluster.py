@@ -239,13 +239,18 @@ async def test_a_killed_hosts_running_match_is_restored_on_a_live_node_and_its_p
         assert cluster.problems() == []
 
 
-async def snapshot_written(client: aioredis.Redis, prefix: str, room: str) -> None:
+async def snapshotted_match_on_the_host(cluster: Cluster, client: aioredis.Redis, prefix: str,
+                                        tokens: list[str]) -> str:
+    """`playing_on_the_host`, once the room's first snapshot is in Redis: its room id."""
+    await wait_nodes_surveyed(client, prefix, NODE_IDS)
+    room, _ = await playing_on_the_host(cluster, tokens)
     key = LobbyKeys(prefix, "arena").room_snapshot(room)
 
     async def written() -> bool:
         return bool(await client.exists(key))
 
     await wait_until(written, 10, f"a snapshot of room {room}")
+    return room
 
 
 async def test_a_killed_hosts_players_are_back_in_their_match_long_before_its_heartbeat_would_expire(
@@ -255,10 +260,8 @@ async def test_a_killed_hosts_players_are_back_in_their_match_long_before_its_he
     prefix = lobby_prefix()
     async with cluster_of(prefix, "--node-dead-after-s", "10", "--snapshot-every-s", "1",
                           "--reconnect-grace-s", "30") as cluster:
-        await wait_nodes_surveyed(client, prefix, NODE_IDS)
         tokens = [new_token(f"f{i}") for i in range(3)]
-        room, _ = await playing_on_the_host(cluster, tokens)
-        await snapshot_written(client, prefix, room)
+        room = await snapshotted_match_on_the_host(cluster, client, prefix, tokens)
         killed = time.monotonic()
         await cluster.kill(HOST)
 
@@ -285,10 +288,8 @@ async def test_a_stalled_host_is_suspected_at_once_but_taken_for_dead_only_when_
     prefix = lobby_prefix()
     async with cluster_of(prefix, "--node-dead-after-s", "4", "--snapshot-every-s", "1",
                           "--reconnect-grace-s", "30") as cluster:
-        await wait_nodes_surveyed(client, prefix, NODE_IDS)
         tokens = [new_token(f"s{i}") for i in range(3)]
-        room, _ = await playing_on_the_host(cluster, tokens)
-        await snapshot_written(client, prefix, room)
+        room = await snapshotted_match_on_the_host(cluster, client, prefix, tokens)
         host = cluster[HOST].process
         assert host is not None
         host.send_signal(signal.SIGSTOP)
