@@ -1328,12 +1328,21 @@ async def test_a_storm_of_drops_and_comebacks_through_a_node_kill_loses_no_seat_
         players = [Stormer(new_token(f"st{i}"), f"st{i}", random.Random(rng.random())) for i in range(STORM_PLAYERS)]
         lobby_nodes = (FRONT, OTHER)
         started = time.monotonic()
-        storms = [asyncio.create_task(player.storm(cluster, lobby_nodes, started + STORM_S)) for player in players]
+        storms: list[asyncio.Task[None]] = []
+        for wave in range(0, STORM_PLAYERS, 5):  # a room at a time, so that the rooms spread over the nodes
+            storms.extend(asyncio.create_task(player.storm(cluster, lobby_nodes, started + STORM_S))
+                          for player in players[wave:wave + 5])
 
-        await asyncio.sleep(KILL_AT_S)  # the storm runs on its own meanwhile
-        rooms_on_host = {room for player in players for room in player.rooms
-                         if await client.hget(room_key(prefix, room), "node") == HOST}
-        assert rooms_on_host, "no room on the node to kill: the storm would test nothing"
+            async def matched(members: list[Stormer] = players[wave:wave + 5]) -> bool:
+                return all(member.rooms for member in members)
+
+            await wait_until(matched, 10, f"the players {wave} to {wave + 4} in their room")
+            await wait_heartbeats_after(client, prefix, NODE_IDS, int(time.time() * 1000))
+
+        await asyncio.sleep(max(0.0, started + KILL_AT_S - time.monotonic()))  # the storm runs meanwhile
+        hosts = {room: await client.hget(room_key(prefix, room), "node")
+                 for room in {room for player in players for room in player.rooms}}
+        assert HOST in hosts.values() and set(hosts.values()) - {HOST}, f"rooms on the killed node and others: {hosts}"
         on_host = [player for player in players if player.node == HOST]
         await cluster.kill(HOST)
         killed_at = time.monotonic()
@@ -1356,6 +1365,9 @@ async def test_a_storm_of_drops_and_comebacks_through_a_node_kill_loses_no_seat_
         after_kill = [min(t for t in player.welcomed if t > killed_at) - killed_at for player in on_host]
         assert after_kill and max(after_kill) < (10.0 if flush else 3.0), sorted(after_kill)
         assert all(player.node != HOST for player in players)
+        # Every comeback after the kill, on every node, within 10 s (a half-open drop waits for the probe, 2 s).
+        after = [seconds for player in players for lost, seconds in player.back_after if lost >= killed_at]
+        assert after and max(after) < 10.0, sorted(after)[-5:]
         assert [player.back_after for player in players if player.lost_at is not None] == []
 
         # Each match ends once: in each room all but one leave, and the last player wins.
