@@ -20,7 +20,8 @@ if holder and holder ~= node then return reply('taken', {room = room_id, node = 
 if holder and members == '' then return reply('claimed', {room = room_id}) end
 if holder and redis.call('HGET', key, 'node') == node then return reply('claimed', view(room_id)) end
 if redis.call('EXISTS', key) == 1 then return reply('exists', {room = room_id}) end
-if redis.call('EXISTS', base .. ':room:' .. room_id .. ':snapshot') == 1 then
+-- (A node putting back its own running match, `old_node` = `node`, may have snapshotted it since Redis lost it.)
+if old_node ~= node and redis.call('EXISTS', base .. ':room:' .. room_id .. ':snapshot') == 1 then
   return reply('snapshot', {room = room_id})
 end
 if redis.call('EXISTS', base .. ':room:' .. room_id .. ':over') == 1 then return reply('over', {room = room_id}) end
