@@ -59,9 +59,13 @@ async def beat(conn: asyncpg.Connection, node: str) -> None:
 
 
 async def heartbeat_ages(conn: asyncpg.Connection, nodes: Collection[str]) -> dict[str, float]:
-    """Seconds since each of these nodes last beat in Postgres (nodes that never did are left out)."""
-    rows = await conn.fetch("SELECT node, extract(epoch FROM now() - seen_at)::float8 AS age FROM node_heartbeats "
-                            "WHERE node = ANY($1::text[])", list(nodes))
+    """Seconds since each of these nodes last beat in Postgres (nodes that never did are left out; all of them
+    while the schema is older than migration 004, as during a rolling upgrade)."""
+    try:
+        rows = await conn.fetch("SELECT node, extract(epoch FROM now() - seen_at)::float8 AS age "
+                                "FROM node_heartbeats WHERE node = ANY($1::text[])", list(nodes))
+    except asyncpg.UndefinedTableError:
+        return {}
     return {row["node"]: float(row["age"]) for row in rows}
 
 

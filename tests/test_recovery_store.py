@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from websockets.protocol import State
 
 from game.arena import ArenaGame
-from persistence.recovery import live_matches_elsewhere, stored_matches
+from persistence.recovery import beat, heartbeat_ages, live_matches_elsewhere, stored_matches
 from persistence.writebehind import Write, WriteBehind, spill_key
 from server.auth import Identity
 from server.connection import GameConnection
@@ -434,3 +434,24 @@ async def test_two_nodes_taking_over_one_spill_at_once_move_every_write_exactly_
     rows = await fetch(migrated, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM matches WHERE node = 'node-dead'")
     assert (rows[0]["n"], rows[0]["d"]) == (len(writes), len(writes))
     assert await redis.exists(first.spill_key, second.spill_key, first.inflight_key, second.inflight_key) == 0
+
+
+async def test_heartbeats_in_postgres_tell_how_long_each_node_has_been_silent(migrated: str) -> None:
+    conn = await asyncpg.connect(migrated)
+    try:
+        await beat(conn, "alive")
+        await conn.execute("INSERT INTO node_heartbeats (node, seen_at) VALUES ('gone', now() - interval '30 s')")
+        ages = await heartbeat_ages(conn, ["alive", "gone", "never"])
+        assert set(ages) == {"alive", "gone"} and ages["alive"] < 5 and 29 < ages["gone"] < 60
+        await beat(conn, "gone")  # it beats again
+        assert (await heartbeat_ages(conn, ["gone"]))["gone"] < 5
+    finally:
+        await conn.close()
+
+
+async def test_a_schema_older_than_the_heartbeats_reads_as_no_heartbeat_at_all(fresh_database: str) -> None:
+    conn = await asyncpg.connect(fresh_database)  # never migrated: no node_heartbeats table
+    try:
+        assert await heartbeat_ages(conn, ["a", "b"]) == {}
+    finally:
+        await conn.close()
