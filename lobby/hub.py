@@ -147,6 +147,7 @@ class LobbyHub:
         # Joins waiting for a probe of another node's connection, by that connection's id: the other node's
         # "probed" notice says whether it answered.
         self._probe_answers: dict[str, asyncio.Future[bool]] = {}
+        self._subscriptions = 0  # times the notice listener subscribed (more than once: after an outage)
         self.expiry_events = False
         self.writes = WriteQueue()
         self.tally: Counter[str] | None = None
@@ -235,30 +236,30 @@ class LobbyHub:
         return state
 
     async def join(self, waiter: Waiter) -> Outcome:
-        """Seat the waiter's player; raise `LobbyRefused` or `LobbyUnavailable`."""
+        """Seat the waiter's player; raise `LobbyRefused` or `LobbyUnavailable` (Redis unreachable at any step)."""
+        try:
+            return await self._join(waiter)
+        except OUTAGE as error:
+            raise LobbyUnavailable(str(error)) from error
+
+    async def _join(self, waiter: Waiter) -> Outcome:
         seating = self.seatings[waiter.mode]
         host = self.upkeep.pick_host()
         new_room = uuid.uuid4().hex[:16]
 
         async def join_once(takeover: str = "") -> Outcome:
-            try:
-                outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
-                                             conn_node=self.node_id, new_room_id=new_room, new_room_node=host,
-                                             takeover=takeover)
-            except OUTAGE as error:
-                raise LobbyUnavailable(str(error)) from error
+            outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
+                                         conn_node=self.node_id, new_room_id=new_room, new_room_node=host,
+                                         takeover=takeover)
             if outcome.saved:  # each join hands over (and deletes) the results saved since the last one
                 waiter.results_saved(outcome.saved)
             return outcome
 
-        try:
-            outcome = await join_once()
-            if outcome.outcome == "busy" and await self._connection_gone(outcome):
-                outcome = await join_once(takeover=outcome.conn)
-            if outcome.outcome == "busy" and outcome.conn_kind == "lobby" and outcome.conn:
-                outcome = await self._after_probe(waiter, outcome, join_once)
-        except OUTAGE as error:
-            raise LobbyUnavailable(str(error)) from error
+        outcome = await join_once()
+        if outcome.outcome == "busy" and await self._connection_gone(outcome):
+            outcome = await join_once(takeover=outcome.conn)
+        if outcome.outcome == "busy" and outcome.conn_kind == "lobby" and outcome.conn:
+            outcome = await self._after_probe(waiter, outcome, join_once)
         if not waiter.active:
             return outcome  # the connection ended meanwhile; its leave follows
         loop = asyncio.get_running_loop()
@@ -274,6 +275,9 @@ class LobbyHub:
                 self._deliver_to(waiter, playing, host_ok=host_ok)
                 return outcome
             if await self._host_reachable(outcome.conn_node) or loop.time() >= deadline:
+                if held:  # told `recovering`: it ends as documented, with match_found or seat_lost
+                    waiter.dropped(f"your match in room {outcome.room} could not be brought back; join again")
+                    return outcome
                 raise LobbyRefused("already_in_match", f"you are playing in room {outcome.room} "
                                    f"on node {outcome.conn_node}; finish or leave that match first")
             # The connection holding the player is on a node that is gone, and the lobby no longer knows its
@@ -311,8 +315,7 @@ class LobbyHub:
         record = await seating.room(room_id) if room_id else None
         if record is None or record.state != "running" or player_id not in record.player_ids:
             return None
-        return RoomView(record.room_id, record.state, record.node, record.countdown_ends_ms, record.started_ms,
-                        record.players, record.version)
+        return view_of(record)
 
     async def _after_probe(self, waiter: Waiter, busy: Outcome,
                            join_again: Callable[[], Awaitable[Outcome]]) -> Outcome:
@@ -491,7 +494,9 @@ class LobbyHub:
             return False
         return (await self.bus.listeners([node_id])).get(node_id, 0) > 0
 
-    def _deliver_to(self, waiter: Waiter, view: RoomView, *, host_ok: bool = True) -> None:
+    def _deliver_to(self, waiter: Waiter, view: RoomView, *, host_ok: bool | None = None) -> None:
+        """Show the waiter its room, or send it to its running match: `host_ok` says whether the match's host was
+        found reachable (None: not asked yet; it is asked here before anyone is sent to another node)."""
         key = (waiter.mode, view.room_id)
         if view.state == "queued" or not view.room_id:
             self._place(waiter.conn_id, None)
@@ -503,20 +508,34 @@ class LobbyHub:
         self._place(waiter.conn_id, key)
         if view.state == "running":
             self._unregister(waiter.conn_id)
-            if not host_ok or not self.upkeep.heart_beating(view.node):
-                self._spawn(self._match_when_hosted(waiter, view), f"hold:{waiter.player_id}")
-                return
-            url = self.upkeep.urls.get(view.node)
-            if url is None:
-                self._spawn(self._match_later(waiter, view), "match-url")
-                return
-            self._match(waiter, view, url)
+            if host_ok is None and view.node != self.node_id:
+                self._spawn(self._match_if_reachable(waiter, view), f"match:{waiter.player_id}")
+            else:
+                self._match_if_hosted(waiter, view, host_ok=host_ok is not False)
             return
         if view.state == "countdown" and view.countdown_ends_ms is not None:
             self._arm_countdown(key, view.countdown_ends_ms)
         elif view.state == "waiting":
             self._countdowns.pop(key, None)
         waiter.show(view, self.wall_ms())
+
+    async def _match_if_reachable(self, waiter: Waiter, view: RoomView) -> None:
+        try:
+            host_ok = await self._host_reachable(view.node)
+        except OUTAGE:  # Redis cannot say whether the host's process is there: its last heartbeat decides
+            host_ok = self.upkeep.heart_beating(view.node)
+        self._match_if_hosted(waiter, view, host_ok=host_ok)
+
+    def _match_if_hosted(self, waiter: Waiter, view: RoomView, *, host_ok: bool) -> None:
+        """match_found for a running match, unless its host is suspected dead: then hold the player."""
+        if not host_ok or not self.upkeep.heart_beating(view.node):
+            self._spawn(self._match_when_hosted(waiter, view), f"hold:{waiter.player_id}")
+            return
+        url = self.upkeep.urls.get(view.node)
+        if url is None:
+            self._spawn(self._match_later(waiter, view), "match-url")
+            return
+        self._match(waiter, view, url)
 
     def _match(self, waiter: Waiter, view: RoomView, url: str) -> None:
         ticket = mint_ticket(self.config.secret, Ticket(waiter.player_id, view.room_id, view.node, waiter.mode),
@@ -556,14 +575,13 @@ class LobbyHub:
                     waiter.dropped("your match is over, or your seat in it is gone; join again")
                     return
                 if await self._host_reachable(playing.node):
-                    url = self.upkeep.urls.get(playing.node) or await self.registry.url_of(playing.node)
-                    if url is not None:
+                    url = self.upkeep.urls.get(playing.node)
+                    if url is None:
+                        await self._match_later(waiter, playing)
+                    else:
                         self._match(waiter, playing, url)
-                        return
-        except OUTAGE:
-            waiter.dropped("matchmaking is unavailable right now; join again in a few seconds")
-            raise
-        except LobbyUnavailable:  # lost_to_recovery's word for the same
+                    return
+        except Exception:  # an outage (or a bug): the waiter, registered nowhere now, must hear something
             waiter.dropped("matchmaking is unavailable right now; join again in a few seconds")
             raise
         if waiter.active:
@@ -724,6 +742,9 @@ class LobbyHub:
     # -- background loops ------------------------------------------------------------------------------
 
     def _on_subscribed(self) -> None:
+        if self._subscriptions:  # subscribed again: Redis dropped the connections, every node's listener too
+            self.upkeep.redis_came_back()
+        self._subscriptions += 1
         self._spawn(self._after_reconnect(), "after-reconnect")
 
     async def _after_reconnect(self) -> None:
@@ -751,14 +772,16 @@ class LobbyHub:
                 await self._read_rooms(list(self._in_room))
                 for conn_id in list(self._queued):
                     waiter = self.waiters.get(conn_id)
-                    if waiter is not None:
+                    if waiter is None:
+                        continue
+                    try:  # a queued player's own connection holds them: this join seats them or leaves them be
                         await self.join(waiter)
+                    except LobbyRefused:
+                        continue  # that one is refused; the others still try for a seat
             except OUTAGE as error:
                 log.debug("periodic lobby read failed: %s", error)
             except LobbyUnavailable as error:
                 log.debug("periodic lobby read failed: %s", error)
-            except LobbyRefused:
-                pass
             except Exception:
                 log.exception("periodic lobby read failed")
 

@@ -98,6 +98,7 @@ class LobbySession:
         self._members: dict[str, str] = {}
         self._left = False  # the client sent `leave`: give the place up at once
         self._tried = False  # a join was sent to Redis at least once
+        self._recovering: str | None = None  # the room this connection was told `recovering` for
 
     # -- the Waiter interface ------------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class LobbySession:
         if self.phase in (LobbyPhase.JOINING, LobbyPhase.WAITING):
             self._to(LobbyPhase.CONNECTED)
             self._shown = None
+            self._recovering = None
             self.link.send(error_message(ErrorCode.SEAT_LOST, reason))
 
     async def probe(self, timeout_s: float) -> bool:
@@ -181,6 +183,9 @@ class LobbySession:
                           "host", self.player_id, room_id)
 
     def _say_recovering(self, room_id: str) -> None:
+        if self._recovering == room_id:
+            return  # said already (the wait for recovery, then the hold for a live host): once is enough
+        self._recovering = room_id
         self.link.send(encode({"type": "lobby", "status": "recovering", "mode": self.mode, "room": room_id,
                                "players": [], "countdown_ms": None, "min": self.settings.min_players,
                                "max": self.settings.max_players}))

@@ -7,13 +7,17 @@ match whatever became of their old connection.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from websockets.asyncio.client import ClientConnection, connect
 
+from lobby.upkeep import SUSPECT_AFTER_BEATS
 from server.app import App
 from tests.clusterkit import forget_everything
 from tests.serverkit import (
@@ -158,3 +162,105 @@ async def test_a_live_node_puts_its_running_match_back_when_redis_lost_the_lobby
     assert again["room"] == room
     for ws in (games[0], games[2], back):
         await ws.close()
+
+
+async def test_a_comeback_whose_lobby_lookup_meets_a_redis_outage_is_told_lobby_unavailable(
+        node: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens, founds = await running_match(node, 3)
+    game, _ = await play(tokens[0], founds[0])
+    await asyncio.sleep(0.2)  # the attach is written in the background
+    assert node.hub is not None
+    seating = node.hub.seatings["arena"]
+
+    async def unreachable(room_id: str) -> None:
+        raise RedisConnectionError("Connection refused")
+
+    # The join itself reaches Redis and finds the player busy in their match; the look-up of that match does not.
+    monkeypatch.setattr(seating, "room", unreachable)
+    lobby = await join_lobby(node, tokens[0])
+    error = await recv_until(lobby, is_type("error"), timeout=10)
+    assert error["code"] == "lobby_unavailable", error
+    monkeypatch.undo()
+    # The connection stays open, and the same join, sent again, is answered.
+    await lobby.send('{"type":"join","v":1}')
+    assert (await recv_until(lobby, is_type("match_found"), timeout=10))["room"] == founds[0]["room"]
+    await game.close()
+
+
+async def test_a_node_puts_its_match_back_even_when_its_first_try_meets_an_outage(
+        node: App, redis: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens, founds = await running_match(node, 3)
+    room = founds[0]["room"]
+    games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+    await recv_until(games[0], is_event("phase", state="running"))
+    assert node.hub is not None
+    seating = node.hub.seatings["arena"]
+    reclaim = seating.reclaim_many
+    tries = 0
+
+    async def first_fails(*args: Any, **kwargs: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise RedisConnectionError("Connection reset by peer")
+        return await reclaim(*args, **kwargs)
+
+    monkeypatch.setattr(seating, "reclaim_many", first_fails)
+    prefix = node.settings.lobby_prefix
+    await forget_everything(redis, prefix)
+    # The heartbeat that finds its hash gone writes it again, then fails to re-register the match: the next
+    # heartbeats (whose hash is there again) must still finish the job.
+    deadline = asyncio.get_running_loop().time() + 10
+    while await redis.hget(f"{prefix}:{{arena}}:room:{room}", "node") != node.settings.node_id.encode():
+        assert asyncio.get_running_loop().time() < deadline, f"the match was not registered again ({tries} tries)"
+        await asyncio.sleep(0.05)
+    assert tries >= 2
+    for ws in games:
+        await ws.close()
+
+
+async def test_a_held_comeback_ends_with_seat_lost_when_its_stalled_host_returns_without_the_match(
+        node: App, redis: Any) -> None:
+    """A player's record names a game connection on a host that stalled (its heartbeat is late but its key
+    lives), and the lobby no longer has their match: the join is held (`recovering`). When the host beats again
+    and still nothing runs the match, the held join ends as documented, with `seat_lost`, not a refusal."""
+    assert node.hub is not None
+    hub = node.hub
+    seating = hub.seatings["arena"]
+    ghost, room = "ghost-node", "ghostroom0000001"
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    now = int(time.time() * 1000)
+    for index, player_id in enumerate(ids):  # five fill the room: it runs at once, on the ghost
+        await seating.join(player_id, f"p{index}", now, conn_id=f"lobby-{index}", conn_node=ghost,
+                           new_room_id=room, new_room_node=ghost)
+    assert (await seating.attach(ids[0], room, now, conn_id="game-ghost", conn_node=ghost)).outcome == "attached"
+    await redis.delete(seating.keys.room(room))  # the lobby lost the match; the player's record is left
+    listener = redis.pubsub()
+    await listener.subscribe(hub.bus.channel(ghost))  # the ghost's process is there: only its heartbeat is late
+    node_key = hub.registry.node_key(ghost)
+    beat_ms = int(node.settings.node_dead_after_s * 1000)
+
+    stalled = True
+
+    async def keep_beating() -> None:
+        await hub.registry.heartbeat(ghost, "ws://127.0.0.1:9", 0, int(time.time() * 1000))
+        while True:  # the age of a beat is read from its key's time to live: half the dead-after time, or none
+            await redis.pexpire(node_key, beat_ms // 2 if stalled else beat_ms)
+            await asyncio.sleep(0.05)
+
+    beating = asyncio.create_task(keep_beating())
+    try:
+        # Long enough for any survey that saw the first beat as fresh to have been followed by stale ones.
+        await asyncio.sleep(SUSPECT_AFTER_BEATS * node.settings.node_heartbeat_s + 0.5)
+        lobby = await join_lobby(node, new_token("p0", player_id=ids[0]))
+        held = await recv_until(lobby, is_type("lobby"), timeout=10)
+        assert (held["status"], held["room"]) == ("recovering", room), held
+        stalled = False
+        error = await recv_until(lobby, is_type("error"), timeout=10)
+        assert error["code"] == "seat_lost", error
+        await lobby.send('{"type":"ping","t":1}')  # the connection stays open for the next join
+        assert (await recv_until(lobby, is_type("pong")))["t"] == 1
+        await lobby.close()
+    finally:
+        beating.cancel()
+        await listener.aclose()
