@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from lobby.keys import text
 from lobby.nodes import NodeInfo, NodeRegistry
-from lobby.outage import OUTAGE, Backoff, stop_if_cancelled
+from lobby.outage import BACKOFF_MAX_S, OUTAGE, Backoff, stop_if_cancelled
 from lobby.seating import Claim, Outcome, Seating
 
 log = logging.getLogger("tickroom.lobby")
@@ -29,6 +29,8 @@ SUSPECT_AFTER_BEATS = 3
 # this many intervals). A machine that vanished keeps its connections open until TCP gives up: its key expires.
 GONE_AFTER_BEATS = 1.5
 STEADY_BEATS = 3  # only a node that heart-beat this many times in a row judges others (not just after an outage)
+# After Redis was unreachable, the other nodes' listeners and heartbeats may still wait in their back-off (at most
+# BACKOFF_MAX_S) for a while after this node is back: none is judged by its listener until that time has passed.
 
 Listeners = Callable[[list[str]], Awaitable[dict[str, int]]]
 
@@ -92,6 +94,8 @@ class Upkeep:
         self.stopping = False
         self._beats = 0
         self._steady = 0  # heartbeats in a row since the last outage
+        self._judge_after = 0.0  # time.monotonic() before which no node is taken for dead by its listener
+        self._hash_lost = False  # this node's heartbeat hash was gone: fence and re-assert until both are done
         self._listeners = listeners
         self._hosted = hosted
         self._attach = attach
@@ -123,6 +127,11 @@ class Upkeep:
             return False
         age_ms = node.beat_age_ms + (time.monotonic() - self.surveyed_at) * 1000
         return age_ms <= SUSPECT_AFTER_BEATS * self.heartbeat_s * 1000
+
+    def redis_came_back(self) -> None:
+        """Redis was unreachable (or dropped this node's connections) and answers again: the other nodes may
+        take up to the longest back-off plus a heartbeat to resubscribe and beat, so judge none of them before."""
+        self._judge_after = time.monotonic() + BACKOFF_MAX_S + self.heartbeat_s
 
     def placed(self, node_id: str) -> None:
         """A new room was just put on `node_id`: count it now, so that a burst of new rooms spreads over the
@@ -157,8 +166,11 @@ class Upkeep:
                         await self.registry.heartbeat(self.node_id, self.url, state.load, self.wall_ms(),
                                                       accepting=state.accepting, state=state.state)
                     if not was_alive and self._beats:
+                        self._hash_lost = True
+                    if self._hash_lost:  # until both are done: an outage in between leaves them for next time
                         await self._fence()
                         await self._reassert()
+                        self._hash_lost = False
                     self._beats += 1
                     self._steady += 1
                 await self.adopt_rooms(first=not self._adopted_at_start)
@@ -169,6 +181,8 @@ class Upkeep:
                 self.surveyed.set()
                 self.urls.update({node.node_id: node.url for node in live})
                 self.reachable = True
+                if backoff.failing:
+                    self.redis_came_back()
                 backoff.reset("heartbeat")
                 for node in await self._processes_gone(live):
                     if await self.registry.declare_dead(node):
@@ -193,10 +207,12 @@ class Upkeep:
 
     async def _processes_gone(self, live: list[NodeInfo]) -> list[NodeInfo]:
         """Live nodes whose process is gone: no listener on their notice channel, and a missed heartbeat. Judged
-        only while this node's own listener is there and it heart-beat steadily: after a Redis restart every
-        listener is gone for a moment, this one's too."""
+        only while this node's own listener is there and it heart-beat steadily, and long enough after an outage
+        for every node to have come back from its back-off: after a Redis restart every listener is gone for a
+        while, this one's too."""
         others = [node for node in live if node.node_id != self.node_id]
-        if self._listeners is None or not others or self._steady < STEADY_BEATS:
+        if (self._listeners is None or not others or self._steady < STEADY_BEATS
+                or time.monotonic() < self._judge_after):
             return []
         counts = await self._listeners([self.node_id, *(node.node_id for node in others)])
         if counts.get(self.node_id, 0) < 1:

@@ -245,3 +245,33 @@ async def test_a_node_taken_for_dead_while_it_stalled_closes_the_matches_the_oth
         assert (await recv_until(again, is_type("lobby")))["status"] == "waiting"
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_after_a_short_redis_restart_no_node_takes_a_live_peer_for_dead(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis restarts with its data kept: every node's listener is dropped, and each comes back from its own
+    back-off, some seconds apart. The first node back must not take a peer that is still waiting in its back-off
+    (no listener yet, heartbeat late) for a dead process, nor sweep its rooms."""
+    redis_server = LocalRedis.start(tmp_path / "redis", persist=True)
+    prefix = lobby_prefix()
+    apps: list[App] = []
+    try:
+        for name in ("node-a", "node-b"):
+            apps.append(await start_lobby_app(redis_server.url, lobby_prefix=prefix, node_id=name,
+                                              node_heartbeat_s=0.2, node_dead_after_s=30.0))
+        client = aioredis.Redis.from_url(redis_server.url)
+        registry = NodeRegistry(client, prefix)
+        await asyncio.sleep(1.0)  # both heart-beat steadily and judge each other
+        redis_server.stop()
+        await asyncio.sleep(8.0)  # every loop is deep in its back-off (seconds between tries)
+        redis_server.restart()
+        await asyncio.sleep(9.0)  # every node came back from its back-off (5 s at most), and beat since
+        assert not [record.getMessage() for record in caplog.records if "process is gone" in record.getMessage()]
+        assert {node.node_id for node in await registry.live_nodes()} == {"node-a", "node-b"}
+        assert not [record for record in caplog.records if "sweeping up after" in record.getMessage()]
+        await client.aclose()
+    finally:
+        for app in apps:
+            await app.__aexit__(None, None, None)
+        redis_server.stop()
+

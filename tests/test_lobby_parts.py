@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 from lobby.keys import LobbyKeys
 from lobby.leaderboard import Leaderboard, Standing
 from lobby.nodes import NodeInfo, NodeRegistry
+from lobby.notices import NoticeBus
 from lobby.tickets import Ticket, TicketError, mint_ticket, verify_ticket
+from lobby.upkeep import STEADY_BEATS, LocalState, Upkeep
 from server.auth import AuthError, mint_token, verify_token
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -112,3 +114,35 @@ async def test_the_leaderboard_can_be_replaced_whole(leaderboard: Leaderboard) -
     assert [s.player_id for s in await leaderboard.top(10)] == ["b", "a"]
     await leaderboard.replace({})
     assert await leaderboard.top(10) == []
+
+
+async def test_a_node_judges_a_silent_peer_gone_only_long_enough_after_an_outage(redis_url: str) -> None:
+    """Upkeep takes a peer for a dead process when its notice listener left Redis and its heartbeat is late; but
+    right after Redis came back, every peer may still be in its back-off, so none is judged until that passed."""
+    client = aioredis.Redis.from_url(redis_url)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    registry = NodeRegistry(client, prefix, dead_after_s=10.0)
+    bus = NoticeBus(client, prefix)
+    listener = client.pubsub()
+    await listener.subscribe(bus.channel("me"))  # this node's own listener is there; the peer's is not
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    upkeep = Upkeep("me", "ws://me", registry, {}, LocalState, lambda mode, outcome: None,
+                    lambda coro, name: None, lambda what, write: None, lambda mode, rooms: None, lambda: 0,
+                    heartbeat_s=0.1, presence_every_s=1.0, listeners=bus.listeners, adopt=nothing)
+    try:
+        await registry.heartbeat("peer", "ws://peer", 0, now_ms=1)
+        await registry.heartbeat("me", "ws://me", 0, now_ms=1)
+        await asyncio.sleep(0.3)  # the peer missed more than GONE_AFTER_BEATS heartbeats
+        live, _ = await registry.survey()
+        upkeep._steady = STEADY_BEATS
+        assert [node.node_id for node in await upkeep._processes_gone(live)] == ["peer"]
+        upkeep.redis_came_back()
+        assert await upkeep._processes_gone(live) == []  # the peer may be waiting out its back-off
+        upkeep._judge_after = 0.0  # as when the longest back-off and a heartbeat have passed
+        assert [node.node_id for node in await upkeep._processes_gone(live)] == ["peer"]
+    finally:
+        await listener.aclose()
+        await client.aclose()
