@@ -78,18 +78,31 @@ class PostgresRecovery:
         self.cancelled = 0
 
     async def run(self) -> None:
-        """Beat in Postgres every heartbeat. Scan once the lobby's directory has been read (right after the first
-        heartbeat), then every `node_dead_after_s`, or every heartbeat while some node with live matches is
-        missing; a scan that fails (Postgres or Redis down) is tried again at the next."""
+        """Beat in Postgres every heartbeat, and scan: once the lobby's directory has been read (right after the
+        first heartbeat), then every `node_dead_after_s`, or every heartbeat while some node with live matches
+        went missing recently; a scan that fails (Postgres or Redis down) is tried again at the next. The beats
+        have a loop of their own, each bounded in time: a slow scan never makes this node look gone."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._beat_loop(), name="postgres-heartbeat")
+            group.create_task(self._scan_loop(), name="postgres-recovery")
+
+    async def _beat_loop(self) -> None:
+        settings = self.settings
+        while True:
+            stop_if_cancelled()
+            try:
+                async with asyncio.timeout(settings.node_dead_after_s / 3):
+                    await self._read(lambda conn: beat(conn, self.node_id))
+            except Exception as error:
+                stop_if_cancelled()
+                log.debug("heartbeat in Postgres failed (%s: %s)", type(error).__name__, error)
+            await asyncio.sleep(settings.node_heartbeat_s)
+
+    async def _scan_loop(self) -> None:
         settings = self.settings
         next_scan = 0.0
         while True:
             stop_if_cancelled()
-            try:
-                await self._read(lambda conn: beat(conn, self.node_id))
-            except Exception as error:
-                stop_if_cancelled()
-                log.debug("heartbeat in Postgres failed (%s: %s)", type(error).__name__, error)
             upkeep = self.hub.upkeep
             if upkeep.surveyed.is_set() and upkeep.reachable and self.clock() >= next_scan:
                 try:
@@ -97,8 +110,12 @@ class PostgresRecovery:
                 except Exception as error:
                     stop_if_cancelled()
                     log.warning("recovery scan failed (%s: %s); trying again later", type(error).__name__, error)
-                next_scan = self.clock() + (settings.node_heartbeat_s if self._missing_since
-                                            else settings.node_dead_after_s)
+                # Quick scans only while a node went missing lately: one missing for longer is either claimed
+                # already or refused for good (its rooms came back through Redis), and is looked at as usual.
+                now = self.clock()
+                recent = any(now - since < (MISSING_SCANS + 1) * settings.node_dead_after_s
+                             for since in self._missing_since.values())
+                next_scan = now + (settings.node_heartbeat_s if recent else settings.node_dead_after_s)
             await asyncio.sleep(settings.node_heartbeat_s)
 
     def _orphaned(self, matches: list[LiveMatch], beat_ages: dict[str, float]) -> list[LiveMatch]:
