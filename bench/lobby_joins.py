@@ -47,8 +47,8 @@ from bench.tick_capacity import machine
 from lobby.keys import LobbyKeys
 from lobby.outage import lobby_client
 from lobby.seating import Seating, SeatingRules, _script
-from server.embedded import LocalRedis
-from server.eventloop import run
+from server.ops.embedded import LocalRedis
+from server.ops.eventloop import run
 
 NODE_CORE = 0
 LOAD_CORE = 1  # the load generator, and Redis

@@ -24,7 +24,8 @@ import orjson
 import psutil
 from picows import WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
 
-from server.auth import DEV_SECRET, mint_token
+from server.net.auth import mint_token
+from server.ops.settings import DEV_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 JOIN = b'{"type":"join","v":1,"mode":"arena"}'
@@ -42,8 +43,8 @@ async def serve_node(redis_url: str, countdown_s: float, prefix: str) -> None:
     """Run a node (the in-process `App`, as `tickroom serve` does minus Postgres) until SIGTERM; print its port."""
     from server.app import App
     from server.cli import game_modes
-    from server.logs import configure_logging
-    from server.settings import Settings
+    from server.ops.logs import configure_logging
+    from server.ops.settings import Settings
 
     settings = Settings.load(environ={}, redis_url=redis_url, port=0, database_url="postgresql://unused",
                              node_id=f"bench-{prefix}", lobby_prefix=prefix, countdown_s=countdown_s,

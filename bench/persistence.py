@@ -38,9 +38,9 @@ from game.arena import ArenaGame
 from persistence.migrate import migrate_url
 from persistence.snapshots import Snapshot, SnapshotStore
 from persistence.writebehind import WriteBehind
-from server.embedded import LocalPostgres, LocalRedis
-from server.eventloop import run
-from server.protocol import encode
+from server.net.protocol import encode
+from server.ops.embedded import LocalPostgres, LocalRedis
+from server.ops.eventloop import run
 
 SLOTS = 30
 

@@ -22,7 +22,8 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.tick_capacity import data_services, free_port, machine, wait_ready
-from server.auth import DEV_SECRET, mint_token
+from server.net.auth import mint_token
+from server.ops.settings import DEV_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 

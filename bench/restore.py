@@ -38,9 +38,9 @@ from persistence.migrate import migrate_url
 from persistence.writebehind import WriteBehind, spill_key
 from server.app import App
 from server.cli import game_modes
-from server.embedded import LocalPostgres, LocalRedis
-from server.eventloop import run
-from server.settings import Settings
+from server.ops.embedded import LocalPostgres, LocalRedis
+from server.ops.eventloop import run
+from server.ops.settings import Settings
 
 NODE = "bench-restore"
 

@@ -58,7 +58,7 @@ def data_services() -> Iterator[dict[str, str]]:
     if os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL"):
         yield {"REDIS_URL": os.environ["REDIS_URL"], "DATABASE_URL": os.environ["DATABASE_URL"]}
         return
-    from server.embedded import LocalPostgres, LocalRedis
+    from server.ops.embedded import LocalPostgres, LocalRedis
 
     with tempfile.TemporaryDirectory(prefix="tickroom-bench-") as tmp, \
             LocalRedis.start(Path(tmp) / "redis", persist=False) as redis_server, \

@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from server.auth import DEV_SECRET, NAME_MAX
+from server.net.auth import NAME_MAX
+from server.ops.settings import DEV_SECRET
 
 GROUP_SIZE = 5  # seats per arena room: one group of bots fills one room
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

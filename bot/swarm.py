@@ -16,8 +16,8 @@ from collections.abc import Callable
 from bot.client import BotClient, Group, Phase, Tally
 from bot.plan import ProcessPlan
 from bot.stats import ProcessResult, Progress, bot_rate
-from server.auth import mint_token
-from server.eventloop import run as run_on_loop
+from server.net.auth import mint_token
+from server.ops.eventloop import run as run_on_loop
 
 INPUT_HZ = 30.0
 # The input period is cut into slots, each serving its share of the bots, so that sends and the states

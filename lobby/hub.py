@@ -39,12 +39,13 @@ START_SLACK_S = 0.02  # a countdown timer fires this long after the deadline, so
 WIDE_OUTCOMES = frozenset({"swept", "requeued", "recovery", "removed", "claimed"})
 LATEST_MAX = 10_000  # rooms whose newest view a node remembers
 # A join held for a match whose host stopped beating waits at most this many dead-after times: the sweep comes
-# after one, recovery from Postgres (Redis lost the room too) after MISSING_SCANS + 1 (server/recovery.py).
+# after one, recovery from Postgres (Redis lost the room too) after MISSING_SCANS + 1
+# (server/cluster/postgres_recovery.py).
 HOLD_DEAD_AFTERS = 6
 
 
 class Waiter(Protocol):
-    """A lobby connection waiting to be matched (server/lobby_session.py)."""
+    """A lobby connection waiting to be matched (server/cluster/lobby_session.py)."""
 
     @property
     def player_id(self) -> str: ...
@@ -213,7 +214,7 @@ class LobbyHub:
                 log.exception("lobby task %s failed", name)
 
         # A context of its own: the task serves the lobby as a whole, not the connection that happened to start
-        # it (whose log context it would otherwise carry: server/logs.py).
+        # it (whose log context it would otherwise carry: server/ops/logs.py).
         task = asyncio.get_running_loop().create_task(guarded(), name=name, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

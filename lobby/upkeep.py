@@ -42,7 +42,7 @@ class LocalState:
 
     load: int = 0
     accepting: bool = True
-    state: str = "serving"  # serving, draining, handing_off, drained (server/drain.py)
+    state: str = "serving"  # serving, draining, handing_off, drained (server/cluster/drain.py)
     players: dict[str, list[str]] = field(default_factory=dict)
     rooms: dict[str, set[str]] = field(default_factory=dict)
 

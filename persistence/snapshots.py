@@ -21,7 +21,7 @@ log = logging.getLogger("tickroom.persistence.snapshots")
 class Snapshot:
     mode: str
     room_id: str
-    body: bytes  # JSON, as `server/room.py` writes it
+    body: bytes  # JSON, as `server/rooms/room.py` writes it
 
 
 class SnapshotStore:

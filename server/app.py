@@ -34,18 +34,18 @@ from lobby.tickets import TicketError, verify_ticket
 from persistence.migrate import schema_version
 from persistence.snapshots import SnapshotStore
 from persistence.writebehind import WriteBehind, spill_key
-from server import admin_http
-from server.auth import AuthError, Identity, verify_token
-from server.broadcast import text_frame
-from server.connection import GameConnection, JoinRequest
-from server.drain import Drainer, DrainState
-from server.listener import Listener, Timeouts
-from server.lobby_http import LobbyEndpoints
-from server.lobby_session import LobbySession
-from server.logs import PLAYER
-from server.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
-from server.node import Node
-from server.protocol import (
+from server.cluster.drain import Drainer, DrainState
+from server.cluster.lobby_session import LobbySession
+from server.cluster.node import Node
+from server.cluster.postgres_recovery import PostgresRecovery
+from server.http import admin as admin_http
+from server.http.lobby import LobbyEndpoints
+from server.http.records import RecordEndpoints, is_records_path
+from server.net.auth import AuthError, Identity, verify_token
+from server.net.broadcast import text_frame
+from server.net.connection import GameConnection, JoinRequest
+from server.net.listener import Listener, Timeouts
+from server.net.protocol import (
     MAX_FRAME_BYTES,
     CloseCode,
     ErrorCode,
@@ -53,11 +53,11 @@ from server.protocol import (
     handshake_error_body,
     reconnect_message,
 )
-from server.records_http import RecordEndpoints, is_records_path
-from server.recovery import PostgresRecovery
-from server.session import PlayerSession
-from server.settings import Settings
-from server.snapshotter import Snapshotter
+from server.ops.logs import PLAYER
+from server.ops.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
+from server.ops.settings import Settings
+from server.rooms.session import PlayerSession
+from server.rooms.snapshotter import Snapshotter
 
 log = logging.getLogger("tickroom.app")
 
@@ -272,7 +272,7 @@ class App:
         if self._leaderboard_task is not None:
             self._leaderboard_task.cancel()
 
-    # -- the operator's endpoints (server/admin_http.py) ------------------------------------------------
+    # -- the operator's endpoints (server/http/admin.py) ------------------------------------------------
 
     async def _operator(self, path: str, query: dict[str, list[str]], request: Request) -> admin_http.Answer:
         assert self.node is not None and self.drainer is not None

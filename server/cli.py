@@ -12,10 +12,10 @@ from contextlib import AsyncExitStack
 
 from game.arena import ArenaConfig, ArenaGame
 from game.base import GameFactory
-from server.auth import DEV_SECRET, mint_token
-from server.eventloop import run as run_on_loop
-from server.logs import configure_logging
-from server.settings import Settings, SettingsError, add_arguments
+from server.net.auth import mint_token
+from server.ops.eventloop import run as run_on_loop
+from server.ops.logs import configure_logging
+from server.ops.settings import DEV_SECRET, Settings, SettingsError, add_arguments
 
 log = logging.getLogger("tickroom")
 
@@ -37,7 +37,7 @@ def ready_line(settings: Settings, url: str) -> str:
 
 async def serve(settings: Settings) -> int:
     from server.app import App
-    from server.services import connect_services
+    from server.ops.services import connect_services
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -54,7 +54,7 @@ async def serve(settings: Settings) -> int:
 
 async def _migrate(settings: Settings) -> int:
     from persistence.migrate import migrate_url
-    from server.services import connect_services
+    from server.ops.services import connect_services
 
     async with AsyncExitStack() as stack:
         settings = await connect_services(settings, stack, migrate=False)

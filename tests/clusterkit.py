@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from server.embedded import free_port
+from server.ops.embedded import free_port
 
 TICKROOM = str(Path(sys.executable).with_name("tickroom"))
 Message = dict[str, Any]

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from persistence.migrate import migrate_url
-from server.embedded import LocalPostgres, LocalRedis
+from server.ops.embedded import LocalPostgres, LocalRedis
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from websockets.exceptions import ConnectionClosed
 
 from game.base import GameFactory
 from server.app import App
-from server.auth import DEV_SECRET, mint_token
 from server.cli import game_modes
-from server.settings import Settings
+from server.net.auth import mint_token
+from server.ops.settings import DEV_SECRET, Settings
 
 
 def node_settings(**overrides: Any) -> Settings:

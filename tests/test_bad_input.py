@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from server.app import App
-from server.connection import MAX_UNSENT_BYTES
+from server.net.connection import MAX_UNSENT_BYTES
 from tests.serverkit import (
     closed_with,
     is_type,

@@ -29,7 +29,8 @@ from bot.plan import (
     split_bots,
 )
 from bot.stats import ProcessResult, Progress, ProgressBoard, bot_rate, percentile, summarize
-from server.auth import DEV_SECRET, NAME_MAX
+from server.net.auth import NAME_MAX
+from server.ops.settings import DEV_SECRET
 
 # -- settings, names, rooms, split ---------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server.settings import Settings
+from server.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -153,10 +153,10 @@ def test_compose_has_every_service_the_docs_name_and_no_version_key() -> None:
 def test_tickroom_services_set_only_variables_the_server_reads() -> None:
     known = settings_env_names()
     image = {name for name in image_environment() if name.startswith("TICKROOM_")}
-    assert image <= known, f"the image sets {sorted(image - known)}, which server/settings.py does not read"
+    assert image <= known, f"the image sets {sorted(image - known)}, which server/ops/settings.py does not read"
     for name, service in tickroom_services().items():
         unknown = set(environment(service)) - known
-        assert not unknown, f"{name} sets {sorted(unknown)}, which server/settings.py does not read"
+        assert not unknown, f"{name} sets {sorted(unknown)}, which server/ops/settings.py does not read"
 
 
 def test_nodes_run_in_production_with_secrets_from_the_operator() -> None:

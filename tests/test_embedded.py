@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from server import binaries
-from server.embedded import (
+from server.ops import binaries
+from server.ops.embedded import (
     BinaryKind,
     BinaryNotFoundError,
     LocalPostgres,
@@ -209,7 +209,7 @@ def test_postgres_on_a_taken_port_fails_with_its_log(postgres_cluster: tuple[Pos
 
 _ORPHAN_SCRIPT = textwrap.dedent("""
     import sys, time
-    from server.embedded import LocalPostgres, LocalRedis
+    from server.ops.embedded import LocalPostgres, LocalRedis
     redis = LocalRedis.start(sys.argv[1], persist=False, prefer=sys.argv[3])
     postgres = LocalPostgres.start(sys.argv[2], fast=True, prefer=sys.argv[3])
     print(redis.pid, postgres.pid, flush=True)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from server.protocol import ErrorCode
+from server.net.protocol import ErrorCode
 from tests.serverkit import join_game, start_app
 
 TYPES = ["input", "fire", "chat", "leave", "ping", "hello", "", "INPUT", "x" * 50]

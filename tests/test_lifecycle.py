@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from server.lifecycle import TRANSITIONS, IllegalTransition, RoomPhase, check_transition
+from server.rooms.lifecycle import TRANSITIONS, IllegalTransition, RoomPhase, check_transition
 
 LEGAL = {
     (RoomPhase.WAITING, RoomPhase.COUNTDOWN), (RoomPhase.WAITING, RoomPhase.RUNNING),

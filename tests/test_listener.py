@@ -1,4 +1,4 @@
-"""The node's own WebSocket I/O layer (`server/listener.py`, `server/connection.py`) on real sockets, with short
+"""The node's own WebSocket I/O layer (`server/net/listener.py`, `server/net/connection.py`) on real sockets, with short
 timeouts: keepalive pings and drops, handshake deadlines, the closing handshake, shutdown, early messages."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
-from server.connection import GameConnection, Payload
-from server.listener import Listener, Timeouts
+from server.net.connection import GameConnection, Payload
+from server.net.listener import Listener, Timeouts
 from tests.serverkit import RawClient
 
 FAST = Timeouts(open_s=0.5, close_s=0.4, ping_interval_s=0.4, ping_timeout_s=0.4, sweep_s=0.05)

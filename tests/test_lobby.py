@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 
 from lobby.tickets import Ticket, mint_ticket
 from server.app import App
-from server.auth import DEV_SECRET
+from server.ops.settings import DEV_SECRET
 from tests.serverkit import (
     closed_with,
     is_event,

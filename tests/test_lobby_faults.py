@@ -15,7 +15,7 @@ from lobby.keys import LobbyKeys
 from lobby.nodes import NodeRegistry
 from lobby.seating import Seating, SeatingRules
 from server.app import App
-from server.embedded import LocalRedis
+from server.ops.embedded import LocalRedis
 from tests.serverkit import (
     closed_with,
     is_event,

@@ -15,7 +15,7 @@ from lobby.nodes import NodeInfo, NodeRegistry
 from lobby.notices import NoticeBus
 from lobby.tickets import Ticket, TicketError, mint_ticket, verify_ticket
 from lobby.upkeep import STEADY_BEATS, LocalState, Upkeep
-from server.auth import AuthError, mint_token, verify_token
+from server.net.auth import AuthError, mint_token, verify_token
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 

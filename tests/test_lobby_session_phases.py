@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from server.lobby_session import LOBBY_TRANSITIONS, IllegalLobbyTransition, LobbyPhase, check_lobby_transition
+from server.cluster.lobby_session import LOBBY_TRANSITIONS, IllegalLobbyTransition, LobbyPhase, check_lobby_transition
 
 LEGAL = {
     (LobbyPhase.CONNECTED, LobbyPhase.JOINING), (LobbyPhase.CONNECTED, LobbyPhase.CLOSED),

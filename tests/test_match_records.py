@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from game.arena import ArenaConfig, ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.migrate import migrate_url
-from server.embedded import LocalPostgres
+from server.ops.embedded import LocalPostgres
 from tests.serverkit import (
     is_event,
     is_type,

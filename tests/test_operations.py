@@ -17,11 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from persistence.migrate import migrate_url
-from server import configdoc
 from server.app import App
-from server.auth import DEV_SECRET
-from server.logs import CONN, PLAYER, ContextFilter, JsonFormatter
-from server.settings import Settings, SettingsError
+from server.ops import configdoc
+from server.ops.logs import CONN, PLAYER, ContextFilter, JsonFormatter
+from server.ops.settings import DEV_SECRET, Settings, SettingsError
 from tests.serverkit import (
     is_event,
     is_type,
@@ -303,7 +302,7 @@ def test_production_refuses_the_development_secret_and_short_ones() -> None:
 
 
 def test_the_configuration_page_is_generated_from_the_settings() -> None:
-    assert configdoc.PAGE.read_text() == configdoc.markdown(), "run: python -m server.configdoc"
+    assert configdoc.PAGE.read_text() == configdoc.markdown(), "run: python -m server.ops.configdoc"
     for name in ("TICKROOM_ENV", "TICKROOM_ADMIN_TOKEN", "TICKROOM_DRAIN_DEADLINE_S", "TICKROOM_LOG_FORMAT"):
         assert f"`{name}`" in configdoc.PAGE.read_text()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.protocol import (
+from server.net.protocol import (
     CHAT_MAX_CHARS,
     Chat,
     ErrorCode,

@@ -22,7 +22,7 @@ from lobby.outage import OUTAGE
 from persistence.migrate import migrate_url
 from persistence.writebehind import WriteBehind
 from server.app import App
-from server.embedded import LocalRedis
+from server.ops.embedded import LocalRedis
 from tests.serverkit import start_lobby_app
 from tests.test_writebehind import T0_MS
 

@@ -24,11 +24,11 @@ from websockets.protocol import State
 from game.arena import ArenaGame
 from persistence.recovery import beat, heartbeat_ages, live_matches_elsewhere, stored_matches
 from persistence.writebehind import Write, WriteBehind, spill_key
-from server.auth import Identity
-from server.connection import GameConnection
-from server.lifecycle import RoomPhase
-from server.recovery import room_document
-from server.room import Room
+from server.cluster.postgres_recovery import room_document
+from server.net.auth import Identity
+from server.net.connection import GameConnection
+from server.rooms.lifecycle import RoomPhase
+from server.rooms.room import Room
 from tests.serverkit import node_settings
 
 T0_MS = 1_795_400_000_000

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import psutil
 
-from server.embedded import free_port
+from server.ops.embedded import free_port
 
 TICKROOM = str(Path(sys.executable).with_name("tickroom"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import build_parser, ready_line
-from server.settings import Settings, SettingsError
+from server.ops.settings import Settings, SettingsError
 
 
 def test_environment_values_are_read_and_flags_override_them() -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from lobby import signing
 from lobby.tickets import Ticket, TicketError, lost_match_ticket, mint_ticket, verify_ticket
-from server.auth import AuthError, mint_token, verify_token
+from server.net.auth import AuthError, mint_token, verify_token
 
 SECRET = "tickroom-signing-test-secret-" + "k" * 40  # 64+ bytes: PyJWT warns about shorter keys for HS512
 OTHER_SECRET = "another-deployment-secret-" + "x" * 40

@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from game.arena import ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.snapshots import Snapshot, SnapshotStore
-from server.lifecycle import RoomPhase
-from server.room import Room
-from server.snapshotter import Snapshotter
+from server.rooms.lifecycle import RoomPhase
+from server.rooms.room import Room
+from server.rooms.snapshotter import Snapshotter
 from tests.serverkit import is_event, join_game, new_token, node_settings, recv_until, start_lobby_app
 
 

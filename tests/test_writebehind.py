@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from persistence.migrate import migrate_url
 from persistence.writebehind import Write, WriteBehind, WriteRefused
-from server.embedded import LocalPostgres
+from server.ops.embedded import LocalPostgres
 
 T0_MS = 1_795_400_000_000
 

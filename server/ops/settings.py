@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.auth import DEV_SECRET
-
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message names it."""
 
+
+# The secret a development node signs tokens with; refused outside development (see `Settings.check`).
+DEV_SECRET = "tickroom-development-secret-change-me"
 
 def _setting(default: Any, env: str, help: str, *, low: float | None = None, high: float | None = None) -> Any:
     return field(default=default, metadata={"env": env, "help": help, "low": low, "high": high})

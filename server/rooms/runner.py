@@ -11,11 +11,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from server.broadcast import send_frames
-from server.lifecycle import RoomPhase
-from server.metrics import NodeMetrics
-from server.protocol import CloseCode
-from server.room import Room
+from server.net.broadcast import send_frames
+from server.net.protocol import CloseCode
+from server.ops.metrics import NodeMetrics
+from server.rooms.lifecycle import RoomPhase
+from server.rooms.room import Room
 
 # Beyond this many periods behind, stop catching up and start again from now.
 MAX_BEHIND_TICKS = 10

@@ -34,10 +34,10 @@ try:
 except ImportError:  # websockets without its C extension
     from websockets.utils import apply_mask
 
-from server.auth import Identity
+from server.net.auth import Identity
 
 if TYPE_CHECKING:
-    from server.listener import Listener
+    from server.net.listener import Listener
 
 _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY

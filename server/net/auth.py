@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from lobby import signing
 
-DEV_SECRET = "tickroom-development-secret-change-me"
 NAME_MAX = 32
 # Player ids minted by `tickroom token NAME` are stable per name, so a developer who mints a
 # token twice for the same name is the same player (and can rejoin).

@@ -20,7 +20,7 @@ from lobby.leaderboard import Leaderboard
 from lobby.outage import OUTAGE
 from persistence import queries
 from persistence.writebehind import PG_DOWN
-from server.protocol import ErrorCode, handshake_error_body
+from server.net.protocol import ErrorCode, handshake_error_body
 
 log = logging.getLogger("tickroom.records")
 

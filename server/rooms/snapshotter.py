@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from lobby.outage import OUTAGE, stop_if_cancelled
 from persistence.snapshots import Snapshot, SnapshotStore
-from server.room import Room
+from server.rooms.room import Room
 
 log = logging.getLogger("tickroom.snapshots")
 

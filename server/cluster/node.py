@@ -20,14 +20,14 @@ from lobby.hub import LobbyHub
 from lobby.seating import Claim, Member
 from lobby.upkeep import HostedMatch, LocalState
 from persistence.snapshots import SnapshotStore
-from server.connection import GameConnection, JoinRequest, game_conn_id
-from server.lifecycle import RoomPhase
-from server.metrics import NodeMetrics
-from server.protocol import CloseCode, ErrorCode, ProtocolError
-from server.room import Recorder, Room, Scorer, Seat
-from server.runner import RoomRunner
-from server.settings import Settings
-from server.tickstats import summarize_ms
+from server.net.connection import GameConnection, JoinRequest, game_conn_id
+from server.net.protocol import CloseCode, ErrorCode, ProtocolError
+from server.ops.metrics import NodeMetrics
+from server.ops.settings import Settings
+from server.rooms.lifecycle import RoomPhase
+from server.rooms.room import Recorder, Room, Scorer, Seat
+from server.rooms.runner import RoomRunner
+from server.rooms.tickstats import summarize_ms
 
 log = logging.getLogger("tickroom.node")
 
@@ -56,7 +56,7 @@ class Node:
         self.clock = clock
         self.started_at = clock()
         self.accepting = True
-        self.drain_state = "serving"  # server/drain.py
+        self.drain_state = "serving"  # server/cluster/drain.py
         self._emptied = asyncio.Event()  # set while the node hosts no room
         self._emptied.set()
         self._stats_task: asyncio.Future[bytes] | None = None
@@ -72,7 +72,7 @@ class Node:
         # And where it finds those Redis has no snapshot of (mode, room ids -> room snapshots from Postgres).
         self.stored_rooms: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self.metrics = NodeMetrics()  # the app shares its own (server/metrics.py)
+        self.metrics = NodeMetrics()  # the app shares its own (server/ops/metrics.py)
 
     @staticmethod
     def wall_ms() -> int:

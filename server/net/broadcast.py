@@ -12,7 +12,7 @@ import struct
 
 from websockets.protocol import State
 
-from server.connection import GameConnection
+from server.net.connection import GameConnection
 
 _OPEN = State.OPEN
 _TEXT_FIN = 0x81

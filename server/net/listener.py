@@ -18,9 +18,9 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from server.connection import GameConnection
-from server.logs import CONN
-from server.metrics import Traffic
+from server.net.connection import GameConnection
+from server.ops.logs import CONN
+from server.ops.metrics import Traffic
 
 ProcessRequest = Callable[[GameConnection, Request], Awaitable[Response | None]]
 Handler = Callable[[GameConnection], Awaitable[None]]
@@ -85,7 +85,7 @@ class Listener:
             self._all_gone.set_result(None)
 
     def handshake(self, conn: GameConnection, request: Request) -> None:
-        # The connection's task logs with its id (and, once authenticated, its player's: server/logs.py).
+        # The connection's task logs with its id (and, once authenticated, its player's: server/ops/logs.py).
         context = contextvars.Context()
         context.run(CONN.set, conn.id)
         task = self.loop.create_task(self._serve(conn, request), context=context)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.broadcast import send_frames, text_frame
-from server.connection import GameConnection
-from server.protocol import CloseCode, ErrorCode, ProtocolError, error_message
+from server.net.broadcast import send_frames, text_frame
+from server.net.connection import GameConnection
+from server.net.protocol import CloseCode, ErrorCode, ProtocolError, error_message
 
 
 class TokenBucket:

@@ -1,7 +1,7 @@
 """One room: its seats, its phase, the inputs queued since the last tick, and the tick itself.
 
 `Room.tick` is synchronous: apply queued inputs, advance the phase, step the game, encode the state
-once, and write the same bytes to every player. The runner (`server/runner.py`) owns the timing.
+once, and write the same bytes to every player. The runner (`server/rooms/runner.py`) owns the timing.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 from websockets.protocol import State
 
 from game.base import Game
-from server.auth import Identity
-from server.broadcast import send_frames, text_frame
-from server.connection import GameConnection
-from server.lifecycle import RoomPhase, check_transition
-from server.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode, error_message
-from server.settings import Settings
-from server.tickstats import TickStats
+from server.net.auth import Identity
+from server.net.broadcast import send_frames, text_frame
+from server.net.connection import GameConnection
+from server.net.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode, error_message
+from server.ops.settings import Settings
+from server.rooms.lifecycle import RoomPhase, check_transition
+from server.rooms.tickstats import TickStats
 
 SNAPSHOT_VERSION = 1  # the layout of `Room.snapshot`
 # Takes a write for Postgres (persistence/writebehind.py); the future resolves once it is durable.

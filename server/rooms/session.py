@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from server.connection import GameConnection, JoinRequest, game_conn_id
-from server.link import ClientLink, TokenBucket
-from server.protocol import (
+from server.net.connection import GameConnection, JoinRequest, game_conn_id
+from server.net.link import ClientLink, TokenBucket
+from server.net.protocol import (
     PROTOCOL_VERSION,
     Chat,
     ClientMessage,
@@ -28,17 +29,34 @@ from server.protocol import (
     encode,
     parse_client_message,
 )
-from server.room import Room, Seat
+from server.ops.settings import Settings
+from server.rooms.room import Room, Seat
 
-if TYPE_CHECKING:
-    from server.node import Node
+
+class RoomHost(Protocol):
+    """What a session needs of the node hosting its rooms (`server/cluster/node.py`)."""
+
+    settings: Settings
+    clock: Callable[[], float]
+
+    def wall_ms(self) -> int: ...
+
+    async def claim_player(self, player_id: str, ws: GameConnection) -> bool: ...
+
+    def release_player(self, player_id: str, ws: GameConnection) -> None: ...
+
+    def room_for(self, join: JoinRequest) -> Room: ...
+
+    def seated(self, room: Room, seat: Seat, conn_id: str) -> None: ...
+
+    def unseated(self, room: Room, seat: Seat, conn_id: str, *, left: bool) -> None: ...
 
 
 class PlayerSession:
     """Runs one connection. Messages are handled synchronously as they arrive (see `GameConnection`);
     the session task only waits for the connection to end and owns the closing handshake."""
 
-    def __init__(self, node: Node, ws: GameConnection, join: JoinRequest, logger: logging.Logger) -> None:
+    def __init__(self, node: RoomHost, ws: GameConnection, join: JoinRequest, logger: logging.Logger) -> None:
         self.node = node
         self.ws = ws
         self.join = join

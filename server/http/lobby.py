@@ -12,7 +12,7 @@ import orjson
 from lobby.hub import LobbyHub
 from lobby.outage import LobbyUnavailable
 from lobby.seating import RoomRecord
-from server.protocol import ErrorCode, handshake_error_body
+from server.net.protocol import ErrorCode, handshake_error_body
 
 ROOM_PATH = re.compile(r"/lobby/rooms/([A-Za-z0-9_-]{1,64})/?")
 

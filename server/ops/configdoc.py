@@ -1,7 +1,7 @@
 """Writes `docs/configuration.md` from the settings object, so that the page and the code cannot drift
 (`tests/test_operations.py` checks that the page is what this would write).
 
-    .venv/bin/python -m server.configdoc            # rewrite docs/configuration.md
+    .venv/bin/python -m server.ops.configdoc            # rewrite docs/configuration.md
 """
 
 from __future__ import annotations
@@ -10,20 +10,19 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from server.auth import DEV_SECRET
-from server.settings import Settings
+from server.ops.settings import DEV_SECRET, Settings
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 HEAD = """# Configuration
 
-Every setting of a node is one field of `server/settings.py`'s `Settings`. Each is read from its environment
+Every setting of a node is one field of `server/ops/settings.py`'s `Settings`. Each is read from its environment
 variable, and a `tickroom serve` flag of the same name overrides it (`tickroom serve --help` lists them with
 their defaults). Values are validated once at start; a bad one stops the node with an error naming the setting
 and its variable (exit code 2). In `production` (`TICKROOM_ENV`), a node refuses to start with the development
 JWT secret or one shorter than 32 characters.
 
-This page is generated: `python -m server.configdoc` writes it again after a change to the settings.
+This page is generated: `python -m server.ops.configdoc` writes it again after a change to the settings.
 
 | setting | environment variable | flag | default | range | what it is |
 | --- | --- | --- | --- | --- | --- |

@@ -17,7 +17,7 @@ from websockets.datastructures import MultipleValuesError
 from websockets.http11 import Request
 
 from persistence.migrate import discover
-from server.protocol import ErrorCode, handshake_error_body
+from server.net.protocol import ErrorCode, handshake_error_body
 
 Answer = tuple[HTTPStatus, bytes, str]  # status, body, content type
 JSON = "application/json"

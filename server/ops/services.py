@@ -15,14 +15,14 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from persistence.migrate import migrate_url
-from server.settings import Settings
+from server.ops.settings import Settings
 
 log = logging.getLogger("tickroom.services")
 
 
 async def connect_services(settings: Settings, stack: AsyncExitStack, *, migrate: bool = True) -> Settings:
     """Make sure Redis and Postgres are there; return settings with both URLs filled in."""
-    from server.embedded import LocalPostgres, LocalRedis
+    from server.ops.embedded import LocalPostgres, LocalRedis
 
     data_dir = settings.data_dir.resolve()
     if not settings.redis_url:

@@ -16,11 +16,12 @@ from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
 from lobby.seating import RoomView
 from lobby.tickets import TicketError, lost_match_ticket
-from server.auth import Identity
-from server.broadcast import send_frames, text_frame
-from server.connection import GameConnection
-from server.link import ClientLink, TokenBucket
-from server.protocol import (
+from server.cluster.postgres_recovery import MISSING_SCANS
+from server.net.auth import Identity
+from server.net.broadcast import send_frames, text_frame
+from server.net.connection import GameConnection
+from server.net.link import ClientLink, TokenBucket
+from server.net.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
     ErrorCode,
@@ -33,12 +34,11 @@ from server.protocol import (
     error_message,
     parse_lobby_message,
 )
-from server.recovery import MISSING_SCANS
-from server.settings import Settings
+from server.ops.settings import Settings
 
 # A player back for a match the lobby lost waits for recovery from Postgres: another node claims a missing
-# node's matches once it has been missing for MISSING_SCANS dead-after times (server/recovery.py), found by a
-# scan that runs once every dead-after time, plus slack.
+# node's matches once it has been missing for MISSING_SCANS dead-after times (server/cluster/postgres_recovery.py),
+# found by a scan that runs once every dead-after time, plus slack.
 RECOVERY_MISSING_TIMES = MISSING_SCANS + 1
 RECOVERY_SLACK_S = 5.0
 

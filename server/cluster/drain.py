@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 
 from lobby.hub import LobbyHub
 from lobby.outage import stop_if_cancelled
-from server.broadcast import text_frame
-from server.link import ClientLink
-from server.node import Node
-from server.protocol import CloseCode, ReconnectReason, reconnect_message
-from server.snapshotter import Snapshotter
+from server.cluster.node import Node
+from server.net.broadcast import text_frame
+from server.net.link import ClientLink
+from server.net.protocol import CloseCode, ReconnectReason, reconnect_message
+from server.rooms.snapshotter import Snapshotter
 
 log = logging.getLogger("tickroom.drain")
 

@@ -25,8 +25,8 @@ from persistence.recovery import (
     live_matches_elsewhere,
     stored_matches,
 )
-from server.room import SNAPSHOT_VERSION
-from server.settings import Settings
+from server.ops.settings import Settings
+from server.rooms.room import SNAPSHOT_VERSION
 
 log = logging.getLogger("tickroom.recovery")
 

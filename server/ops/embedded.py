@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from server.binaries import (
+from server.ops.binaries import (
     DEBIAN_POSTGRES_ROOT,
     BinaryKind,
     BinaryNotFoundError,

@@ -1,0 +1,1 @@
+"""The small HTTP JSON endpoints: records (players, matches, leaderboards), the lobby's rooms, admin."""

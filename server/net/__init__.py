@@ -1,0 +1,1 @@
+"""The network edge: the WebSocket listener, connections, auth and the wire protocol."""
