@@ -1,6 +1,6 @@
 """The built-in top-down arena shooter: players move and fire in a square, first to 10 kills wins.
 
-A pure simulation driven by `step(dt)` and an injected RNG; time is kept in integer microseconds so
+A pure simulation stepped at 66.7 Hz with an injected RNG; time is kept in integer microseconds so
 that rate limits, lifetimes and respawns land on exact ticks and runs replay identically.
 """
 
@@ -9,8 +9,37 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, fields
+from typing import Annotated
 
-from game.base import Json, RankEntry
+import msgspec
+from msgspec import Meta
+
+from game.api import Clock, Event, Forming, GameContext, GameDefinition, Json, Message, Seats, Standing
+
+SEQ_MAX = 2**53 - 1
+ANGLE_MAX = 2 * math.pi
+TICK_HZ = 1000 / 15
+
+
+class Input(Message, frozen=True, tag="input"):
+    """The player's movement direction now (the latest one wins); `seq` is acknowledged in `state`."""
+
+    seq: Annotated[int, Meta(ge=0, le=SEQ_MAX)]
+    dx: Annotated[float, Meta(ge=-1.0, le=1.0)]
+    dy: Annotated[float, Meta(ge=-1.0, le=1.0)]
+
+
+class Fire(Message, frozen=True, tag="fire"):
+    """A shot at `angle` radians (0 = +x, counter-clockwise towards +y); the game applies its fire rate."""
+
+    seq: Annotated[int, Meta(ge=0, le=SEQ_MAX)]
+    angle: Annotated[float, Meta(ge=-ANGLE_MAX, le=ANGLE_MAX)]
+
+
+class ArenaOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an operator may set for the arena (`TICKROOM_GAME_OPTIONS`)."""
+
+    kill_target: Annotated[int, Meta(ge=1, le=1000)] = 10
 
 _US = 1_000_000  # microseconds per second
 SNAPSHOT_VERSION = 1  # the layout of `ArenaGame.snapshot`; a restore refuses any other
@@ -42,6 +71,17 @@ class ArenaConfig:
             value = getattr(self, spec.name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"ArenaConfig.{spec.name} must be a positive finite number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RankEntry:
+    """One line of the arena's final ranking."""
+
+    pid: int
+    rank: int
+    kills: int
+    deaths: int
+    score: int
 
 
 class _Player:
@@ -93,7 +133,7 @@ def _out(value: float) -> float:
 
 
 class ArenaGame:
-    """The arena simulation behind the `Game` protocol of `game.base`."""
+    """The arena simulation behind the `Game` protocol of `game.api`."""
 
     def __init__(self, rng: random.Random, config: ArenaConfig = ArenaConfig()) -> None:
         self.rng = rng
@@ -111,6 +151,43 @@ class ArenaGame:
         self._projectile_life_us = round(config.projectile_life_s * _US)
         self._respawn_delay_us = round(config.respawn_delay_s * _US)
         self._time_limit_us = round(config.time_limit_s * _US)
+        self._last_ms: int | None = None  # the room clock of the last `advance`
+
+    # -- the host's interface (game/api.py) ----------------------------------------------------------
+
+    def join(self, pid: int, name: str, now_ms: int) -> None:
+        self.add_player(pid)
+
+    def away(self, pid: int, now_ms: int) -> None:
+        self.remove_player(pid)
+
+    def release(self, pid: int, now_ms: int) -> None:
+        self.release_seat(pid)
+
+    def handle(self, pid: int, message: Message, now_ms: int) -> None:
+        if type(message) is Input:
+            self.set_input(pid, message.seq, message.dx, message.dy)
+        elif type(message) is Fire:
+            self.fire(pid, message.seq, message.angle)
+
+    def advance(self, now_ms: int) -> None:
+        last = self._last_ms
+        self._last_ms = now_ms
+        if last is not None and now_ms > last:
+            self.step((now_ms - last) / 1000.0)
+
+    def next_wake_ms(self) -> int | None:
+        return None
+
+    def welcome(self, pid: int) -> dict[str, Json]:
+        return {"arena": {"w": self.config.width, "h": self.config.height}}
+
+    def state(self) -> dict[str, Json]:
+        return {"players": self.players_state(), "projectiles": self.projectiles_state()}
+
+    def standings(self) -> list[Standing]:
+        return [Standing(entry.pid, entry.rank, entry.score, {"kills": entry.kills, "deaths": entry.deaths})
+                for entry in self.ranking()]
 
     # -- seats -------------------------------------------------------------------------------------
 
@@ -167,7 +244,7 @@ class ArenaGame:
 
     # -- the match ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, now_ms: int = 0) -> None:
         hp = self.config.max_hp
         placed: list[_Player] = []
         for player in sorted(self._players.values(), key=lambda p: p.pid):
@@ -385,12 +462,12 @@ class ArenaGame:
                  "y": (s.y * 10.0 + 0.5) // 1.0 / 10.0, "vx": s.vx_out, "vy": s.vy_out}
                 for s in self._projectiles]
 
-    def drain_events(self) -> list[dict[str, Json]]:
+    def drain_events(self) -> list[Event]:
         events = self._events
         if not events:
             return []
         self._events = []
-        return events
+        return [Event(body) for body in events]
 
     def ranking(self) -> list[RankEntry]:
         """Most kills, then fewest deaths; equal players share a rank and keep join order."""
@@ -411,3 +488,16 @@ class ArenaGame:
                 previous = key
             entries.append(RankEntry(player.pid, rank, player.kills, player.deaths, player.score))
         return entries
+
+
+def make_arena(ctx: GameContext) -> ArenaGame:
+    options = ctx.options if isinstance(ctx.options, ArenaOptions) else ArenaOptions()
+    if ctx.time_limit_ms > 0:
+        return ArenaGame(ctx.rng, ArenaConfig(kill_target=options.kill_target, time_limit_s=ctx.time_limit_ms / 1000))
+    return ArenaGame(ctx.rng, ArenaConfig(kill_target=options.kill_target))
+
+
+DEFINITION = GameDefinition(
+    mode="arena", title="Arena", description="Top-down shooter: move, fire, first to the kill target wins.",
+    seats=Seats(min=3, max=5), forming=Forming.COUNTDOWN, clock=Clock(TICK_HZ), messages=(Input, Fire),
+    make=make_arena, figures=("kills", "deaths"), options=ArenaOptions)

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,8 +90,7 @@ class HubConfig:
     url: str
     prefix: str
     secret: str
-    rules: SeatingRules
-    modes: tuple[str, ...]
+    rules: Mapping[str, SeatingRules]  # by mode: each game's rooms have their own size and forming
     ticket_ttl_s: float = 60.0
     lobby_grace_s: float = 5.0
     stale_probe_s: float = 2.0
@@ -102,7 +101,11 @@ class HubConfig:
     @property
     def presence_every_s(self) -> float:
         """Refresh keys several times per TTL, so one missed refresh never lets a live key expire."""
-        return max(0.2, min(self.rules.player_ttl_s, self.rules.room_ttl_s) / 4)
+        return max(0.2, min(min(rules.player_ttl_s, rules.room_ttl_s) for rules in self.rules.values()) / 4)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.rules))
 
 
 RoomKey = tuple[str, str]  # (mode, room id)
@@ -133,7 +136,8 @@ class LobbyHub:
         self.wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self.registry = NodeRegistry(client, config.prefix, dead_after_s=config.dead_after_s)
         self.bus = NoticeBus(client, config.prefix)
-        self.seatings = {mode: Seating(client, LobbyKeys(config.prefix, mode), config.rules) for mode in config.modes}
+        self.seatings = {mode: Seating(client, LobbyKeys(config.prefix, mode), rules)
+                         for mode, rules in sorted(config.rules.items())}
         self.waiters: dict[str, Waiter] = {}  # by connection id
         self._room_of: dict[str, RoomKey] = {}  # connection id -> the room it waits in
         self._in_room: dict[RoomKey, set[str]] = {}  # room -> connection ids waiting in it
@@ -661,7 +665,7 @@ class LobbyHub:
         if not outcome.notify:
             return
         room_id = outcome.view.room_id if outcome.view is not None else outcome.room
-        wide = outcome.outcome in WIDE_OUTCOMES or (outcome.outcome == "left" and self.config.rules.backfill)
+        wide = outcome.outcome in WIDE_OUTCOMES or (outcome.outcome == "left" and self.seatings[mode].rules.backfill)
         others = [node for node in outcome.notify if node != self.node_id]
         if others:
             notice: Notice = {"kind": "room", "mode": mode, "room": "" if wide else room_id}

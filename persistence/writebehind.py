@@ -131,17 +131,36 @@ async def _match_result(conn: asyncpg.Connection, write: Write) -> None:
     players = write.get("players", [])
     await _players_seen(conn, players, ended)
     await conn.executemany(
-        "INSERT INTO match_players (match_id, player_id, join_order, joined_at, left_at, rank, kills, deaths, score) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "INSERT INTO match_players (match_id, player_id, join_order, joined_at, left_at, rank, kills, deaths, score, "
+        "figures) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
         "ON CONFLICT (match_id, player_id) DO UPDATE SET left_at = EXCLUDED.left_at, rank = EXCLUDED.rank, "
-        "kills = EXCLUDED.kills, deaths = EXCLUDED.deaths, score = EXCLUDED.score",
+        "kills = EXCLUDED.kills, deaths = EXCLUDED.deaths, score = EXCLUDED.score, figures = EXCLUDED.figures",
         [(match_id, uuid.UUID(p["id"]), p["order"], _time(p["joined_ms"]), _time(p.get("left_ms")), p.get("rank"),
-          p.get("kills", 0), p.get("deaths", 0), p.get("score", 0)) for p in players])
+          *_kills_deaths(p), p.get("score", 0), orjson.dumps(_figures(p)).decode()) for p in players])
     await conn.execute("DELETE FROM player_positions WHERE match_id = $1", match_id)
     await conn.execute("DELETE FROM match_progress WHERE match_id = $1", match_id)
     # One line per match, naming its players: a player's way is followed into Postgres by their id.
     log.info("match %s (room %s) recorded %s", match_id, write["room"], final_state,
              extra={"match": str(match_id), "room": write["room"], "players": [p["id"] for p in players]})
+
+
+def _figures(line: dict[str, Any]) -> dict[str, Any]:
+    figures = line.get("figures")
+    if figures is None:  # a write queued by an older node: the arena's figures were columns of the line
+        figures = {key: line[key] for key in ("kills", "deaths") if key in line}
+    return dict(figures)
+
+
+def _kills_deaths(line: dict[str, Any]) -> tuple[int, int]:
+    """The arena's columns, from its figures (other games have neither: 0)."""
+    figures = _figures(line)
+    kills, deaths = figures.get("kills", 0), figures.get("deaths", 0)
+    return (kills if isinstance(kills, int) else 0), (deaths if isinstance(deaths, int) else 0)
+
+
+def _number(state: dict[str, Any], key: str) -> Any:
+    value = state.get(key)
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 async def _positions(conn: asyncpg.Connection, write: Write) -> None:
@@ -163,17 +182,21 @@ async def _positions(conn: asyncpg.Connection, write: Write) -> None:
         "match_clock_ms = EXCLUDED.match_clock_ms, saved_at = EXCLUDED.saved_at, pid = EXCLUDED.pid, "
         "joined_at = EXCLUDED.joined_at, state = EXCLUDED.state "
         "WHERE player_positions.match_clock_ms <= EXCLUDED.match_clock_ms",
-        [(match_id, uuid.UUID(p["id"]), p["x"], p["y"], p["hp"], p["kills"], p["deaths"], p["score"],
+        [(match_id, uuid.UUID(p["id"]), *(_number(state, key) for key in ("x", "y", "hp")),
+          *(_number(state, key) or 0 for key in ("kills", "deaths", "score")),
           write["clock_ms"], taken, p.get("pid"), _time(p.get("joined_ms")),
-          None if p.get("state") is None else orjson.dumps(p["state"]).decode()) for p in players])
+          None if p.get("state") is None else orjson.dumps(p["state"]).decode())
+         for p in players for state in (p.get("state") or p,)])
     if "game" in write:
         await conn.execute(
-            "INSERT INTO match_progress (match_id, roster, tick, match_clock_ms, game, saved_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (match_id) DO UPDATE SET roster = EXCLUDED.roster, "
+            "INSERT INTO match_progress (match_id, roster, tick, match_clock_ms, game, saved_at, room_ms, events) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (match_id) DO UPDATE SET roster = EXCLUDED.roster, "
             "tick = EXCLUDED.tick, match_clock_ms = EXCLUDED.match_clock_ms, game = EXCLUDED.game, "
-            "saved_at = EXCLUDED.saved_at WHERE match_progress.match_clock_ms <= EXCLUDED.match_clock_ms",
+            "saved_at = EXCLUDED.saved_at, room_ms = EXCLUDED.room_ms, events = EXCLUDED.events "
+            "WHERE match_progress.match_clock_ms <= EXCLUDED.match_clock_ms",
             match_id, None if write.get("roster") is None else orjson.dumps(write["roster"]).decode(),
-            write.get("tick", 0), write["clock_ms"], orjson.dumps(write["game"]).decode(), taken)
+            write.get("tick", 0), write["clock_ms"], orjson.dumps(write["game"]).decode(), taken,
+            write.get("room_ms", 0), write.get("events", 0))
 
 
 async def _match_moved(conn: asyncpg.Connection, write: Write) -> None:
@@ -186,7 +209,26 @@ async def _match_moved(conn: asyncpg.Connection, write: Write) -> None:
     await change_match(conn, uuid.UUID(write["match"]), move)
 
 
+async def _match_event(conn: asyncpg.Connection, write: Write) -> None:
+    """An event the game asked to keep (`Event.record`), under its number in the match."""
+    await _ensure_match(conn, write)
+    await conn.execute(
+        "INSERT INTO match_events (match_id, seq, body) VALUES ($1, $2, $3) "
+        "ON CONFLICT (match_id, seq) DO UPDATE SET body = EXCLUDED.body, recorded_at = now()",
+        uuid.UUID(write["match"]), write["seq"], orjson.dumps(write["body"]).decode())
+
+
+async def _events_rewound(conn: asyncpg.Connection, write: Write) -> None:
+    """A match restored from a point at which it had recorded `after` events: later ones are of a timeline
+    that did not go on."""
+    await _ensure_match(conn, write)
+    await conn.execute("DELETE FROM match_events WHERE match_id = $1 AND seq > $2", uuid.UUID(write["match"]),
+                       write["after"])
+
+
 APPLY: dict[str, Callable[[asyncpg.Connection, Write], Awaitable[None]]] = {
+    "match_event": _match_event,
+    "events_rewound": _events_rewound,
     "match_opened": _match_opened,
     "match_started": _match_started,
     "match_result": _match_result,

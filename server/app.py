@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from game.base import GameFactory
+from game.api import Forming
 from lobby.hub import HubConfig, LobbyHub
 from lobby.keys import LobbyKeys
 from lobby.leaderboard import Leaderboard, LeaderboardFeed, rebuild_if_missing
@@ -56,6 +56,7 @@ from server.net.protocol import (
 from server.ops.logs import PLAYER
 from server.ops.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
 from server.ops.settings import Settings
+from server.rooms.catalog import HostedGame
 from server.rooms.session import PlayerSession
 from server.rooms.snapshotter import Snapshotter
 
@@ -88,10 +89,22 @@ def bearer_token(request: Request, query: dict[str, list[str]]) -> str | None:
     return tokens[0] if tokens else None
 
 
+def seating_rules(hosted: HostedGame, settings: Settings) -> SeatingRules:
+    """How the lobby forms rooms of a game: its seats (and line), and a countdown only if it forms that way."""
+    seats = hosted.seats
+    forming = hosted.definition.forming
+    countdown_ms = round(settings.countdown_s * 1000) if forming is Forming.COUNTDOWN else 0
+    # A full-start game waits for its last seat: its rooms start at the maximum, never at a countdown.
+    min_players = seats.max if forming is Forming.FULL else seats.min
+    return SeatingRules(min_players=min_players, max_players=seats.capacity, countdown_ms=countdown_ms,
+                        backfill=settings.backfill or seats.backfill, player_ttl_s=settings.player_ttl_s,
+                        room_ttl_s=settings.room_ttl_s)
+
+
 class App:
     """A running node: `async with App(settings, modes) as app:` serves on `app.port` until the block ends."""
 
-    def __init__(self, settings: Settings, modes: Mapping[str, GameFactory], *, persist: bool = False) -> None:
+    def __init__(self, settings: Settings, modes: Mapping[str, HostedGame], *, persist: bool = False) -> None:
         """`persist`: record matches and positions in the settings' Postgres (`tickroom serve` does, after
         checking Postgres and migrating it); without it the node keeps no record (tests of other things)."""
         self.settings = settings
@@ -164,11 +177,9 @@ class App:
         assert self._tasks is not None and self.node is not None
         client = lobby_client(settings.redis_url)
         self._stack.push_async_callback(client.aclose)
-        rules = SeatingRules(min_players=settings.min_players, max_players=settings.max_players,
-                             countdown_ms=round(settings.countdown_s * 1000), backfill=settings.backfill,
-                             player_ttl_s=settings.player_ttl_s, room_ttl_s=settings.room_ttl_s)
+        rules = {mode: seating_rules(hosted, settings) for mode, hosted in self.modes.items()}
         config = HubConfig(node_id=settings.node_id, url=self.public_url, prefix=settings.lobby_prefix,
-                           secret=settings.jwt_secret, rules=rules, modes=tuple(sorted(self.modes)),
+                           secret=settings.jwt_secret, rules=rules,
                            ticket_ttl_s=settings.ticket_ttl_s, lobby_grace_s=settings.lobby_grace_s,
                            stale_probe_s=settings.stale_probe_s,
                            heartbeat_s=settings.node_heartbeat_s,

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import signal
 import sys
 from contextlib import AsyncExitStack
 
-from game.arena import ArenaConfig, ArenaGame
-from game.base import GameFactory
 from server.net.auth import mint_token
 from server.ops.eventloop import run as run_on_loop
 from server.ops.logs import configure_logging
 from server.ops.settings import DEV_SECRET, Settings, SettingsError, add_arguments
+from server.rooms.catalog import GameLoadError, HostedGame, host_games
 
 log = logging.getLogger("tickroom")
 
 
-def game_modes(settings: Settings) -> dict[str, GameFactory]:
-    """The games this node offers, configured from the settings."""
-    arena = ArenaConfig(time_limit_s=settings.match_time_s, kill_target=settings.kill_target)
-    return {"arena": functools.partial(ArenaGame, config=arena)}
+def game_modes(settings: Settings) -> dict[str, HostedGame]:
+    """The games this node offers: the installed ones `TICKROOM_GAMES` picks, configured from the settings."""
+    return host_games(settings)
 
 
 def ready_line(settings: Settings, url: str) -> str:
@@ -35,7 +32,7 @@ def ready_line(settings: Settings, url: str) -> str:
     return line
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, games: dict[str, HostedGame]) -> int:
     from server.app import App
     from server.ops.services import connect_services
 
@@ -45,7 +42,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         settings = await connect_services(settings, stack)
-        app = await stack.enter_async_context(App(settings, game_modes(settings), persist=True))
+        app = await stack.enter_async_context(App(settings, games, persist=True))
         print(ready_line(settings, app.url), file=sys.stderr, flush=True)
         await stop.wait()
         log.info("signal received; shutting down")
@@ -158,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
-        return run_on_loop(serve(settings))
+        try:
+            games = game_modes(settings)
+        except GameLoadError as error:
+            print(f"tickroom: {error}", file=sys.stderr)
+            return 2
+        return run_on_loop(serve(settings, games))
     if args.command == "migrate":
         return run_on_loop(_migrate(settings))
     if args.command == "drain":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import struct
 import time
@@ -15,11 +16,13 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from game.base import GameFactory
+from game.api import Game, GameContext, GameDefinition
+from game.arena import DEFINITION as ARENA
 from server.app import App
 from server.cli import game_modes
 from server.net.auth import mint_token
 from server.ops.settings import DEV_SECRET, Settings
+from server.rooms.catalog import hosted
 
 
 def node_settings(**overrides: Any) -> Settings:
@@ -38,10 +41,22 @@ def new_token(name: str | None = None, *, player_id: str | None = None, ttl_s: f
                       ttl_s=ttl_s)
 
 
-async def start_app(modes: Mapping[str, GameFactory] | None = None, *, persist: bool = False,
-                    **overrides: Any) -> App:
+def variant(mode: str, make: Callable[[GameContext], Game], base: GameDefinition = ARENA) -> GameDefinition:
+    """A game like `base` (the arena) under another mode name, built by `make`: a test's stand-in game."""
+    return dataclasses.replace(base, mode=mode, make=make)
+
+
+Modes = Mapping[str, GameDefinition | Callable[[GameContext], Game]]
+
+
+async def start_app(modes: Modes | None = None, *, persist: bool = False, **overrides: Any) -> App:
+    """A node serving every installed game, plus `modes`: a definition adds (or replaces) a game, a callable
+    replaces how an installed game of that mode is built."""
     settings = node_settings(**overrides)
-    app = App(settings, modes if modes is not None else game_modes(settings), persist=persist)
+    games = game_modes(settings)
+    for mode, entry in (modes or {}).items():
+        games[mode] = hosted(entry, settings) if isinstance(entry, GameDefinition) else games[mode].with_maker(entry)
+    app = App(settings, games, persist=persist)
     await app.__aenter__()
     return app
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 from typing import Any
 
 import pytest
 
-from game.arena import ArenaConfig, ArenaGame
-from game.base import Game, GameFactory, RankEntry
+from game.api import Game, GameContext
+from game.arena import DEFINITION, ArenaConfig, ArenaGame, RankEntry
 
 DT = 0.01  # 10 ms: every time in these tests is a whole number of steps
 
@@ -56,6 +55,13 @@ def player(game: ArenaGame, pid: int) -> dict[str, Any]:
     found: list[dict[str, Any]] = [entry for entry in game.players_state() if entry["p"] == pid]
     assert len(found) == 1, f"player {pid} is not listed"
     return found[0]
+
+
+def drained(game: ArenaGame) -> list[dict[str, Any]]:
+    """The bodies of the events since the last call (every arena event goes to everyone)."""
+    events = game.drain_events()
+    assert all(event.to is None and not event.record for event in events)
+    return [event.body for event in events]
 
 
 def kinds(events: list[dict[str, Any]]) -> list[str]:
@@ -134,7 +140,7 @@ def test_warm_up_moves_players_but_ignores_fire_and_keeps_the_clock_at_zero() ->
     after = player(game, 1)
     assert after["x"] == pytest.approx(min(1000.0, before["x"] + 50), abs=0.05)
     assert after["seq"] == 2
-    assert game.drain_events() == []
+    assert drained(game) == []
 
 
 def test_warm_up_never_ends_the_match_on_time_or_on_players_leaving() -> None:
@@ -221,13 +227,13 @@ def test_a_hit_deals_10_damage_removes_the_projectile_and_scores_10_for_the_shoo
     game, _ = match((100, 500), (310, 500))
     game.fire(1, 1, 0.0)
     run(game, 0.3)
-    assert player(game, 2)["hp"] == 100 and game.drain_events() == []
+    assert player(game, 2)["hp"] == 100 and drained(game) == []
     run(game, 0.03)
-    assert game.drain_events() == [{"kind": "hit", "p": 1, "target": 2, "hp": 90}]
+    assert drained(game) == [{"kind": "hit", "p": 1, "target": 2, "hp": 90}]
     assert player(game, 2)["hp"] == 90
     assert player(game, 1)["sc"] == 10
     assert game.projectiles_state() == []
-    assert game.drain_events() == []  # drained once
+    assert drained(game) == []  # drained once
 
 
 @pytest.mark.parametrize("angle", [0.0, math.pi / 2, math.pi, -math.pi / 2, 0.7, 2.5, -2.2])
@@ -236,7 +242,7 @@ def test_a_projectile_hits_coming_from_any_direction(angle: float) -> None:
     game, _ = match((500, 500), target)
     game.fire(1, 1, angle)
     run(game, 0.35)
-    assert game.drain_events() == [{"kind": "hit", "p": 1, "target": 2, "hp": 90}]
+    assert drained(game) == [{"kind": "hit", "p": 1, "target": 2, "hp": 90}]
 
 
 def test_a_projectile_passes_players_outside_the_hit_radius() -> None:
@@ -257,7 +263,7 @@ def test_a_projectile_never_hits_its_owner() -> None:
     game.set_input(1, 3, -1, 0)
     game.fire(1, 4, math.pi)  # and into one fired backwards
     run(game, 0.3)
-    assert player(game, 1)["hp"] == 100 and game.drain_events() == []
+    assert player(game, 1)["hp"] == 100 and drained(game) == []
 
 
 # -- kills, death and respawn --------------------------------------------------------------------------------
@@ -269,7 +275,7 @@ def test_a_lethal_hit_gives_a_kill_to_the_shooter_and_a_death_to_the_target() ->
         game.fire(1, seq + 1, 0.0)
         run(game, 0.25)
     run(game, 0.2)
-    assert game.drain_events() == [
+    assert drained(game) == [
         {"kind": "hit", "p": 1, "target": 2, "hp": 70}, {"kind": "hit", "p": 1, "target": 2, "hp": 40},
         {"kind": "hit", "p": 1, "target": 2, "hp": 10}, {"kind": "hit", "p": 1, "target": 2, "hp": 0},
         {"kind": "kill", "p": 1, "target": 2},
@@ -285,7 +291,7 @@ def test_a_dead_player_cannot_move_fire_or_be_hit() -> None:
     run(game, 0.25)
     game.fire(1, 2, 0.0)  # a second shot, already in flight when the first one kills
     run(game, 0.1)
-    assert kinds(game.drain_events()) == ["hit", "kill"]
+    assert kinds(drained(game)) == ["hit", "kill"]
     game.set_input(2, 5, 0, 1)
     game.fire(2, 6, math.pi)
     run(game, 0.5)
@@ -293,7 +299,7 @@ def test_a_dead_player_cannot_move_fire_or_be_hit() -> None:
     assert (corpse["x"], corpse["y"], corpse["seq"], corpse["alive"]) == (300.0, 500.0, 6, False)
     assert [shot["p"] for shot in game.projectiles_state()] == [1]
     assert game.projectiles_state()[0]["x"] > 400  # went through the body
-    assert game.drain_events() == []
+    assert drained(game) == []
     assert player(game, 1)["k"] == 1 and corpse["d"] == 1
 
 
@@ -302,7 +308,7 @@ def test_two_shots_arriving_in_the_same_tick_kill_once_and_the_second_flies_on()
     game.fire(1, 1, 0.0)
     game.fire(3, 1, math.pi)
     run(game, 0.32)
-    assert game.drain_events() == [{"kind": "hit", "p": 1, "target": 2, "hp": 0}, {"kind": "kill", "p": 1, "target": 2}]
+    assert drained(game) == [{"kind": "hit", "p": 1, "target": 2, "hp": 0}, {"kind": "kill", "p": 1, "target": 2}]
     assert [shot["p"] for shot in game.projectiles_state()] == [3]
     assert player(game, 3)["sc"] == 0
 
@@ -311,14 +317,14 @@ def test_a_dead_player_respawns_after_exactly_two_seconds_with_full_hp_at_a_free
     game, rng = match((100, 500), (300, 500), (900, 900), config=ONE_SHOT)
     game.fire(1, 1, 0.0)
     run(game, 0.3)
-    assert kinds(game.drain_events()) == ["hit", "kill"]
+    assert kinds(drained(game)) == ["hit", "kill"]
     game.set_input(2, 2, 1, 0)  # held while dead, it moves the player again once back
     # Two spots too close to the living players, then a free one.
     rng.queue_spots((150, 520), (880, 950), (600, 200))
     run(game, 1.99)
-    assert not player(game, 2)["alive"] and game.drain_events() == []
+    assert not player(game, 2)["alive"] and drained(game) == []
     run(game, 0.01)
-    assert game.drain_events() == [{"kind": "respawn", "p": 2, "x": 600.0, "y": 200.0}]
+    assert drained(game) == [{"kind": "respawn", "p": 2, "x": 600.0, "y": 200.0}]
     back = player(game, 2)
     assert (back["x"], back["y"], back["hp"], back["alive"]) == (600.0, 200.0, 100, True)
     run(game, 0.1)
@@ -355,7 +361,7 @@ def test_the_match_ends_when_a_player_reaches_10_kills_and_then_stands_still() -
     frozen = (game.clock_ms, game.players_state(), game.projectiles_state())
     run(game, 1.0)
     assert (game.clock_ms, game.players_state(), game.projectiles_state()) == frozen
-    assert game.drain_events()[-1] == {"kind": "kill", "p": 1, "target": 2}
+    assert drained(game)[-1] == {"kind": "kill", "p": 1, "target": 2}
     assert game.ranking()[0] == RankEntry(pid=1, rank=1, kills=10, deaths=0, score=10 * 110)
 
 
@@ -366,7 +372,7 @@ def test_no_one_scores_after_the_deciding_kill_in_the_same_tick() -> None:
     game.fire(3, 1, 0.0)  # would kill player 4 in the same tick
     run(game, 0.3)
     assert game.end_reason == "kills"
-    assert game.drain_events() == [{"kind": "hit", "p": 1, "target": 2, "hp": 0}, {"kind": "kill", "p": 1, "target": 2}]
+    assert drained(game) == [{"kind": "hit", "p": 1, "target": 2, "hp": 0}, {"kind": "kill", "p": 1, "target": 2}]
     assert [(entry.pid, entry.rank) for entry in game.ranking()] == [(1, 1), (3, 2), (4, 2), (2, 4)]
 
 
@@ -504,7 +510,7 @@ def test_a_leaving_players_projectiles_vanish_and_they_can_no_longer_be_hit() ->
     assert [shot["p"] for shot in game.projectiles_state()] == [1]
     game.remove_player(2)
     run(game, 1.0)
-    assert game.drain_events() == []
+    assert drained(game) == []
 
 
 def test_re_adding_a_pid_that_left_keeps_their_stats_and_starts_a_new_seq() -> None:
@@ -522,7 +528,7 @@ def test_re_adding_a_pid_that_left_keeps_their_stats_and_starts_a_new_seq() -> N
     assert (shooter["x"], shooter["y"]) == (100.0, 500.0)
     assert (victim["k"], victim["d"]) == (0, 1)
     run(game, 0.01)  # the pending respawn happens once they are back
-    assert kinds(game.drain_events()) == ["hit", "kill", "respawn"]
+    assert kinds(drained(game)) == ["hit", "kill", "respawn"]
     assert player(game, 2)["alive"] and player(game, 2)["hp"] == 100
 
 
@@ -551,7 +557,7 @@ def play_scripted(seed: int) -> list[Any]:
             if inputs.random() < 0.2:
                 game.fire(pid, tick, inputs.uniform(-math.pi, math.pi))
         game.step(0.015)
-        seen.append((game.clock_ms, game.players_state(), game.projectiles_state(), game.drain_events()))
+        seen.append((game.clock_ms, game.players_state(), game.projectiles_state(), drained(game)))
     seen.append((game.end_reason, game.ranking()))
     return seen
 
@@ -570,16 +576,20 @@ def test_config_rejects_a_bad_setting_by_name() -> None:
         ArenaConfig(width=math.nan)
 
 
-def test_a_configured_arena_fits_the_game_factory() -> None:
-    factory: GameFactory = functools.partial(ArenaGame, config=ArenaConfig(time_limit_s=1.0))
-    game: Game = factory(random.Random(1))
-    game.add_player(1)
-    game.add_player(2)
-    game.start()
-    run_game(game, 1.0)
-    assert game.end_reason == "time"
+def test_the_arena_definition_builds_a_game_the_host_drives_through_its_interface() -> None:
+    game: Game = DEFINITION.make(GameContext(random.Random(1), time_limit_ms=1000))
+    game.join(1, "a", 0)
+    game.join(2, "b", 0)
+    game.start(0)
+    now_ms = 0
+    while game.end_reason is None and now_ms < 2000:
+        now_ms += 15
+        game.advance(now_ms)
+    assert game.end_reason == "time" and 1000 <= game.clock_ms <= 1015
+    assert [(line.pid, line.rank, dict(line.figures)) for line in game.standings()] == [
+        (1, 1, {"kills": 0, "deaths": 0}), (2, 1, {"kills": 0, "deaths": 0})]
 
 
-def run_game(game: Game, seconds: float) -> None:
+def run_game(game: ArenaGame, seconds: float) -> None:
     for _ in range(round(seconds / DT)):
         game.step(DT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from functools import partial
 
 import asyncpg
 import orjson
@@ -95,7 +94,7 @@ async def test_the_leaderboard_moves_at_each_kill_during_the_match(redis_url: st
     # One hit kills, and a shot crosses the whole arena: a kill is one aimed shot away.
     one_shot = ArenaConfig(max_hp=10, damage=10, projectile_life_s=3.0, kill_target=5)
     app = await start_lobby_app(redis_url, database_url=fresh_database, direct_join=True, min_players=2,
-                                max_players=2, persist=True, modes={"arena": partial(ArenaGame, config=one_shot)})
+                                max_players=2, persist=True, modes={"arena": lambda ctx: ArenaGame(ctx.rng, one_shot)})
     client = aioredis.Redis.from_url(redis_url)
     try:
         ann_id = str(uuid.uuid4())

@@ -21,12 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 from websockets.protocol import State
 
+from game.arena import DEFINITION as ARENA
 from game.arena import ArenaGame
 from persistence.recovery import beat, heartbeat_ages, live_matches_elsewhere, stored_matches
 from persistence.writebehind import Write, WriteBehind, spill_key
 from server.cluster.postgres_recovery import room_document
 from server.net.auth import Identity
 from server.net.connection import GameConnection
+from server.rooms.catalog import hosted
 from server.rooms.lifecycle import RoomPhase
 from server.rooms.room import Room
 from tests.serverkit import node_settings
@@ -137,19 +139,20 @@ def play(room: Room, ticks: int, now: float) -> float:
     """Every player closes in on the next one and fires at them, tick after tick (wandering a little once
     within range); the time after the last tick."""
     rng = random.Random(5)
-    dt = room.settings.tick_interval
+    dt = 0.015
+    game = cast(ArenaGame, room.game)
     for tick in range(1, ticks + 1):
-        spots = {entry["p"]: (entry["x"], entry["y"]) for entry in room.game.players_state()}
+        spots = {entry["p"]: (entry["x"], entry["y"]) for entry in game.players_state()}
         pids = sorted(spots)
         for k, pid in enumerate(pids):
             x, y = spots[pid]
             tx, ty = spots[pids[(k + 1) % len(pids)]]
             angle = math.atan2(ty - y, tx - x)
             if math.hypot(tx - x, ty - y) > 250:
-                room.queue_move(pid, tick, math.cos(angle), math.sin(angle))
+                game.set_input(pid, tick, math.cos(angle), math.sin(angle))
             else:
-                room.queue_move(pid, tick, rng.uniform(-1, 1), rng.uniform(-1, 1))
-            room.queue_fire(pid, tick, angle)
+                game.set_input(pid, tick, rng.uniform(-1, 1), rng.uniform(-1, 1))
+            game.fire(pid, tick, angle)
         now += dt
         room.tick(now)
     return now
@@ -160,7 +163,8 @@ async def test_a_running_room_restored_from_postgres_has_the_same_game_seats_and
     settings = node_settings()
     wall = [T0_MS]
     players = some_players(3)
-    room = Room("kept-room", "arena", ArenaGame(random.Random(3)), settings, 0.0, log,
+    arena = hosted(ARENA, settings)
+    room = Room("kept-room", arena, ArenaGame(random.Random(3)), settings, 0.0, log,
                 roster=frozenset(player for player, _ in players), node_id="node-old", recorder=queue.submit,
                 wall_ms=lambda: wall[0])
     for k, (player, name) in enumerate(players):
@@ -189,7 +193,8 @@ async def test_a_running_room_restored_from_postgres_has_the_same_game_seats_and
     assert (stored.room_id, stored.tick, stored.match_clock_ms) == ("kept-room", room.tick_no, room.game.clock_ms)
 
     document = orjson.loads(orjson.dumps(room_document(stored)))  # as a snapshot travels: through JSON
-    restored = Room.restored(document, ArenaGame(random.Random(99)), settings, 0.0, log, node_id="node-new")
+    restored = Room.restored(document, arena, ArenaGame(random.Random(99)), settings, 0.0, log, node_id="node-new")
+    assert (restored.room_ms, room.room_ms) == (room.room_ms, 800 * 15)
     game = restored.game.snapshot()
     assert game == original["game"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import socket
 import time
@@ -12,16 +11,15 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 
 from game.arena import ArenaGame
-from server.cli import game_modes
 from tests.serverkit import (
     closed_with,
     is_event,
     is_type,
     join_game,
     new_token,
-    node_settings,
     recv_until,
     start_app,
+    variant,
     wait_for,
 )
 
@@ -188,9 +186,7 @@ class ExplodingGame(ArenaGame):
 
 
 async def test_an_exception_in_one_rooms_game_closes_that_room_only() -> None:
-    settings = node_settings()
-    modes = {**game_modes(settings), "explode": functools.partial(ExplodingGame, after=30)}
-    app = await start_app(modes)
+    app = await start_app({"explode": variant("explode", lambda ctx: ExplodingGame(ctx.rng, after=30))})
     try:
         healthy, _ = await join_game(app, "healthy")
         doomed, _ = await join_game(app, "doomed", mode="explode")
@@ -252,9 +248,8 @@ class FailingLeaveGame(ArenaGame):
 
 
 async def test_a_game_failing_outside_the_tick_closes_its_room_and_leaks_nothing() -> None:
-    settings = node_settings()
-    modes = {**game_modes(settings), "badjoin": FailingJoinGame, "badleave": FailingLeaveGame}
-    app = await start_app(modes)
+    app = await start_app({"badjoin": variant("badjoin", lambda ctx: FailingJoinGame(ctx.rng)),
+                           "badleave": variant("badleave", lambda ctx: FailingLeaveGame(ctx.rng))})
     assert app.node is not None
     node = app.node
     try:

@@ -16,14 +16,14 @@ def test_environment_values_are_read_and_flags_override_them() -> None:
     args = build_parser().parse_args(["serve", "--port", "9001", "--countdown-s", "4.5"])
     settings = Settings.load({"TICKROOM_PORT": "9000", "TICKROOM_MAX_PLAYERS": "4"}, args)
     assert (settings.port, settings.max_players, settings.countdown_s) == (9001, 4, 4.5)
-    assert settings.tick_interval == pytest.approx(0.015)
+    assert settings.tick_ms == 0.0  # each fixed-tick game's own rate
     assert settings.node_id  # a default one is made up
 
 
 @pytest.mark.parametrize(("environ", "named"), [
     ({"TICKROOM_PORT": "eighty"}, "TICKROOM_PORT"),
     ({"TICKROOM_PORT": "70000"}, "TICKROOM_PORT"),
-    ({"TICKROOM_TICK_MS": "0"}, "TICKROOM_TICK_MS"),
+    ({"TICKROOM_TICK_MS": "-1"}, "TICKROOM_TICK_MS"),
     ({"TICKROOM_MIN_PLAYERS": "6"}, "min_players"),
     ({"TICKROOM_LOG_LEVEL": "LOUD"}, "TICKROOM_LOG_LEVEL"),
     ({"TICKROOM_JWT_SECRET": ""}, "TICKROOM_JWT_SECRET"),

@@ -13,13 +13,18 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from game.arena import DEFINITION as ARENA
 from game.arena import ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.snapshots import Snapshot, SnapshotStore
+from server.rooms.catalog import hosted
 from server.rooms.lifecycle import RoomPhase
 from server.rooms.room import Room
 from server.rooms.snapshotter import Snapshotter
 from tests.serverkit import is_event, join_game, new_token, node_settings, recv_until, start_lobby_app
+
+ARENA_HOSTED = hosted(ARENA, node_settings())
+LOG = logging.getLogger("t")
 
 
 def played_game() -> ArenaGame:
@@ -139,7 +144,7 @@ def test_a_restored_room_tells_the_leaderboard_only_what_it_was_not_told_yet() -
     scores = {entry.pid: entry.score for entry in game.ranking()}
     told = {players[0]: scores[1] + 110, players[1]: scores[2]}  # p0 scored once more after the snapshot
     added: list[tuple[str, str, int]] = []
-    room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"),
+    room = Room.restored(document, ARENA_HOSTED, ArenaGame(random.Random(5)), node_settings(), 0.0, LOG,
                          scorer=lambda mode, match, player, points: added.append((match, player, points)),
                          told=told)
     assert (room.match_id, room.phase, room.tick_no) == (document["match"], RoomPhase.RUNNING, 600)
@@ -162,13 +167,13 @@ def test_in_a_restored_match_the_only_player_back_wins_once_the_others_seats_are
                 "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players[:3],
                 "seats": [{"pid": i + 1, "id": pid, "name": f"p{i}", "joined_ms": 1} for i, pid in enumerate(players)],
                 "game": orjson.loads(orjson.dumps(game.snapshot()))}
-    room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"))
-    room.game.add_player(3)  # the one player who came back (a join activates their pid in the game)
+    room = Room.restored(document, ARENA_HOSTED, ArenaGame(random.Random(5)), node_settings(), 0.0, LOG)
+    room.game.join(3, "p2", 0)  # the one player who came back (a join activates their pid in the game)
     room.dismiss(players[0])  # the first whose reconnect grace ran out...
     assert room.game.end_reason is None  # ...while the second's runs on: it still holds a seat
     room.dismiss(players[1])
     assert room.game.end_reason == "last_player"
-    assert room.game.ranking()[0].pid == 3
+    assert room.game.standings()[0].pid == 3
     assert room.roster == frozenset(players[2:3])
 
 
@@ -179,10 +184,10 @@ def test_a_seat_given_up_before_the_snapshot_stays_given_up_in_the_restored_matc
                 "started_ms": 2, "tick": 600, "taken_ms": 3, "roster": players[1:3],  # the first and fourth left
                 "seats": [{"pid": i + 1, "id": pid, "name": f"p{i}", "joined_ms": 1} for i, pid in enumerate(players)],
                 "game": orjson.loads(orjson.dumps(game.snapshot()))}
-    room = Room.restored(document, ArenaGame(random.Random(5)), node_settings(), 0.0, logging.getLogger("t"))
-    room.game.add_player(3)
+    room = Room.restored(document, ARENA_HOSTED, ArenaGame(random.Random(5)), node_settings(), 0.0, LOG)
+    room.game.join(3, "p2", 0)
     room.dismiss(players[1])  # one of the two seats still held is given up: one is left
-    assert room.game.end_reason == "last_player" and room.game.ranking()[0].pid == 3
+    assert room.game.end_reason == "last_player" and room.game.standings()[0].pid == 3
 
 
 def test_a_restored_match_nobody_came_back_to_does_not_end_when_seats_are_given_up() -> None:

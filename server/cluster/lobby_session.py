@@ -12,6 +12,7 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 
+from game.api import Message
 from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
 from lobby.seating import RoomView
@@ -27,7 +28,6 @@ from server.net.protocol import (
     ErrorCode,
     Join,
     Leave,
-    LobbyMessage,
     Ping,
     ProtocolError,
     encode,
@@ -143,7 +143,7 @@ class LobbySession:
         frames.append(text_frame(encode({
             "type": "lobby", "status": view.state, "mode": self.mode, "room": view.room_id or None,
             "players": [member.wire() for member in view.players], "countdown_ms": countdown,
-            "min": self.settings.min_players, "max": self.settings.max_players})))
+            **self._seat_counts()})))
         send_frames(self.ws, b"".join(frames))
 
     def countdown(self, room_id: str, remaining_ms: int) -> None:
@@ -182,13 +182,17 @@ class LobbySession:
             self.log.info("player %s is back for room %s, whose host stopped heart-beating: waiting for a live "
                           "host", self.player_id, room_id)
 
+    def _seat_counts(self) -> dict[str, int]:
+        """`min` and `max` of the mode's rooms, as the lobby forms them."""
+        rules = self.hub.seatings[self.mode].rules
+        return {"min": rules.min_players, "max": rules.max_players}
+
     def _say_recovering(self, room_id: str) -> None:
         if self._recovering == room_id:
             return  # said already (the wait for recovery, then the hold for a live host): once is enough
         self._recovering = room_id
         self.link.send(encode({"type": "lobby", "status": "recovering", "mode": self.mode, "room": room_id,
-                               "players": [], "countdown_ms": None, "min": self.settings.min_players,
-                               "max": self.settings.max_players}))
+                               "players": [], "countdown_ms": None, **self._seat_counts()}))
 
     # -- the connection --------------------------------------------------------------------------------
 
@@ -234,7 +238,7 @@ class LobbySession:
             self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
                                        CloseCode.INTERNAL))
 
-    def _handle(self, msg: LobbyMessage) -> None:
+    def _handle(self, msg: Message) -> None:
         if isinstance(msg, Ping):
             self.link.send(encode({"type": "pong", "t": msg.t, "st": self.hub.wall_ms()}))
         elif isinstance(msg, Join):

@@ -15,15 +15,15 @@ from typing import Any
 
 import orjson
 
-from game.base import GameFactory
 from lobby.hub import LobbyHub
 from lobby.seating import Claim, Member
 from lobby.upkeep import HostedMatch, LocalState
 from persistence.snapshots import SnapshotStore
 from server.net.connection import GameConnection, JoinRequest, game_conn_id
-from server.net.protocol import CloseCode, ErrorCode, ProtocolError
+from server.net.protocol import CloseCode, ErrorCode, MessageDecoder, ProtocolError
 from server.ops.metrics import NodeMetrics
 from server.ops.settings import Settings
+from server.rooms.catalog import HostedGame
 from server.rooms.lifecycle import RoomPhase
 from server.rooms.room import Recorder, Room, Scorer, Seat
 from server.rooms.runner import RoomRunner
@@ -43,7 +43,7 @@ POOL_STRIDE = 4
 
 
 class Node:
-    def __init__(self, settings: Settings, modes: Mapping[str, GameFactory], tasks: asyncio.TaskGroup,
+    def __init__(self, settings: Settings, modes: Mapping[str, HostedGame], tasks: asyncio.TaskGroup,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.modes = dict(modes)
@@ -73,6 +73,14 @@ class Node:
         self.stored_rooms: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.metrics = NodeMetrics()  # the app shares its own (server/ops/metrics.py)
+
+    @property
+    def _time_limit_ms(self) -> int:
+        return round(self.settings.match_time_s * 1000)
+
+    def decoder_for(self, mode: str) -> MessageDecoder:
+        """The decoder of the messages a player of `mode` may send on /game."""
+        return self.modes[mode].decoder
 
     @staticmethod
     def wall_ms() -> int:
@@ -124,11 +132,11 @@ class Node:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node is not taking new rooms", CloseCode.POLICY)
         if len(self.rooms) >= self.settings.max_rooms:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node hosts as many rooms as it may", CloseCode.POLICY)
-        factory = self.modes[join.mode]
-        game = factory(random.Random(self._rng.getrandbits(64)))
+        hosted = self.modes[join.mode]
+        game = hosted.make(random.Random(self._rng.getrandbits(64)), self._time_limit_ms)
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")
-        room = Room(join.room_id, join.mode, game, self.settings, self.clock(), room_log, roster=join.roster,
-                    node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer)
+        room = Room(join.room_id, hosted, game, self.settings, self.clock(), room_log, roster=join.roster,
+                    node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer, clock=self.clock)
         self.rooms[join.room_id] = room
         self._runners[join.room_id] = self._start_runner(room)
         log.info("room %s created (mode %s)", join.room_id, join.mode)
@@ -141,9 +149,11 @@ class Node:
             return self.rooms[room_id]
         if mode not in self.modes:
             raise ValueError(f"this node has no mode {mode!r}")
-        game = self.modes[mode](random.Random(self._rng.getrandbits(64)))
-        room = Room.restored(document, game, self.settings, self.clock(), logging.getLogger(f"tickroom.room.{mode}"),
-                             node_id=self.settings.node_id, recorder=self.recorder, scorer=self.scorer, told=told)
+        hosted = self.modes[mode]
+        game = hosted.make(random.Random(self._rng.getrandbits(64)), self._time_limit_ms)
+        room = Room.restored(document, hosted, game, self.settings, self.clock(),
+                             logging.getLogger(f"tickroom.room.{mode}"), node_id=self.settings.node_id,
+                             recorder=self.recorder, scorer=self.scorer, told=told, clock=self.clock)
         self.rooms[room_id] = room
         self._runners[room_id] = self._start_runner(room)
         if room.roster is not None and self.lobby is not None:

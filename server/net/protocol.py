@@ -7,18 +7,19 @@ contract; a test keeps the codes here and there in step.
 from __future__ import annotations
 
 import enum
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Union
 
+import msgspec
 import orjson
+from msgspec import Meta
+
+from game.api import Message, message_type
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 4096
 CHAT_MAX_CHARS = 200
-SEQ_MAX = 2**53 - 1
-ANGLE_MAX = 2 * math.pi
 
 
 class ErrorCode(enum.StrEnum):
@@ -92,184 +93,107 @@ class ProtocolError(Exception):
         self.close = close
 
 
-# Client messages, one small frozen class each.
+# Client messages: typed schemas (msgspec Structs, `game.api.Message`), decoded and validated in one pass.
+# The host's own here; each game declares its own in its module (`GameDefinition.messages`).
+
+FLOAT_MAX = 1.7976931348623157e308  # a finite number: the bounds refuse what JSON's 1e999 decodes to
+Finite = Annotated[float, Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(Message, frozen=True, tag="hello"):
     v: int
 
 
-@dataclass(frozen=True, slots=True)
-class Input:
-    seq: int
-    dx: float
-    dy: float
+class Chat(Message, frozen=True, tag="chat"):
+    text: Annotated[str, Meta(min_length=1, max_length=CHAT_MAX_CHARS)]
 
 
-@dataclass(frozen=True, slots=True)
-class Fire:
-    seq: int
-    angle: float
-
-
-@dataclass(frozen=True, slots=True)
-class Chat:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
+class Leave(Message, frozen=True, tag="leave"):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
-    t: float
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    """Lobby: queue up for a match of `mode`."""
-
-    v: int
-    mode: str
-    ticket: str | None = None  # the seat ticket of a match the player lost its connection to (recovery)
-
-
-ClientMessage = Hello | Input | Fire | Chat | Leave | Ping
-LobbyMessage = Join | Leave | Ping
-
-_LEAVE = Leave()
-
-
-def _field(msg: dict[str, Any], name: str, kind: str) -> Any:
-    if name not in msg:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}: missing field '{name}'")
-    value = msg[name]
-    # bool is a subclass of int in Python but not a number on the wire.
-    if kind == "int":
-        if type(value) is not int:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}.{name} must be an integer")
-    elif kind == "number":
-        if type(value) is int:
-            value = float(value)
-        elif type(value) is not float:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}.{name} must be a number")
-        elif not math.isfinite(value):
-            raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{msg['type']}.{name} must be finite")
-    elif kind == "str":
-        if type(value) is not str:
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg['type']}.{name} must be a string")
-    return value
-
-
-def _in_range(msg_type: str, name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f"{msg_type}.{name} must be in [{low:g}, {high:g}]")
-
-
-def _seq(msg: dict[str, Any]) -> int:
-    seq: int = _field(msg, "seq", "int")
-    _in_range(msg["type"], "seq", seq, 0, SEQ_MAX)
-    return seq
-
-
-def _parse_input(msg: dict[str, Any]) -> Input:
-    seq = _seq(msg)
-    dx: float = _field(msg, "dx", "number")
-    dy: float = _field(msg, "dy", "number")
-    _in_range("input", "dx", dx, -1.0, 1.0)
-    _in_range("input", "dy", dy, -1.0, 1.0)
-    length_sq = dx * dx + dy * dy
-    if length_sq > 1.0 + 1e-9:  # leave unit vectors alone despite rounding
-        length = math.sqrt(length_sq)
-        dx, dy = dx / length, dy / length
-    return Input(seq, dx, dy)
-
-
-def _parse_fire(msg: dict[str, Any]) -> Fire:
-    seq = _seq(msg)
-    angle: float = _field(msg, "angle", "number")
-    _in_range("fire", "angle", angle, -ANGLE_MAX, ANGLE_MAX)
-    return Fire(seq, angle)
-
-
-def _parse_chat(msg: dict[str, Any]) -> Chat:
-    text: str = _field(msg, "text", "str")
-    if not 1 <= len(text) <= CHAT_MAX_CHARS:
-        raise ProtocolError(ErrorCode.TEXT_TOO_LONG, f"chat.text must be 1 to {CHAT_MAX_CHARS} characters")
-    return Chat(text)
-
-
-def _parse_hello(msg: dict[str, Any]) -> Hello:
-    return Hello(_field(msg, "v", "int"))
-
-
-def _parse_ping(msg: dict[str, Any]) -> Ping:
-    return Ping(_field(msg, "t", "number"))
+class Ping(Message, frozen=True, tag="ping"):
+    t: Finite
 
 
 MODE_MAX_CHARS = 32
 TICKET_MAX_CHARS = 2048
 
 
-def _parse_join(msg: dict[str, Any]) -> Join:
-    version: int = _field(msg, "v", "int")
-    mode: str = msg.get("mode", "arena")
-    if type(mode) is not str:
-        raise ProtocolError(ErrorCode.BAD_FIELD, "join.mode must be a string")
-    if not 1 <= len(mode) <= MODE_MAX_CHARS:
-        raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"join.mode must be 1 to {MODE_MAX_CHARS} characters")
-    ticket = msg.get("ticket")
-    if ticket is not None and (type(ticket) is not str or not 1 <= len(ticket) <= TICKET_MAX_CHARS):
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"join.ticket must be a string of 1 to {TICKET_MAX_CHARS} characters")
-    return Join(version, mode, ticket)
+class Join(Message, frozen=True, tag="join"):
+    """Lobby: queue up for a match of `mode`."""
+
+    v: int
+    mode: str = "arena"
+    ticket: str | None = None  # the seat ticket of a match the player lost its connection to (recovery)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
-    "input": _parse_input,
-    "fire": _parse_fire,
-    "chat": _parse_chat,
-    "leave": lambda msg: _LEAVE,
-    "ping": _parse_ping,
-    "hello": _parse_hello,
-}
+HOST_MESSAGES: tuple[type[Message], ...] = (Hello, Ping, Leave, Chat)
+LOBBY_MESSAGES: tuple[type[Message], ...] = (Join, Leave, Ping)
+
+# A refused field's explanation as msgspec words it: "Expected `float` <= 1.0 - at `$.dx`".
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_CONSTRAINT = re.compile(r"^Expected `[^`]+` (?:>=|<=|>|<|of length|that is a multiple)|^Number out of range")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
 
-_LOBBY_PARSERS: dict[str, Callable[[dict[str, Any]], LobbyMessage]] = {
-    "join": _parse_join,
-    "leave": lambda msg: _LEAVE,
-    "ping": _parse_ping,
-}
+class MessageDecoder:
+    """Decodes a frame into one of a set of message schemas (the host's and a game's, or the lobby's) with
+    msgspec: no dict is built, and a refusal names the field and the documented error code."""
+
+    def __init__(self, messages: Sequence[type[Message]]) -> None:
+        self.types = tuple(messages)
+        self.names = frozenset(message_type(cls) for cls in self.types)
+        union: Any = Union[self.types] if len(self.types) > 1 else self.types[0]  # noqa: UP007 - built at run time
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+
+    def decode(self, raw: str | bytes | bytearray | memoryview) -> Message:
+        try:
+            message: Message = self._decoder.decode(raw)
+        except msgspec.ValidationError as error:
+            raise _refusal(str(error)) from None
+        except msgspec.DecodeError as error:
+            raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {error}") from None
+        except RecursionError:  # a few thousand nested brackets fit in a frame
+            raise ProtocolError(ErrorCode.BAD_JSON, "not valid JSON: nested too deeply") from None
+        return message
 
 
-def parse_client_message(raw: str | bytes | bytearray | memoryview) -> ClientMessage:
-    """Parse one text message from a game client; raise `ProtocolError` with a stable code if it is refused."""
-    message: ClientMessage = _parse(raw, _PARSERS)
-    return message
+def _refusal(explained: str) -> ProtocolError:
+    at = _AT.search(explained)
+    path = at.group("path") if at is not None else ""
+    what = explained[:at.start()] if at is not None else explained
+    missing = _MISSING.match(explained)
+    if missing is not None:
+        field = missing.group("field")
+        if field == "type":
+            return ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'")
+        return ProtocolError(ErrorCode.BAD_FIELD, f"missing field '{field}'")
+    if at is None:
+        return ProtocolError(ErrorCode.BAD_MESSAGE, f"a message must be a JSON object ({explained})")
+    if path == "type":
+        if what.startswith("Invalid value"):
+            return ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {what[len('Invalid value '):][:40]}")
+        return ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'")
+    if _CONSTRAINT.match(what):
+        code = ErrorCode.TEXT_TOO_LONG if what.startswith("Expected `str` of length") else ErrorCode.OUT_OF_RANGE
+        return ProtocolError(code, f"{path}: {what}")
+    return ProtocolError(ErrorCode.BAD_FIELD, f"{path}: {what}")
 
 
-def parse_lobby_message(raw: str | bytes | bytearray | memoryview) -> LobbyMessage:
+LOBBY_DECODER = MessageDecoder(LOBBY_MESSAGES)
+
+
+def parse_lobby_message(raw: str | bytes | bytearray | memoryview) -> Message:
     """Parse one text message from a lobby client; raise `ProtocolError` with a stable code if it is refused."""
-    message: LobbyMessage = _parse(raw, _LOBBY_PARSERS)
+    message = LOBBY_DECODER.decode(raw)
+    if isinstance(message, Join):
+        if not 1 <= len(message.mode) <= MODE_MAX_CHARS:
+            raise ProtocolError(ErrorCode.UNKNOWN_MODE, f"join.mode must be 1 to {MODE_MAX_CHARS} characters")
+        if message.ticket is not None and not 1 <= len(message.ticket) <= TICKET_MAX_CHARS:
+            raise ProtocolError(ErrorCode.BAD_FIELD,
+                                f"join.ticket must be a string of 1 to {TICKET_MAX_CHARS} characters")
     return message
-
-
-def _parse(raw: str | bytes | bytearray | memoryview, parsers: dict[str, Callable[[dict[str, Any]], Any]]) -> Any:
-    try:
-        msg = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
-    if type(msg) is not dict:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
-    msg_type = msg.get("type")
-    if type(msg_type) is not str:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'")
-    parser = parsers.get(msg_type)
-    if parser is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {msg_type[:40]!r}")
-    return parser(msg)
 
 
 # Server messages. Each builder returns the encoded JSON bytes.

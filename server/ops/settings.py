@@ -43,14 +43,20 @@ class Settings:
     database_url: str = _setting("", "DATABASE_URL", "Postgres URL; unset: start an embedded Postgres")
     data_dir: Path = _setting(Path(".tickroom"), "TICKROOM_DATA_DIR", "where embedded servers keep their data")
     jwt_secret: str = _setting(DEV_SECRET, "TICKROOM_JWT_SECRET", "HS256 secret for player tokens")
-    tick_ms: float = _setting(15.0, "TICKROOM_TICK_MS", "tick period in milliseconds", low=1, high=1000)
-    min_players: int = _setting(3, "TICKROOM_MIN_PLAYERS", "players needed to start a countdown", low=1, high=64)
-    max_players: int = _setting(5, "TICKROOM_MAX_PLAYERS", "seats per room; a full room starts at once",
+    games: str = _setting("", "TICKROOM_GAMES",
+                          "the games (modes) this node serves, comma-separated; default: every installed game")
+    game_options: str = _setting("", "TICKROOM_GAME_OPTIONS",
+                                 'each game\'s options as JSON, by mode, e.g. {"arena": {"kill_target": 5}}')
+    tick_ms: float = _setting(0.0, "TICKROOM_TICK_MS",
+                              "tick period of fixed-tick games in milliseconds; 0: each game's own (arena: 15)",
+                              low=0, high=1000)
+    min_players: int = _setting(3, "TICKROOM_MIN_PLAYERS", "players needed to start a countdown (arena)",
+                                low=1, high=64)
+    max_players: int = _setting(5, "TICKROOM_MAX_PLAYERS", "seats per room; a full room starts at once (arena)",
                                 low=1, high=64)
     countdown_s: float = _setting(10.0, "TICKROOM_COUNTDOWN_S", "countdown before a match starts", low=0, high=600)
     match_time_s: float = _setting(180.0, "TICKROOM_MATCH_TIME_S", "match time limit in seconds",
                                    low=1, high=86400)
-    kill_target: int = _setting(10, "TICKROOM_KILL_TARGET", "kills that end a match", low=1, high=10000)
     end_linger_s: float = _setting(2.0, "TICKROOM_END_LINGER_S", "seconds a finished room stays open",
                                    low=0, high=60)
     max_rooms: int = _setting(5000, "TICKROOM_MAX_ROOMS", "rooms this node may host at once", low=1,
@@ -112,10 +118,6 @@ class Settings:
                                        low=0.05, high=60)
     node_dead_after_s: float = _setting(5.0, "TICKROOM_NODE_DEAD_AFTER_S",
                                         "a node silent this long is dead", low=0.2, high=600)
-
-    @property
-    def tick_interval(self) -> float:
-        return self.tick_ms / 1000.0
 
     @property
     def advertised_url(self) -> str:

@@ -1,7 +1,8 @@
-"""One room: its seats, its phase, the inputs queued since the last tick, and the tick itself.
+"""One room of any game: its seats, its phase, its clock, and the step that moves it on.
 
-`Room.tick` is synchronous: apply queued inputs, advance the phase, step the game, encode the state
-once, and write the same bytes to every player. The runner (`server/rooms/runner.py`) owns the timing.
+`Room.tick` is synchronous: advance the phase and the game, encode the state once for everyone, and write it
+with the events to every player. Messages reach the game as they arrive (`Room.handle`). The runner
+(`server/rooms/runner.py`) owns the timing: every tick for a fixed-tick game, on demand for an event-driven one.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from typing import Any
 
 from websockets.protocol import State
 
-from game.base import Game
+from game.api import Event, Forming, Game, Message, Refused
 from server.net.auth import Identity
 from server.net.broadcast import send_frames, text_frame
 from server.net.connection import GameConnection
 from server.net.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode, error_message
 from server.ops.settings import Settings
+from server.rooms.catalog import HostedGame
 from server.rooms.lifecycle import RoomPhase, check_transition
 from server.rooms.tickstats import TickStats
 
-SNAPSHOT_VERSION = 1  # the layout of `Room.snapshot`
+SNAPSHOT_VERSION = 2  # the layout of `Room.snapshot` (2: any game; its room clock and event count)
 # Takes a write for Postgres (persistence/writebehind.py); the future resolves once it is durable.
 Recorder = Callable[[dict[str, Any]], "asyncio.Future[None]"]
 # Adds points to a player's total on the leaderboard: (mode, match id, player id, points).
@@ -34,6 +36,16 @@ Scorer = Callable[[str, str, str, int], None]
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _nothing() -> None:
+    return None
+
+
+# A finished event-driven room whose result is not durable yet looks again this often (the runner's limit).
+RESULT_POLL_S = 0.5
+# The keys of a ranking line that are the host's; the rest are the game's figures.
+_RANKING_KEYS = frozenset({"p", "id", "name", "rank", "score"})
 
 
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
@@ -64,12 +76,24 @@ class Room:
     as all of them are in, or when the join window ends with at least `min_players` of them (else it is
     cancelled). Without one it is a development room that anyone may join by id, with its own countdown."""
 
-    def __init__(self, room_id: str, mode: str, game: Game, settings: Settings, now: float,
+    def __init__(self, room_id: str, hosted: HostedGame, game: Game, settings: Settings, now: float,
                  logger: logging.Logger, roster: frozenset[str] | None = None, *, node_id: str = "",
                  recorder: Recorder | None = None, scorer: Scorer | None = None,
-                 wall_ms: Callable[[], int] = wall_clock_ms, match_id: str | None = None) -> None:
+                 wall_ms: Callable[[], int] = wall_clock_ms, match_id: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.room_id = room_id
-        self.mode = mode
+        self._clock = clock  # monotonic seconds, as `now` everywhere here
+        self.hosted = hosted
+        self.mode = hosted.mode
+        self.seats_rule = hosted.seats
+        self.event_driven = hosted.event_driven
+        # The room clock (game/api.py): ms since the room was created, carried over by a restore.
+        self.room_ms = 0
+        self._clock_origin = now  # event-driven: the monotonic time at which the room clock read 0
+        self._interval_ms = hosted.tick_ms or 0.0
+        self._recorded_events = 0  # events the game asked to record (`Event.record`), numbered from 1
+        self._last_state: bytes = b""  # event-driven: the latest state frame, for whoever joins next
+        self.poke: Callable[[], None] = _nothing  # the runner's: step this (event-driven) room soon
         # The match's record in Postgres (persistence/writebehind.py): opened now, started, then its result.
         self.match_id = match_id or str(uuid.uuid4())
         self.restored_from: int | None = None  # the wall ms of the snapshot this room was restored from
@@ -100,32 +124,33 @@ class Room:
         self.end_reason: str | None = None
         self.tick_no = 0
         self.stats = TickStats(now)
-        self._dt = settings.tick_interval
         self._seats: dict[str, Seat] = {}  # by player id, in join order
         self._connected: list[Seat] = []
         self._next_pid = 1
         self._pids: dict[str, int] = {}
         self.failed: str | None = None
-        # Queued since the last tick: the latest move per player wins, every fire is kept.
-        self._moves: dict[int, tuple[int, float, float]] = {}
-        self._fires: list[tuple[int, int, float]] = []
-        self._frames: list[bytes] = []
+        self._frames: list[bytes] = []  # events for everyone since the last flush
+        self._private: dict[int, list[bytes]] = {}  # events for one player, by pid
         if match_id is None:
             self._record("match_opened")
 
     @classmethod
-    def restored(cls, document: dict[str, Any], game: Game, settings: Settings, now: float, logger: logging.Logger,
+    def restored(cls, document: dict[str, Any], hosted: HostedGame, game: Game, settings: Settings, now: float,
+                 logger: logging.Logger,
                  *, node_id: str = "", recorder: Recorder | None = None, scorer: Scorer | None = None,
-                 wall_ms: Callable[[], int] = wall_clock_ms, told: dict[str, int] | None = None) -> Room:
+                 wall_ms: Callable[[], int] = wall_clock_ms, told: dict[str, int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> Room:
         """The running match a snapshot (`Room.snapshot`) describes, on a game just built: the same match id,
         seats (in join order), roster, clock, positions and scores; nobody is connected yet, and the players
         have the reconnect grace to come back. Raises ValueError for a snapshot it cannot read."""
-        if document.get("v") != SNAPSHOT_VERSION:
+        if document.get("v") not in (1, SNAPSHOT_VERSION):  # 1: an arena room of an older node (no room clock)
             raise ValueError(f"room snapshot version {document.get('v')!r} is not {SNAPSHOT_VERSION}")
         roster = document.get("roster")
-        room = cls(str(document["room"]), str(document["mode"]), game, settings, now, logger,
+        if document.get("mode") != hosted.mode:
+            raise ValueError(f"room snapshot of mode {document.get('mode')!r} is not {hosted.mode!r}")
+        room = cls(str(document["room"]), hosted, game, settings, now, logger,
                    roster=frozenset(roster) if roster is not None else None, node_id=node_id, recorder=recorder,
-                   scorer=scorer, wall_ms=wall_ms, match_id=str(document["match"]))
+                   scorer=scorer, wall_ms=wall_ms, match_id=str(document["match"]), clock=clock)
         room.created_ms = int(document["created_ms"])
         room.started_ms = int(document["started_ms"]) if document.get("started_ms") is not None else None
         game.restore(document["game"])
@@ -137,22 +162,27 @@ class Room:
             room._seats[seat.player_id] = seat
             room._pids[seat.player_id] = pid
             room._next_pid = max(room._next_pid, pid + 1)
+        room.room_ms = int(document.get("room_ms", 0))
+        room._clock_origin = now - room.room_ms / 1000
+        room._recorded_events = int(document.get("events", 0))
         # What the leaderboard was told of this match (by the previous host, possibly after this snapshot):
         # from here on it is told the difference, so its total ends at the match's final scores.
         if told is None:
-            room._scored = {entry.pid: entry.score for entry in game.ranking()}
+            room._scored = {entry.pid: entry.score for entry in game.standings()}
         else:
             room._scored = {pid: told.get(player_id, 0) for player_id, pid in room._pids.items()}
         if room.roster is not None:  # seats given up before the snapshot stay given up
             for seat in room._seats.values():
                 if seat.player_id not in room.roster:
-                    game.release_seat(seat.pid)
+                    game.release(seat.pid, room.room_ms)
         room.tick_no = int(document.get("tick", 0))
         room.phase = RoomPhase.RUNNING
         room.join_deadline = None
         room._empty_since = now
         room.restored_from = int(document.get("taken_ms", 0))
         room._record("match_moved")  # Postgres names this node as the match's host from now on
+        # Events a crashed host recorded past this snapshot are of a timeline that did not go on.
+        room._record("events_rewound", after=room._recorded_events)
         return room
 
     # -- seats -------------------------------------------------------------------------------------
@@ -174,11 +204,12 @@ class Room:
         if seat is not None and seat.conn is not None:
             raise ProtocolError(ErrorCode.ALREADY_CONNECTED, "you are already in this room", CloseCode.POLICY)
         if seat is None:
-            if len(self._connected) >= self.settings.max_players or (
-                    self.roster is None and len(self._seats) >= self.settings.max_players):
+            capacity = self.seats_rule.capacity
+            if len(self._connected) >= capacity or (self.roster is None and len(self._seats) >= capacity):
                 raise ProtocolError(ErrorCode.ROOM_FULL, f"room {self.room_id} is full", CloseCode.POLICY)
-            # The lobby may give a running match's free seat to a newcomer (backfill); nobody else gets in.
-            if self.phase is RoomPhase.RUNNING and self.roster is None:
+            # The lobby may give a running match's free seat to a newcomer (backfill); nobody else gets in,
+            # unless the game takes newcomers while it runs (a line, a relay room).
+            if self.phase is RoomPhase.RUNNING and self.roster is None and not self.seats_rule.backfill:
                 raise ProtocolError(ErrorCode.ROOM_IN_PROGRESS,
                                     f"room {self.room_id} is playing a match you are not in", CloseCode.POLICY)
             # A player who leaves a waiting room and comes back keeps their pid, so the game's table
@@ -192,7 +223,7 @@ class Room:
             seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
             self._seats[identity.player_id] = seat
         try:
-            self.game.add_player(seat.pid)
+            self.game.join(seat.pid, seat.name, self.room_ms)
         except Exception:
             if self.phase is not RoomPhase.RUNNING:
                 del self._seats[identity.player_id]
@@ -205,7 +236,10 @@ class Room:
         self._connected.append(seat)
         self._post({"type": "event", "kind": "join", **seat.roster})
         self._advance_phase(now)
-        send_frames(conn, text_frame(self._welcome(seat, now)))
+        welcome = text_frame(self._welcome(seat, now))
+        # An event-driven game sends its state only when it changes: a newcomer gets the latest one at once.
+        send_frames(conn, welcome + self._last_state if self.event_driven else welcome)
+        self.poke()
         return seat
 
     def disconnect(self, seat: Seat, now: float) -> None:
@@ -217,7 +251,8 @@ class Room:
         self._connected.remove(seat)
         if not self._connected:
             self._empty_since = now
-        self._moves.pop(seat.pid, None)
+        self._private.pop(seat.pid, None)
+        self.poke()
         if self.phase is RoomPhase.CLOSED:
             return
         if self.phase in (RoomPhase.WAITING, RoomPhase.COUNTDOWN):
@@ -225,10 +260,10 @@ class Room:
             del self._seats[seat.player_id]
         self._post({"type": "event", "kind": "leave", "p": seat.pid})
         try:
-            self.game.remove_player(seat.pid)
+            self.game.away(seat.pid, self.room_ms)
             if self.roster is None and self.phase is RoomPhase.RUNNING:
                 # No lobby, no reconnect grace: a direct-join player who drops gives the seat up.
-                self.game.release_seat(seat.pid)
+                self.game.release(seat.pid, self.room_ms)
         except Exception:
             self._fail("remove_player")
             return
@@ -244,15 +279,16 @@ class Room:
         return encode({
             "type": "welcome", "v": PROTOCOL_VERSION, "room": self.room_id, "mode": self.mode,
             "you": seat.pid, "id": seat.player_id, "state": self.phase.value,
-            "tick_ms": self.settings.tick_ms, "arena": {"w": 1000, "h": 1000},
-            "countdown_ms": self._countdown_ms(now),
+            "tick_ms": self.hosted.tick_ms, "countdown_ms": self._countdown_ms(now),
             "players": [s.roster for s in self._seats.values() if s.conn is not None],
+            **self.game.welcome(seat.pid),
         })
 
     def admit(self, player_ids: frozenset[str]) -> None:
         """The lobby seated more players in this room (backfill): let them in too."""
         if self.roster is not None:
             self.roster |= player_ids
+            self.poke()
 
     def dismiss(self, player_id: str) -> None:
         """The player gave their lobby seat up (left, or never came back in time): they may not come back. In a
@@ -263,9 +299,10 @@ class Room:
         seat = self._seats.get(player_id)
         if seat is not None and seat.conn is None and self.phase is RoomPhase.RUNNING and self.failed is None:
             try:
-                self.game.release_seat(seat.pid)
+                self.game.release(seat.pid, self.room_ms)
             except Exception:
-                self._fail("release_seat")
+                self._fail("release")
+            self.poke()
 
     def seats(self) -> list[Seat]:
         """Every seat, in join order (the admin view)."""
@@ -275,16 +312,34 @@ class Room:
         seat = self._seats.get(player_id)
         return seat is not None and seat.conn is not None
 
-    # -- inputs (called by connection handlers between ticks) --------------------------------------
+    # -- messages (handled as they arrive, between ticks) ---------------------------------------------
 
-    def queue_move(self, pid: int, seq: int, dx: float, dy: float) -> None:
-        self._moves[pid] = (seq, dx, dy)
-
-    def queue_fire(self, pid: int, seq: int, angle: float) -> None:
-        self._fires.append((pid, seq, angle))
+    def handle(self, seat: Seat, message: Message) -> None:
+        """A game message from a seated player: to the game at once (a fixed-tick game keeps, say, the latest
+        move for its next step). A refusal by the game's rules goes back to that player only. Messages that
+        cross the end of the match are dropped quietly: the client could not have known."""
+        phase = self.phase
+        if phase is RoomPhase.FINISHED or phase is RoomPhase.CLOSED or self.failed is not None:
+            return
+        if self.event_driven:
+            self._advance_clock()
+        try:
+            self.game.handle(seat.pid, message, self.room_ms)
+        except Refused as refusal:
+            if seat.conn is not None:
+                send_frames(seat.conn, text_frame(encode({"type": "error", "code": refusal.code,
+                                                          "message": refusal.message})))
+            return
+        except Exception:
+            self._fail("handle")
+            self.poke()
+            return
+        if self.event_driven:
+            self.poke()
 
     def post_chat(self, pid: int, text: str) -> None:
         self._post({"type": "event", "kind": "chat", "p": pid, "text": text})
+        self.poke()
 
     def _post(self, event: dict[str, object]) -> None:
         self._frames.append(text_frame(encode(event)))
@@ -312,28 +367,29 @@ class Room:
 
     def _next_phase(self, now: float) -> None:
         players = len(self._connected)
-        settings = self.settings
+        seats = self.seats_rule
+        forming = self.hosted.definition.forming
         if self.phase is RoomPhase.WAITING and self.roster is not None:
             # Everyone the lobby matched is in (and they are enough: a player who left shrinks the roster).
-            if self.roster <= {seat.player_id for seat in self._connected} and players >= settings.min_players:
+            if self.roster <= {seat.player_id for seat in self._connected} and players >= seats.min:
                 self._start(now)
             elif self.join_deadline is not None and now >= self.join_deadline:
-                if players >= settings.min_players:
+                if players >= seats.min:
                     self._start(now)
                 else:
                     self.cancelled = True
                     self.record_unfinished("cancelled")
         elif self.phase is RoomPhase.WAITING:
-            if players >= settings.max_players:
+            if players >= seats.max or (forming is Forming.AT_ONCE and players >= seats.min):
                 self._start(now)
-            elif players >= settings.min_players:
-                self.countdown_ends = now + settings.countdown_s
+            elif players >= seats.min and forming is Forming.COUNTDOWN:
+                self.countdown_ends = now + self.settings.countdown_s
                 self._set_phase(RoomPhase.COUNTDOWN, now)
         elif self.phase is RoomPhase.COUNTDOWN:
-            if players < settings.min_players:
+            if players < seats.min:
                 self.countdown_ends = None
                 self._set_phase(RoomPhase.WAITING, now)
-            elif players >= settings.max_players or (self.countdown_ends is not None and now >= self.countdown_ends):
+            elif players >= seats.max or (self.countdown_ends is not None and now >= self.countdown_ends):
                 self._start(now)
         elif self.phase is RoomPhase.RUNNING:
             reason = self.game.end_reason
@@ -342,7 +398,7 @@ class Room:
 
     def _start(self, now: float) -> None:
         self.countdown_ends = None
-        self.game.start()
+        self.game.start(self.room_ms)
         self._set_phase(RoomPhase.RUNNING, now)
         self.started_ms = self._wall_ms()
         self._record("match_started", started_ms=self.started_ms)
@@ -356,12 +412,12 @@ class Room:
         self._set_phase(RoomPhase.FINISHED, now)
         seats_by_pid = {seat.pid: seat for seat in self._seats.values()}
         ranking: list[dict[str, Any]] = []
-        for entry in self.game.ranking():
+        for entry in self.game.standings():
             seat = seats_by_pid.get(entry.pid)
             if seat is None:
                 continue
             ranking.append({"p": entry.pid, "id": seat.player_id, "name": seat.name, "rank": entry.rank,
-                            "kills": entry.kills, "deaths": entry.deaths, "score": entry.score})
+                            "score": entry.score, **entry.figures})
         self._post({"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms,
                     "ranking": ranking, "match": self.match_id})
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
@@ -388,7 +444,7 @@ class Room:
         if self._scorer is None:
             return
         seats = {seat.pid: seat for seat in self._seats.values()}
-        for entry in self.game.ranking():
+        for entry in self.game.standings():
             points = entry.score - self._scored.get(entry.pid, 0)
             seat = seats.get(entry.pid)
             if points and seat is not None:
@@ -407,7 +463,8 @@ class Room:
                                     "joined_ms": seat.joined_ms, "left_ms": seat.left_ms}
             ranked = ranking.get(seat.player_id)
             if ranked is not None:
-                line.update(rank=ranked["rank"], kills=ranked["kills"], deaths=ranked["deaths"], score=ranked["score"])
+                figures = {key: value for key, value in ranked.items() if key not in _RANKING_KEYS}
+                line.update(rank=ranked["rank"], score=ranked["score"], figures=figures)
             lines.append(line)
         return lines
 
@@ -416,6 +473,7 @@ class Room:
             return
         self.result_saved = True
         self._post({"type": "event", "kind": "result_saved", "match": self.match_id})
+        self.poke()
         away = [seat.player_id for seat in self._seats.values() if seat.conn is None]
         if away and self.saved_while_away is not None:
             try:
@@ -452,40 +510,82 @@ class Room:
 
     # -- the tick ----------------------------------------------------------------------------------
 
+    def _advance_clock(self) -> None:
+        """Event-driven: the room clock follows monotonic time (a fixed-tick room's moves by ticks)."""
+        room_ms = int((self._clock() - self._clock_origin) * 1000)
+        if room_ms > self.room_ms:
+            self.room_ms = room_ms
+
+    def next_wake(self) -> float | None:
+        """Event-driven: the monotonic time at which this room must be stepped next, None if only a message
+        or a change (a poke) can move it: the game's own timer, the countdown, the join window, the end of an
+        empty room's grace, a finished room's linger."""
+        wakes: list[float] = []
+        phase = self.phase
+        if phase is RoomPhase.COUNTDOWN and self.countdown_ends is not None:
+            wakes.append(self.countdown_ends)
+        elif phase is RoomPhase.WAITING and self.join_deadline is not None:
+            wakes.append(self.join_deadline)
+        elif phase is RoomPhase.RUNNING and self.failed is None:
+            game_ms = self.game.next_wake_ms()
+            if game_ms is not None:
+                wakes.append(self._clock_origin + game_ms / 1000)
+        if phase is RoomPhase.FINISHED and self.finished_at is not None:
+            linger = self.finished_at + self.settings.end_linger_s
+            wakes.append(linger if self.result_saved else max(linger, self._clock() + RESULT_POLL_S))
+        if not self._connected and self._empty_since is not None and self.roster is not None:
+            wakes.append(self._empty_since + self.settings.reconnect_grace_s)
+        return min(wakes) if wakes else None
+
     def tick(self, now: float) -> None:
         if self.failed is not None:
             raise RoomFailed(f"the game failed in {self.failed}")
         game = self.game
         self.tick_no += 1
         self.stats.ticks += 1
-        if self._moves:
-            for pid, (seq, dx, dy) in self._moves.items():
-                game.set_input(pid, seq, dx, dy)
-            self._moves.clear()
-        if self._fires:
-            for pid, seq, angle in self._fires:
-                game.fire(pid, seq, angle)
-            self._fires.clear()
+        if self.event_driven:
+            self._advance_clock()
+        else:
+            self.room_ms = round(self.tick_no * self._interval_ms)
         phase = self.phase
         if phase is RoomPhase.FINISHED or phase is RoomPhase.CLOSED:
             self._flush(now)
             return
         if phase is RoomPhase.COUNTDOWN or (phase is RoomPhase.WAITING and self.roster is not None):
             self._advance_phase(now)
-        game.step(self._dt)
-        frames = self._frames
-        killed = False
-        for event in game.drain_events():
-            frames.append(text_frame(encode({"type": "event", **event})))
-            killed = killed or event.get("kind") == "kill"
-        if killed:
-            self._score()
+        game.advance(self.room_ms)
+        events = game.drain_events()
+        if events:
+            self._take_events(events)
         if self.phase is RoomPhase.RUNNING and game.end_reason is not None:
             self._finish(game.end_reason, now)
-        state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms,
-                        "players": game.players_state(), "projectiles": game.projectiles_state()})
+        parts = game.state()
+        if parts is None:
+            self._flush(now)
+            return
+        if self.event_driven:
+            state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms, "now": self.room_ms, **parts})
+            self._last_state = text_frame(state)
+        else:
+            state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms, **parts})
         self.stats.encodes += 1
-        self._flush(now, text_frame(state))
+        self._flush(now, self._last_state if self.event_driven else text_frame(state))
+
+    def _take_events(self, events: list[Event]) -> None:
+        """Frames for this step's events (each encoded once), the leaderboard told of points scored, and the
+        events to keep in Postgres written."""
+        frames = self._frames
+        private = self._private
+        for event in events:
+            frame = text_frame(encode({"type": "event", **event.body}))
+            if event.to is None:
+                frames.append(frame)
+            else:
+                private.setdefault(event.to, []).append(frame)
+            if event.record:
+                self._recorded_events += 1
+                self._record("match_event", seq=self._recorded_events, body=event.body)
+        self._score()
 
     def _flush(self, now: float, state: bytes = b"") -> None:
         """Send this tick's events and state as one write per connection.
@@ -495,7 +595,10 @@ class Room:
         `slow_client_timeout_s` of that it is dropped.
         """
         events = self._frames
-        if not events and not state:
+        private = self._private
+        if private:
+            self._private = {}
+        if not events and not state and not private:
             return
         event_data = events[0] if len(events) == 1 else b"".join(events)
         data = event_data + state if event_data else state
@@ -508,6 +611,10 @@ class Room:
             if conn is None or conn.protocol.state is not _OPEN:
                 continue
             transport = conn.transport
+            if private and seat.pid in private:  # what only this player sees goes before the common part
+                own = b"".join(private[seat.pid])
+                transport.write(own)
+                stats.sent_bytes += len(own)
             if transport.get_write_buffer_size() > limit:
                 self.stats.skipped_sends += 1
                 if seat.slow_since is None:
@@ -536,6 +643,7 @@ class Room:
             self._record_positions(game, wall_ms)
         return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "match": self.match_id,
                        "created_ms": self.created_ms, "started_ms": self.started_ms, "tick": self.tick_no,
+                       "room_ms": self.room_ms, "events": self._recorded_events,
                        "taken_ms": wall_ms, "roster": sorted(self.roster) if self.roster is not None else None,
                        "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name,
                                   "joined_ms": seat.joined_ms, "connected": seat.conn is not None}
@@ -548,11 +656,11 @@ class Room:
         match's progress (tick, roster, the rest of the game's snapshot)."""
         seats = {seat.pid: seat for seat in self._seats.values()}
         players = [{"id": seat.player_id, "name": seat.name, "pid": seat.pid, "joined_ms": seat.joined_ms,
-                    "x": entry["x"], "y": entry["y"], "hp": entry["hp"], "kills": entry["kills"],
-                    "deaths": entry["deaths"], "score": entry["score"], "state": entry}
+                    "state": entry}
                    for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
         self._record("positions", clock_ms=self.game.clock_ms, taken_ms=wall_ms, players=players, tick=self.tick_no,
-                     roster=sorted(self.roster) if self.roster is not None else None,
+                     roster=sorted(self.roster) if self.roster is not None else None, room_ms=self.room_ms,
+                     events=self._recorded_events,
                      game={key: value for key, value in game.items() if key != "players"})
 
     def crash_frames(self, message: str) -> bytes:
@@ -565,7 +673,7 @@ class Room:
 
     def cancel_frames(self) -> bytes:
         return text_frame(error_message(
-            ErrorCode.MATCH_CANCELLED, f"fewer than {self.settings.min_players} matched players reached the room "
+            ErrorCode.MATCH_CANCELLED, f"fewer than {self.seats_rule.min} matched players reached the room "
             f"within {self.settings.join_window_s:g} s; join through the lobby again"))
 
     def describe(self, now: float) -> dict[str, object]:

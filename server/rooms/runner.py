@@ -1,4 +1,5 @@
-"""The room runner: one task per room ticking at a fixed period against absolute deadlines.
+"""The room runner: one task per room. A fixed-tick room ticks at its period against absolute deadlines; an
+event-driven room sleeps until a message, a change or a timer it asked for wakes it (an idle one costs nothing).
 
 Deadlines advance by exactly one period per tick, so the rate does not drift; a tick that starts late is
 measured (lateness) and the following ticks run back to back to catch up. A room that falls hopelessly
@@ -24,6 +25,10 @@ MAX_BEHIND_TICKS = 10
 RESULT_WAIT_S = 10.0
 
 
+def _nothing() -> None:
+    return None
+
+
 class RoomRunner:
     def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float],
                  on_finished: Callable[[Room], None] | None = None, metrics: NodeMetrics | None = None) -> None:
@@ -32,17 +37,91 @@ class RoomRunner:
         # Called once when the match ends, before the room lingers (the lobby frees its players then).
         self.on_finished = on_finished
         self.log = logger
-        self.interval = room.settings.tick_interval
+        self.interval = room.hosted.interval_s or 0.0
         # A fine-grained clock: uvloop's loop.time() moves in whole milliseconds.
         self.clock = clock
 
     async def run(self) -> None:
+        if self.room.event_driven:
+            await self._run_on_events()
+        else:
+            await self._run_ticks()
+
+    async def _run_on_events(self) -> None:
+        """Step the room when poked (a message, a join or leave, a result saved) or when its next timer is
+        due, never more than once per loop iteration however many pokes arrived meanwhile."""
+        room = self.room
+        stats = room.stats
+        clock = self.clock
+        metrics = self.metrics
+        wake = asyncio.Event()
+        room.poke = wake.set
+        counted_start = room.started_ms is not None
+        try:
+            while True:
+                wake.clear()
+                started = clock()
+                try:
+                    room.tick(started)
+                except Exception:
+                    self.log.exception("room %s crashed in step %d; closing it", room.room_id, room.tick_no)
+                    await self._close_all(CloseCode.INTERNAL, "room crashed",
+                                          room.crash_frames("the room's game failed; the room is closed"))
+                    return
+                finished = clock()
+                stats.duration.add(finished - started)
+                metrics.tick_duration.observe(finished - started)
+                if not counted_start and room.started_ms is not None:
+                    counted_start = True
+                    metrics.matches_started += 1
+                if await self._over(finished):
+                    return
+                due = room.next_wake()
+                if wake.is_set():
+                    await asyncio.sleep(0)  # other rooms first; pokes that arrived meanwhile share one step
+                    continue
+                try:
+                    async with asyncio.timeout(None if due is None else max(0.0, due - clock())):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            room.poke = _nothing
+            room.close()
+
+    async def _over(self, finished: float) -> bool:
+        """After a step: close the room if its match is over and has lingered, or it was evicted, cancelled
+        or abandoned (True: the runner stops)."""
+        room = self.room
+        if room.phase is RoomPhase.FINISHED and room.finished_at is not None:
+            if self.on_finished is not None:
+                on_finished, self.on_finished = self.on_finished, None
+                on_finished(room)
+            # The result on screen for `linger`, and longer (up to RESULT_WAIT_S more) until it is durable, so
+            # that players are told it is saved (`result_saved`).
+            lingered = finished - room.finished_at
+            if lingered >= room.settings.end_linger_s and (room.result_saved or
+                                                           lingered >= room.settings.end_linger_s + RESULT_WAIT_S):
+                await self._close_all(CloseCode.NORMAL, "match over")
+                return True
+        elif room.evicted:
+            await self._close_all(CloseCode.GOING_AWAY, "room taken over", room.evicted_frames())
+            return True
+        elif room.cancelled:
+            self.log.info("room %s cancelled: too few matched players arrived", room.room_id)
+            await self._close_all(CloseCode.NORMAL, "match cancelled", room.cancel_frames())
+            return True
+        elif room.abandoned(finished):
+            self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
+            return True
+        return False
+
+    async def _run_ticks(self) -> None:
         room = self.room
         stats = room.stats
         clock = self.clock
         interval = self.interval
         deadline = clock()
-        linger = room.settings.end_linger_s
         metrics = self.metrics
         lateness_histogram, duration_histogram = metrics.tick_lateness, metrics.tick_duration
         counted_start = room.started_ms is not None  # a restored match started elsewhere
@@ -65,25 +144,8 @@ class RoomRunner:
                 if not counted_start and room.started_ms is not None:
                     counted_start = True
                     metrics.matches_started += 1
-                if room.phase is RoomPhase.FINISHED and room.finished_at is not None:
-                    if self.on_finished is not None:
-                        on_finished, self.on_finished = self.on_finished, None
-                        on_finished(room)
-                    # The result on screen for `linger`, and longer (up to RESULT_WAIT_S more) until it is
-                    # durable, so that players are told it is saved (`result_saved`).
-                    lingered = finished - room.finished_at
-                    if lingered >= linger and (room.result_saved or lingered >= linger + RESULT_WAIT_S):
-                        await self._close_all(CloseCode.NORMAL, "match over")
-                        return
-                elif room.evicted:
-                    await self._close_all(CloseCode.GOING_AWAY, "room taken over", room.evicted_frames())
-                    return
-                elif room.cancelled:
-                    self.log.info("room %s cancelled: too few matched players arrived", room.room_id)
-                    await self._close_all(CloseCode.NORMAL, "match cancelled", room.cancel_frames())
-                    return
-                elif room.abandoned(finished):
-                    self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
+                if (room.phase is RoomPhase.FINISHED or room.evicted or room.cancelled
+                        or room.abandoned(finished)) and await self._over(finished):
                     return
                 deadline += interval
                 if finished - deadline > MAX_BEHIND_TICKS * interval:

@@ -1,6 +1,5 @@
-"""One player's `/game` connection: hello, join, then every client message checked, limited and dispatched.
-
-Handlers never touch the game directly: moves and fires are queued on the room for its next tick.
+"""One player's `/game` connection: hello, join, then every client message checked, limited and dispatched:
+the host's own messages here, the game's to the room (`Room.handle`), each decoded against its schema first.
 """
 
 from __future__ import annotations
@@ -12,22 +11,20 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
+from game.api import Message
 from server.net.connection import GameConnection, JoinRequest, game_conn_id
 from server.net.link import ClientLink, TokenBucket
 from server.net.protocol import (
     PROTOCOL_VERSION,
     Chat,
-    ClientMessage,
     CloseCode,
     ErrorCode,
-    Fire,
     Hello,
-    Input,
     Leave,
+    MessageDecoder,
     Ping,
     ProtocolError,
     encode,
-    parse_client_message,
 )
 from server.ops.settings import Settings
 from server.rooms.room import Room, Seat
@@ -47,9 +44,14 @@ class RoomHost(Protocol):
 
     def room_for(self, join: JoinRequest) -> Room: ...
 
+    def decoder_for(self, mode: str) -> MessageDecoder: ...
+
     def seated(self, room: Room, seat: Seat, conn_id: str) -> None: ...
 
     def unseated(self, room: Room, seat: Seat, conn_id: str, *, left: bool) -> None: ...
+
+
+_HOST_TYPES = frozenset({Hello, Ping, Chat, Leave})
 
 
 class PlayerSession:
@@ -68,6 +70,7 @@ class PlayerSession:
         settings = node.settings
         bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, self._clock())
         self.link = ClientLink(ws, bucket, self._clock)
+        self._decode = node.decoder_for(join.mode).decode
 
     async def run(self) -> None:
         ws = self.ws
@@ -119,7 +122,7 @@ class PlayerSession:
             return  # closing: whatever still arrives is dropped
         try:
             self.link.admit(binary)
-            msg = parse_client_message(data)
+            msg = self._decode(data)
             if self.seat is None:
                 self._before_join(msg)
             else:
@@ -131,7 +134,7 @@ class PlayerSession:
             self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
                                        CloseCode.INTERNAL))
 
-    def _before_join(self, msg: ClientMessage) -> None:
+    def _before_join(self, msg: Message) -> None:
         if isinstance(msg, Ping):
             self.link.send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
             return
@@ -146,14 +149,13 @@ class PlayerSession:
         self.room = room
         self.node.seated(room, self.seat, self.conn_id)
 
-    def _in_room(self, msg: ClientMessage) -> None:
+    def _in_room(self, msg: Message) -> None:
         room = self.room
         seat = self.seat
         assert room is not None and seat is not None
-        if isinstance(msg, Input):
-            room.queue_move(seat.pid, msg.seq, msg.dx, msg.dy)
-        elif isinstance(msg, Fire):
-            room.queue_fire(seat.pid, msg.seq, msg.angle)
+        kind = type(msg)
+        if kind not in _HOST_TYPES:
+            room.handle(seat, msg)
         elif isinstance(msg, Ping):
             self.link.send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
         elif isinstance(msg, Chat):
