@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--room", default=None,
                         help="put every bot in this room (ROOM, then ROOM-1, ROOM-2... for later matches); "
                         "default: groups of 5 in rooms of their own, unique to this run")
+    parser.add_argument("--mode", default="arena",
+                        help="the game to play, by mode (GET /modes lists a server's; default: %(default)s)")
     parser.add_argument("--lobby", action="store_true",
                         help="matchmaking: each bot joins the arena queue at URL/lobby, plays the room its "
                         "match_found names, then queues again (excludes --room)")

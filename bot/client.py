@@ -6,7 +6,8 @@ IDLE → LOBBY_CONNECTING → QUEUED (join sent) → MATCHED (match_found: its U
 server closes) → IDLE, then the game at that URL; LOBBY_LEAVING is the lobby's LEAVING (end of run, or a
 refusal after which the bot backs off and queues again). Frames of either connection arrive in the same
 `on_ws_frame`, told apart by the phase. `on_ws_frame` is the hot path: one orjson decode per message and a
-few counters; the move is decided only when the swarm's input task calls `act`.
+few counters. What to send in the game is the game's own bot policy's (`GameDefinition.bot`): it hears every
+game message, and is asked when the swarm's input task calls `act`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 import random
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,22 +35,19 @@ from picows import (
     ws_connect,
 )
 
-from bot.behaviour import steer
 from bot.plan import BotSettings, BotSpec, room_id
+from game.api import BotPolicy
 
 log = logging.getLogger("tickroom.bot")
 
-FIRE_EVERY = 15  # inputs between two fires: 500 ms at 30 Hz
 PENDING_MAX = 256  # unacknowledged inputs remembered; older ones are dropped unmeasured
 CONNECT_TIMEOUT_S = 5.0
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 5.0
 LEAVE_TIMEOUT_S = 2.0  # after `leave`, how long the server has to close before we close ourselves
 REJOIN_PAUSE_S = 0.05  # after match_end, so that the server has released the old seat first
-WANDER_TURN = 0.25  # radians a lone bot's heading may drift per input
 
 HELLO = b'{"type":"hello","v":1}'
-JOIN = b'{"type":"join","v":1,"mode":"arena"}'
 LEAVE = b'{"type":"leave"}'
 # Lobby errors that mean "not now": the bot closes, backs off and joins the queue again.
 LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid"})
@@ -133,14 +130,17 @@ class BotClient(WSListener):
     Its `group` picks its rooms; without one (--lobby), the lobby does.
     """
 
-    __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "height",
-                 "inputs", "joined_at", "lost_room", "orbit", "pending", "phase", "players", "refused", "rng", "room",
-                 "seq", "spec", "states", "tally", "ticket", "transport", "url", "wander", "welcomed", "width",
-                 "window_start", "you")
+    __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "inputs",
+                 "join", "joined_at", "lost_room", "mode", "pending", "phase", "policy", "refused", "rng", "room",
+                 "spec", "states", "tally", "ticket", "transport", "url", "welcomed", "window_start", "you")
 
     def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
-                 rng: random.Random, clock: Callable[[], float] = time.monotonic) -> None:
+                 rng: random.Random, policy: BotPolicy, clock: Callable[[], float] = time.monotonic,
+                 mode: str = "arena") -> None:
         self.spec = spec
+        self.policy = policy
+        self.mode = mode
+        self.join = orjson.dumps({"type": "join", "v": 1, "mode": mode})
         self.url = url
         self.headers = {"Authorization": f"Bearer {token}"}
         self.group = group
@@ -158,16 +158,9 @@ class BotClient(WSListener):
         self.game_url: str | None = None
         self.lost_room: str | None = None  # the room whose connection dropped (or was told to reconnect)
         self.ticket: str | None = None  # the seat ticket of the last match_found
-        # Session: who we are in the room, and the latest state.
+        # Session: who we are in the room.
         self.you = 0
-        self.width = 1000.0
-        self.height = 1000.0
-        self.players: Sequence[Mapping[str, Any]] = ()
-        # Behaviour memory.
-        self.wander = rng.uniform(-math.pi, math.pi)
-        self.orbit = 1.0 if spec.index % 2 else -1.0
         # Sending and measuring.
-        self.seq = 0
         self.inputs = 0
         self.pending: deque[tuple[int, float]] = deque()
         self.states = 0
@@ -184,8 +177,8 @@ class BotClient(WSListener):
             self.joined_at = self.clock()
             # Back after losing a match's connection: the match's ticket lets the lobby wait for its recovery
             # when it has lost the match (Redis lost everything) instead of matching this bot anew.
-            transport.send(_TEXT, JOIN if self.lost_room is None or self.ticket is None else orjson.dumps(
-                {"type": "join", "v": 1, "mode": "arena", "ticket": self.ticket}))
+            transport.send(_TEXT, self.join if self.lost_room is None or self.ticket is None else orjson.dumps(
+                {"type": "join", "v": 1, "mode": self.mode, "ticket": self.ticket}))
         else:
             self.phase = Phase.JOINING
             transport.send(_TEXT, HELLO)
@@ -201,17 +194,31 @@ class BotClient(WSListener):
         if msg["type"] == "state":
             if self.phase is _PLAYING:
                 self.states += 1
-                players = self.players = msg["players"]
                 pending = self.pending
-                if pending:
+                if pending:  # a game whose state acknowledges each player's `seq` (the arena)
                     you = self.you
-                    for entry in players:
-                        if entry["p"] == you:
-                            if entry["seq"] >= pending[0][0]:
+                    for entry in msg.get("players", ()):
+                        if entry.get("p") == you:
+                            if entry.get("seq", -1) >= pending[0][0]:
                                 self._acknowledge(entry["seq"])
                             break
+                self._send(transport, self.policy.on_message(msg, self._now_ms()))
             return
         self._on_message(transport, msg)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _send(self, transport: WSTransport, messages: list[dict[str, Any]]) -> None:
+        """The policy's messages; those with a `seq` are timed until a state acknowledges them."""
+        for message in messages:
+            seq = message.get("seq")
+            if type(seq) is int:
+                pending = self.pending
+                if len(pending) >= PENDING_MAX:
+                    pending.popleft()
+                pending.append((seq, self.clock()))
+            transport.send(_TEXT, _dumps(message))
 
     def _acknowledge(self, seq: int) -> None:
         now = self.clock()
@@ -229,18 +236,16 @@ class BotClient(WSListener):
             if self.lost_room is not None and self.lost_room == msg.get("room"):
                 self.tally.reconnects += 1
             self.lost_room = None
-            arena = msg.get("arena") or {}
             self.you = msg["you"]
-            self.width = float(arena.get("w", 1000.0))
-            self.height = float(arena.get("h", 1000.0))
-            self.players = ()
             self.phase = Phase.PLAYING
             self.welcomed = True
             self.window_start = self.clock()
+            self._send(transport, self.policy.on_message(msg, self._now_ms()))
         elif kind == "reconnect":
             # The node is going away (it closes next): back through the lobby, into the same match.
             self.lost_room = self.room
         elif kind == "match_end":
+            self.policy.on_message(msg, self._now_ms())
             self.tally.matches.add(self.room)
             if self.group is not None:
                 self.group.advance(self.generation + 1)
@@ -254,6 +259,10 @@ class BotClient(WSListener):
                 self.refused = True
             if code == "room_closed" and self.group is not None:
                 self.group.advance(self.generation + 1)
+            if self.phase is _PLAYING:
+                self._send(transport, self.policy.on_message(msg, self._now_ms()))
+        elif self.phase is _PLAYING:  # events, pongs...: the policy may act on them
+            self._send(transport, self.policy.on_message(msg, self._now_ms()))
 
     def _on_lobby_message(self, transport: WSTransport, msg: dict[str, Any]) -> None:
         # `lobby` (queue status), `event`, `countdown` and `pong` say nothing the bot acts on.
@@ -305,23 +314,14 @@ class BotClient(WSListener):
     # -- driven by the swarm ------------------------------------------------------------------------
 
     def act(self) -> None:
-        """Send this tick's input, and a fire every FIRE_EVERY inputs, decided from the latest state."""
+        """Send what the game's policy wants to send now (the arena: an input, and a fire every so often)."""
         transport = self.transport
         if transport is None:
             return
-        dx, dy, angle = steer(self.you, self.players, self.wander, self.orbit, self.width, self.height)
-        self.wander = math.remainder(angle + (self.rng.random() - 0.5) * (2 * WANDER_TURN), math.tau)
-        self.seq += 1
-        seq = self.seq
-        transport.send(_TEXT, _dumps({"type": "input", "seq": seq, "dx": dx, "dy": dy}))
-        pending = self.pending
-        if len(pending) >= PENDING_MAX:
-            pending.popleft()
-        pending.append((seq, self.clock()))
-        self.inputs += 1
-        if self.inputs % FIRE_EVERY == 0:
-            self.seq += 1
-            transport.send(_TEXT, _dumps({"type": "fire", "seq": self.seq, "angle": round(angle * 1000) / 1000}))
+        sent = self.policy.on_tick(self._now_ms())
+        if sent:
+            self.inputs += 1
+            self._send(transport, sent)
 
     def leave(self) -> None:
         """End of the run: send `leave` (to the game, or to the lobby while queued); the server answers

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from server.net.auth import NAME_MAX
 from server.ops.settings import DEV_SECRET
+from server.rooms.catalog import installed_games
 
 GROUP_SIZE = 5  # seats per arena room: one group of bots fills one room
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -42,6 +43,7 @@ class BotSettings:
     seed: int | None
     run_id: str  # unique per run, so several bot processes can load one server side by side
     lobby: bool = False  # matched through URL/lobby, which picks the rooms; excludes `room`
+    mode: str = "arena"  # the game the bots play (each installed game brings its own bot policy)
 
     @property
     def grouped(self) -> bool:
@@ -71,12 +73,16 @@ class BotSettings:
         if room is not None and (ROOM_ID.fullmatch(room) is None or len(room) > ROOM_BASE_MAX):
             raise BotSettingsError(f"--room must be 1 to {ROOM_BASE_MAX} characters of A-Z a-z 0-9 _ -, "
                                    f"not {room!r}")
+        mode = str(getattr(args, "mode", "arena"))
+        playable = sorted(name for name, game in installed_games().items() if game.bot is not None)
+        if mode not in playable:
+            raise BotSettingsError(f"--mode must be a game the bot can play ({', '.join(playable)}), not {mode!r}")
         secret = args.secret or environ.get("TICKROOM_JWT_SECRET") or DEV_SECRET
         grouped = room is None and not lobby
         processes = min(args.processes, len(split_bots(args.bots, args.processes, grouped=grouped)))
         return cls(url=url, bots=args.bots, duration_s=float(args.duration), room=room, secret=secret,
                    processes=processes, ramp_s=float(args.ramp), json=bool(args.json), quiet=bool(args.quiet),
-                   seed=args.seed, run_id=run_id or secrets.token_hex(3), lobby=lobby)
+                   seed=args.seed, run_id=run_id or secrets.token_hex(3), lobby=lobby, mode=mode)
 
 
 @dataclass(frozen=True, slots=True)

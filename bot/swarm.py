@@ -16,8 +16,10 @@ from collections.abc import Callable
 from bot.client import BotClient, Group, Phase, Tally
 from bot.plan import ProcessPlan
 from bot.stats import ProcessResult, Progress, bot_rate
+from game.api import BotPolicy
 from server.net.auth import mint_token
 from server.ops.eventloop import run as run_on_loop
+from server.rooms.catalog import installed_games
 
 INPUT_HZ = 30.0
 # The input period is cut into slots, each serving its share of the bots, so that sends and the states
@@ -36,6 +38,14 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
+def bot_policy(mode: str) -> Callable[[random.Random], BotPolicy]:
+    """How bots play `mode`: the installed game's own bot policy."""
+    definition = installed_games().get(mode)
+    if definition is None or definition.bot is None:
+        raise ValueError(f"--mode {mode!r}: no installed game of that name has a bot")
+    return definition.bot
+
+
 class Swarm:
     """Runs one `ProcessPlan` on the running event loop; `report` gets a `Progress` every second."""
 
@@ -50,14 +60,16 @@ class Swarm:
         seed = settings.seed if settings.seed is not None else random.randrange(2**32)
         ttl = settings.duration_s + TOKEN_SLACK_S
         groups: dict[int, Group] = {}
+        make_policy = bot_policy(settings.mode)
         self.bots: list[BotClient] = []
         for spec in plan.bots:
             group = groups.get(spec.group)
             if group is None and not settings.lobby:  # with --lobby, the lobby picks the rooms
                 group = groups[spec.group] = Group(settings, spec.group)
             token = mint_token(settings.secret, spec.name, player_id=spec.player_id, ttl_s=ttl)
-            self.bots.append(BotClient(spec, settings.url, token, group, self.tally,
-                                       random.Random(seed * 1_000_003 + spec.index), clock))
+            rng = random.Random(seed * 1_000_003 + spec.index)
+            self.bots.append(BotClient(spec, settings.url, token, group, self.tally, rng,
+                                       make_policy(random.Random(rng.getrandbits(64))), clock, mode=settings.mode))
         self._acks_reported = 0
         self.lag_ms = array("d")
 

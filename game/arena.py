@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from game.api import Clock, Event, Forming, GameContext, GameDefinition, Json, Message, Seats, Standing
+from game.arena_bot import ArenaBot
 
 SEQ_MAX = 2**53 - 1
 ANGLE_MAX = 2 * math.pi
@@ -500,4 +501,4 @@ def make_arena(ctx: GameContext) -> ArenaGame:
 DEFINITION = GameDefinition(
     mode="arena", title="Arena", description="Top-down shooter: move, fire, first to the kill target wins.",
     seats=Seats(min=3, max=5), forming=Forming.COUNTDOWN, clock=Clock(TICK_HZ), messages=(Input, Fire),
-    make=make_arena, figures=("kills", "deaths"), options=ArenaOptions)
+    make=make_arena, figures=("kills", "deaths"), options=ArenaOptions, bot=ArenaBot)

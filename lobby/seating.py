@@ -24,13 +24,15 @@ class SeatingRules:
     min_players: int = 3
     max_players: int = 5
     countdown_ms: int = 10_000
-    backfill: bool = False
+    backfill: bool = False  # a seat given up in a running match goes to the longest-waiting player
+    join_running: bool = False  # a running room offers its free places from the start (a game with a line)
     player_ttl_s: int = 300
     room_ttl_s: int = 600
 
     def as_json(self, mode: str) -> bytes:
         return orjson.dumps({"min": self.min_players, "max": self.max_players, "countdown_ms": self.countdown_ms,
-                             "backfill": self.backfill, "player_ttl": self.player_ttl_s,
+                             "backfill": self.backfill, "join_running": self.join_running,
+                             "player_ttl": self.player_ttl_s,
                              "room_ttl": self.room_ttl_s, "mode": mode})
 
 

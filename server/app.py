@@ -97,7 +97,8 @@ def seating_rules(hosted: HostedGame, settings: Settings) -> SeatingRules:
     # A full-start game waits for its last seat: its rooms start at the maximum, never at a countdown.
     min_players = seats.max if forming is Forming.FULL else seats.min
     return SeatingRules(min_players=min_players, max_players=seats.capacity, countdown_ms=countdown_ms,
-                        backfill=settings.backfill or seats.backfill, player_ttl_s=settings.player_ttl_s,
+                        backfill=settings.backfill or seats.backfill, join_running=seats.backfill,
+                        player_ttl_s=settings.player_ttl_s,
                         room_ttl_s=settings.room_ttl_s)
 
 
@@ -109,6 +110,8 @@ class App:
         checking Postgres and migrating it); without it the node keeps no record (tests of other things)."""
         self.settings = settings
         self.modes = dict(modes)
+        # GET /modes: every game this node serves, with its seats, clock and message schemas (JSON Schema).
+        self._modes_body = orjson.dumps({"modes": [self.modes[mode].describe() for mode in sorted(self.modes)]})
         self.persist = persist
         self.records: WriteBehind | None = None
         self._records_task: asyncio.Task[None] | None = None
@@ -373,6 +376,8 @@ class App:
             return json_response(HTTPStatus.OK, b'{"status":"ok"}')
         if url.path == "/stats":
             return json_response(HTTPStatus.OK, await self.node.stats())
+        if url.path.rstrip("/") == "/modes":
+            return json_response(HTTPStatus.OK, self._modes_body)
         if url.path in ("/readyz", "/metrics") or url.path.startswith("/admin"):
             status, body, content_type = await self._operator(url.path, query, request)
             return body_response(status, body, content_type)

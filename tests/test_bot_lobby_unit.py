@@ -20,6 +20,7 @@ from bot.cli import build_parser
 from bot.client import BotClient, Phase, Tally
 from bot.plan import BotSettings, BotSettingsError, bot_spec, plan_processes
 from bot.stats import ProcessResult, Progress, ProgressBoard, summarize, summary_text
+from game.arena_bot import ArenaBot
 
 BASE_URL = "ws://127.0.0.1:8000"
 JOIN = {"type": "join", "v": 1, "mode": "arena"}
@@ -137,7 +138,7 @@ def new_lobby_bot() -> tuple[BotClient, FakeTransport, FakeClock, Tally]:
     clock = FakeClock()
     tally = Tally()
     bot = BotClient(bot_spec(settings.run_id, 0, grouped=False), settings.url, "token", None, tally,
-                    random.Random(1), clock)
+                    random.Random(1), ArenaBot(random.Random(2)), clock)
     bot.phase = Phase.LOBBY_CONNECTING  # what the run loop's connect sets before the handshake
     transport = FakeTransport()
     bot.on_ws_connected(cast(WSTransport, transport))
@@ -359,7 +360,7 @@ async def run_lobby_bot() -> tuple[BotClient, Tally, asyncio.Event, asyncio.Task
     settings = settings_from("--lobby")
     tally = Tally()
     bot = BotClient(bot_spec(settings.run_id, 0, grouped=False), settings.url, "token", None, tally,
-                    random.Random(1))
+                    random.Random(1), ArenaBot(random.Random(2)))
     stop = asyncio.Event()
     return bot, tally, stop, asyncio.create_task(bot.run(0.0, stop))
 

@@ -15,7 +15,6 @@ import pytest
 from picows import WSHandshakeError, WSMsgType, WSTransport
 from picows.picows import _make_test_ws_frame
 
-from bot.behaviour import WALL_MARGIN, steer
 from bot.cli import build_parser
 from bot.client import BotClient, Group, Phase, Tally, handshake_error_code
 from bot.plan import (
@@ -29,6 +28,7 @@ from bot.plan import (
     split_bots,
 )
 from bot.stats import ProcessResult, Progress, ProgressBoard, bot_rate, percentile, summarize
+from game.arena_bot import WALL_MARGIN, ArenaBot, steer
 from server.net.auth import NAME_MAX
 from server.ops.settings import DEV_SECRET
 
@@ -261,7 +261,7 @@ def new_bot(**flags: str) -> tuple[BotClient, FakeTransport, FakeClock, Tally]:
     clock = FakeClock()
     tally = Tally()
     bot = BotClient(bot_spec(settings.run_id, 0, grouped=True), settings.url, "token", Group(settings, 0), tally,
-                    random.Random(1), clock)
+                    random.Random(1), ArenaBot(random.Random(2)), clock)
     transport = FakeTransport()
     bot.on_ws_connected(cast(WSTransport, transport))
     return bot, transport, clock, tally

@@ -1,6 +1,6 @@
 -- Shared by every lobby script: lobby/seating.py puts this in front of each script's body before loading it.
 -- ARGV[1] is the key base `PREFIX:{MODE}` (every key below shares the mode's hash tag), ARGV[2] the time in
--- ms, ARGV[3] the rules as JSON: min, max, countdown_ms, backfill, player_ttl, room_ttl, mode.
+-- ms, ARGV[3] the rules as JSON: min, max, countdown_ms, backfill, join_running, player_ttl, room_ttl, mode.
 local base = ARGV[1]
 local now = tonumber(ARGV[2])
 local rules = cjson.decode(ARGV[3])
@@ -83,7 +83,13 @@ local function start_room(room_id)
   local key = room_key(room_id)
   redis.call('HSET', key, 'state', 'running', 'started_ms', now)
   redis.call('HDEL', key, 'countdown_ends_ms')
-  redis.call('ZREM', AVAILABLE, room_id)
+  -- A game that takes newcomers while it runs (a line, a relay room) keeps offering its free places.
+  local count = redis.call('SCARD', players_key(room_id))
+  if rules.join_running and count < rules.max then
+    redis.call('ZADD', AVAILABLE, count, room_id)
+  else
+    redis.call('ZREM', AVAILABLE, room_id)
+  end
   bump(room_id)
   for _, id in ipairs(redis.call('SMEMBERS', players_key(room_id))) do
     -- A player whose hash expired is not brought back as a key without a TTL.

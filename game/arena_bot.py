@@ -1,18 +1,22 @@
-"""How a bot plays, decided from the latest `state` only: chase and aim at the nearest living player,
-circle them when close, keep off the walls, and wander when alone.
+"""How a bot plays the arena (`ArenaBot`, the arena's `BotPolicy`), decided from the latest `state` only: chase
+and aim at the nearest living player, circle them when close, keep off the walls, and wander when alone.
 
-Pure: the decoded `players` entries and the bot's own small memory in, a move and an aim out.
+Pure: the decoded messages and the bot's own small memory in, the inputs to send out.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 WALL_MARGIN = 50.0  # closer than this to a wall, a bot steers away from it
 CLOSE_RANGE = 150.0  # closer than this to its target, a bot circles instead of closing in
 WALL_PUSH = 2.0  # how hard a wall pushes at zero distance, relative to a unit move
+FIRE_EVERY = 15  # inputs between two fires: 500 ms at the bot's 30 inputs a second
+WANDER_TURN = 0.25  # radians a lone bot's heading may drift per input
+_NOTHING: list[dict[str, Any]] = []
 
 
 def steer(you: int, players: Sequence[Mapping[str, Any]], wander: float, orbit: float,
@@ -70,3 +74,48 @@ def steer(you: int, players: Sequence[Mapping[str, Any]], wander: float, orbit: 
         angle = math.atan2(dy, dx)
     # Three decimals keep the input frames short; round(v * 1000) is much cheaper than round(v, 3).
     return round(dx * 1000) / 1000, round(dy * 1000) / 1000, angle
+
+
+class ArenaBot:
+    """The arena's bot policy: one `input` per tick of the bot (its latest move), a `fire` every FIRE_EVERY."""
+
+    __slots__ = ("height", "inputs", "orbit", "players", "rng", "seq", "wander", "width", "you")
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.you = 0
+        self.width = 1000.0
+        self.height = 1000.0
+        self.players: Sequence[Mapping[str, Any]] = ()
+        self.wander = rng.uniform(-math.pi, math.pi)
+        self.orbit = rng.choice((-1.0, 1.0))
+        self.seq = 0
+        self.inputs = 0
+
+    def on_message(self, message: dict[str, Any], now_ms: int) -> list[dict[str, Any]]:
+        kind = message["type"]
+        if kind == "state":
+            self.players = message["players"]
+        elif kind == "welcome":
+            arena = message.get("arena") or {}
+            self.you = int(message["you"])
+            self.width = float(arena.get("w", 1000.0))
+            self.height = float(arena.get("h", 1000.0))
+            self.players = ()
+            self.seq = 0  # a new connection starts a new seq counter
+        elif kind == "match_end":
+            self.you = 0
+        return _NOTHING
+
+    def on_tick(self, now_ms: int) -> list[dict[str, Any]]:
+        if not self.you:
+            return _NOTHING
+        dx, dy, angle = steer(self.you, self.players, self.wander, self.orbit, self.width, self.height)
+        self.wander = math.remainder(angle + (self.rng.random() - 0.5) * (2 * WANDER_TURN), math.tau)
+        self.seq += 1
+        sent = [{"type": "input", "seq": self.seq, "dx": dx, "dy": dy}]
+        self.inputs += 1
+        if self.inputs % FIRE_EVERY == 0:
+            self.seq += 1
+            sent.append({"type": "fire", "seq": self.seq, "angle": round(angle * 1000) / 1000})
+        return sent
