@@ -289,6 +289,7 @@ class Node:
                 log.error("room %s was taken over while this node stalled; closing it", room.room_id)
                 room.evicted = True
                 room.released = True  # its match goes on where the sweep moved it: the lobby must not end it
+                room.poke()  # an event-driven room closes now, not at its next message
 
     def lobby_state(self) -> LocalState:
         """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""

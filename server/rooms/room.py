@@ -93,6 +93,7 @@ class Room:
         self._interval_ms = hosted.tick_ms or 0.0
         self._recorded_events = 0  # events the game asked to record (`Event.record`), numbered from 1
         self._last_state: bytes = b""  # event-driven: the latest state frame, for whoever joins next
+        self._need_state: list[Seat] = []  # event-driven: joined since the last step, not sent a state yet
         self.poke: Callable[[], None] = _nothing  # the runner's: step this (event-driven) room soon
         # The match's record in Postgres (persistence/writebehind.py): opened now, started, then its result.
         self.match_id = match_id or str(uuid.uuid4())
@@ -236,10 +237,12 @@ class Room:
         self._connected.append(seat)
         self._post({"type": "event", "kind": "join", **seat.roster})
         self._advance_phase(now)
-        welcome = text_frame(self._welcome(seat, now))
-        # An event-driven game sends its state only when it changes: a newcomer gets the latest one at once.
-        send_frames(conn, welcome + self._last_state if self.event_driven else welcome)
-        self.poke()
+        send_frames(conn, text_frame(self._welcome(seat, now)))
+        if self.event_driven:
+            # A game on events sends its state only when it changes: the newcomer gets it at the step this join
+            # causes, the new state if the join changed it, else the latest one.
+            self._need_state.append(seat)
+            self.poke()
         return seat
 
     def disconnect(self, seat: Seat, now: float) -> None:
@@ -562,7 +565,13 @@ class Room:
         parts = game.state()
         if parts is None:
             self._flush(now)
+            if self._need_state:
+                for seat in self._need_state:
+                    if seat.conn is not None and self._last_state:
+                        send_frames(seat.conn, self._last_state)
+                self._need_state.clear()
             return
+        self._need_state.clear()
         if self.event_driven:
             state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms, "now": self.room_ms, **parts})
             self._last_state = text_frame(state)
