@@ -20,8 +20,8 @@ Figure = int | float
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
-    """Base of a game's client messages. Subclass it once per message type with `tag="name"` (the `type` on the
-    wire) and typed fields constrained with `msgspec.Meta` (ranges, lengths); the host decodes every frame
+    """Base of a game's client messages. Subclass it once per message type with `frozen=True, tag="name"` (the
+    `type` on the wire) and typed fields constrained with `msgspec.Meta` (ranges, lengths); the host decodes every frame
     straight into one of them, answering `bad_field` / `out_of_range` / `text_too_long` naming the field before
     the game sees anything. Unknown fields are ignored (clients may be newer than the server)."""
 
@@ -170,7 +170,9 @@ class Game(Protocol):
         """None while the match goes on; else why it ended (`time`, `last_player`, or the game's own)."""
 
     def standings(self) -> list[Standing]:
-        """The result, best first: every player who took a seat once the match started."""
+        """The result, best first: every player who took a seat once the match started. Read during the match
+        too (after each step that produced events), to add points to the mode's leaderboard as they are made:
+        a score should only grow (a point that counts only if you win belongs to the end of the match)."""
 
     def snapshot(self) -> dict[str, Json]:
         """Everything needed to go on after a crash, as JSON (the host adds seats and roster). Under `players`,
