@@ -8,14 +8,21 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 HISTORY_PAGE = 50
 RECENT = 10
 
+# A line's figures: the game's own (migration 005). A line written before them has only the arena's kill and
+# death columns (and so has a line of a player who left an arena match before it began): those, then.
+_FIGURES = ("CASE WHEN mp.figures = '{}'::jsonb AND m.mode = 'arena' "
+            "THEN jsonb_build_object('kills', mp.kills, 'deaths', mp.deaths) ELSE mp.figures END")
 _LINE = ("mp.rank, mp.kills, mp.deaths, mp.score, m.id AS match_id, m.room_id, m.mode, m.started_at, m.ended_at, "
-         "m.end_reason, (SELECT count(*) FROM match_players o WHERE o.match_id = m.id) AS players")
+         "m.end_reason, (SELECT count(*) FROM match_players o WHERE o.match_id = m.id) AS players, "
+         f"{_FIGURES} AS figures")
+# $2: a mode, or null for every mode.
 _FINISHED_OF_PLAYER = ("FROM match_players mp JOIN matches m ON m.id = mp.match_id "
-                       "WHERE mp.player_id = $1 AND m.state = 'finished'")
+                       "WHERE mp.player_id = $1 AND m.state = 'finished' AND ($2::text IS NULL OR m.mode = $2)")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -28,11 +35,22 @@ def _duration_ms(started: datetime | None, ended: datetime | None) -> int | None
     return int((ended - started).total_seconds() * 1000)
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def _history_line(row: asyncpg.Record) -> dict[str, Any]:
     return {"match": str(row["match_id"]), "room": row["room_id"], "mode": row["mode"],
             "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"]), "reason": row["end_reason"],
             "duration_ms": _duration_ms(row["started_at"], row["ended_at"]), "players": row["players"],
-            "rank": row["rank"], "kills": row["kills"], "deaths": row["deaths"], "score": row["score"]}
+            "rank": row["rank"], "kills": row["kills"], "deaths": row["deaths"], "score": row["score"],
+            "figures": orjson.loads(row["figures"])}
+
+
+def _mode_line(row: asyncpg.Record) -> dict[str, Any]:
+    """A line of a per-mode profile: how the player did in one match of the mode."""
+    return {"match": str(row["match_id"]), "ended_at": _iso(row["ended_at"]), "rank": row["rank"],
+            "score": row["score"], "figures": orjson.loads(row["figures"])}
 
 
 async def match_result(conn: asyncpg.Connection, match_id: uuid.UUID) -> dict[str, Any] | None:
@@ -54,43 +72,77 @@ async def match_result(conn: asyncpg.Connection, match_id: uuid.UUID) -> dict[st
                          "left_at": _iso(r["left_at"])} for r in lines]}
 
 
-async def player_history(conn: asyncpg.Connection, player_id: uuid.UUID, page: int) -> dict[str, Any] | None:
-    """The player's finished matches, newest first, `HISTORY_PAGE` a page (page 1 is the newest)."""
+async def player_history(conn: asyncpg.Connection, player_id: uuid.UUID, page: int,
+                         mode: str | None = None) -> dict[str, Any] | None:
+    """The player's finished matches (of `mode` only, if given), newest first, `HISTORY_PAGE` a page (page 1
+    is the newest)."""
     player = await conn.fetchrow("SELECT id, name FROM players WHERE id = $1", player_id)
     if player is None:
         return None
-    total = await conn.fetchval(f"SELECT count(*) {_FINISHED_OF_PLAYER}", player_id)
+    total = await conn.fetchval(f"SELECT count(*) {_FINISHED_OF_PLAYER}", player_id, mode)
     rows = await conn.fetch(f"SELECT {_LINE} {_FINISHED_OF_PLAYER} ORDER BY m.ended_at DESC, m.id "
-                            f"LIMIT $2 OFFSET $3", player_id, HISTORY_PAGE, (page - 1) * HISTORY_PAGE)
-    return {"player": str(player["id"]), "name": player["name"], "page": page, "per_page": HISTORY_PAGE,
-            "total": total, "pages": max(1, -(-total // HISTORY_PAGE)), "matches": [_history_line(r) for r in rows]}
+                            f"LIMIT $3 OFFSET $4", player_id, mode, HISTORY_PAGE, (page - 1) * HISTORY_PAGE)
+    return {"player": str(player["id"]), "name": player["name"], "mode": mode, "page": page,
+            "per_page": HISTORY_PAGE, "total": total, "pages": max(1, -(-total // HISTORY_PAGE)),
+            "matches": [_history_line(r) for r in rows]}
 
 
-async def player_profile(conn: asyncpg.Connection, player_id: uuid.UUID) -> dict[str, Any] | None:
-    """Who the player is, their best match (highest score, then best rank), their last matches, and their
-    averages over every finished match."""
-    player = await conn.fetchrow("SELECT id, name, created_at, last_seen FROM players WHERE id = $1", player_id)
-    if player is None:
+# The player and their totals over the mode's finished matches: count, wins, average score and rank, and the
+# average of each numeric figure (over the lines that have it).
+_PROFILE_SUMMARY = f"""
+WITH lines AS (
+    SELECT mp.rank, mp.score, {_FIGURES} AS figures
+    FROM match_players mp JOIN matches m ON m.id = mp.match_id
+    WHERE mp.player_id = $1 AND m.mode = $2 AND m.state = 'finished'),
+figures AS (
+    SELECT f.key, avg(f.value::float8) AS average
+    FROM lines, jsonb_each(lines.figures) AS f
+    WHERE jsonb_typeof(f.value) = 'number'
+    GROUP BY f.key)
+SELECT p.id, p.name, p.created_at, p.last_seen, t.matches, t.wins, t.score, t.rank,
+       (SELECT jsonb_object_agg(key, average) FROM figures) AS figures
+FROM players p,
+     (SELECT count(*) AS matches, count(*) FILTER (WHERE rank = 1) AS wins, avg(score)::float8 AS score,
+             avg(rank)::float8 AS rank FROM lines) AS t
+WHERE p.id = $1
+"""
+
+# The player's best line of the mode (highest score, then best rank, then the newest), then their last $3 lines,
+# newest first.
+_PROFILE_LINES = f"""
+WITH lines AS (SELECT {_LINE} {_FINISHED_OF_PLAYER})
+SELECT * FROM (
+    (SELECT 'best' AS kind, * FROM lines ORDER BY score DESC, rank NULLS LAST, ended_at DESC, match_id LIMIT 1)
+    UNION ALL
+    (SELECT 'last' AS kind, * FROM lines ORDER BY ended_at DESC, match_id LIMIT $3)) AS picked
+ORDER BY kind, ended_at DESC, match_id
+"""
+
+
+async def player_profile(conn: asyncpg.Connection, player_id: uuid.UUID,
+                         mode: str = "arena") -> dict[str, Any] | None:
+    """Who the player is and how they play `mode`: their finished matches of it, best line, last lines and
+    averages (score and each figure), and where their history of the mode is. Also the fields the profile had
+    when the arena was the only game (`averages` of kills, deaths, score and rank, `best_match`,
+    `last_matches`), over the same matches."""
+    summary = await conn.fetchrow(_PROFILE_SUMMARY, player_id, mode)
+    if summary is None:
         return None
-    averages = await conn.fetchrow(
-        f"SELECT count(*) AS matches, avg(mp.kills)::float8 AS kills, avg(mp.deaths)::float8 AS deaths, "
-        f"avg(mp.score)::float8 AS score, avg(mp.rank)::float8 AS rank, "
-        f"count(*) FILTER (WHERE mp.rank = 1) AS wins {_FINISHED_OF_PLAYER}", player_id)
-    best = await conn.fetchrow(f"SELECT {_LINE} {_FINISHED_OF_PLAYER} "
-                               f"ORDER BY mp.score DESC, mp.rank NULLS LAST, m.ended_at DESC LIMIT 1", player_id)
-    recent = await conn.fetch(f"SELECT {_LINE} {_FINISHED_OF_PLAYER} ORDER BY m.ended_at DESC, m.id LIMIT $2",
-                              player_id, RECENT)
-    assert averages is not None
-
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 2)
-
-    return {"player": str(player["id"]), "name": player["name"], "since": _iso(player["created_at"]),
-            "last_seen": _iso(player["last_seen"]), "matches": averages["matches"], "wins": averages["wins"],
-            "averages": {"kills": rounded(averages["kills"]), "deaths": rounded(averages["deaths"]),
-                         "score": rounded(averages["score"]), "rank": rounded(averages["rank"])},
+    lines = await conn.fetch(_PROFILE_LINES, player_id, mode, RECENT) if summary["matches"] else []
+    best = next((row for row in lines if row["kind"] == "best"), None)
+    recent = [row for row in lines if row["kind"] == "last"]
+    figures = {key: _rounded(value) for key, value in orjson.loads(summary["figures"] or "{}").items()}
+    return {"player": str(summary["id"]), "name": summary["name"], "since": _iso(summary["created_at"]),
+            "last_seen": _iso(summary["last_seen"]), "mode": mode, "matches": summary["matches"],
+            "wins": summary["wins"],
+            "best": None if best is None else _mode_line(best),
+            "last": [_mode_line(row) for row in recent],
+            "average": {"score": _rounded(summary["score"]), "figures": figures},
+            "history": f"/players/{summary['id']}/history?mode={mode}&page=1",
+            "averages": {"kills": figures.get("kills"), "deaths": figures.get("deaths"),
+                         "score": _rounded(summary["score"]), "rank": _rounded(summary["rank"])},
             "best_match": None if best is None else _history_line(best),
-            "last_matches": [_history_line(r) for r in recent]}
+            "last_matches": [_history_line(row) for row in recent]}
 
 
 async def player_names(conn: asyncpg.Connection, player_ids: list[str]) -> dict[str, str]:

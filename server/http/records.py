@@ -1,5 +1,6 @@
 """The player-facing HTTP endpoints, read from Postgres (and the leaderboard from Redis):
-`GET /players/ID/profile`, `GET /players/ID/history?page=N`, `GET /matches/ID`, `GET /leaderboard?limit=N`.
+`GET /players/ID/profile?mode=M`, `GET /players/ID/history?page=N&mode=M`, `GET /matches/ID`,
+`GET /leaderboard?limit=N&mode=M`.
 Bad ids and paging get 400, unknown ones 404, an unreachable database 503, each with a JSON error; never 500."""
 
 from __future__ import annotations
@@ -114,26 +115,36 @@ class RecordEndpoints:
         player_id = _uuid(raw_id)
         if player_id is None:
             return _error(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_PLAYER_ID, "a player id is a UUID")
+        mode = query.get("mode", [None])[0]
+        if mode is not None and (refused := self._unknown_mode(mode)) is not None:
+            return refused
         if what == "profile":
-            body = await self.with_conn(lambda conn: queries.player_profile(conn, player_id))
+            # Without a mode, the arena's: the profile as it was when the arena was the only game.
+            body = await self.with_conn(lambda conn: queries.player_profile(conn, player_id, mode or "arena"))
         else:
             page = _int_param(query, "page", 1, 1, MAX_PAGE)
             if page is None:
                 return _error(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_PAGE,
                               f"page is a whole number from 1 to {MAX_PAGE}")
-            body = await self.with_conn(lambda conn: queries.player_history(conn, player_id, page))
+            body = await self.with_conn(lambda conn: queries.player_history(conn, player_id, page, mode))
         if body is None:
             return _error(HTTPStatus.NOT_FOUND, ErrorCode.PLAYER_NOT_FOUND, f"no player {player_id}")
         return HTTPStatus.OK, orjson.dumps(body)
+
+    def _unknown_mode(self, mode: str) -> Answer | None:
+        """The refusal of a mode this node has no game for, if it is one."""
+        if mode in self.modes:
+            return None
+        return _error(HTTPStatus.BAD_REQUEST, ErrorCode.UNKNOWN_MODE,
+                      f"unknown mode {mode[:40]!r}; this node has {self.modes}")
 
     async def _leaderboard(self, query: dict[str, list[str]]) -> Answer:
         limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if limit is None:
             return _error(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_LIMIT, f"limit is a whole number from 1 to {MAX_LIMIT}")
         mode = query.get("mode", ["arena"])[0]
-        if mode not in self.modes:
-            return _error(HTTPStatus.BAD_REQUEST, ErrorCode.UNKNOWN_MODE,
-                          f"unknown mode {mode[:40]!r}; this node has {self.modes}")
+        if (refused := self._unknown_mode(mode)) is not None:
+            return refused
         with contextlib.suppress(TimeoutError):  # right after start, the rebuild may still be under way
             async with asyncio.timeout(LEADERBOARD_WAIT_S):
                 await self.leaderboards_checked.wait()
