@@ -40,6 +40,7 @@ class RoomRunner:
         self.interval = room.hosted.interval_s or 0.0
         # A fine-grained clock: uvloop's loop.time() moves in whole milliseconds.
         self.clock = clock
+        self._counted_start = room.started_ms is not None  # a restored match started elsewhere
 
     async def run(self) -> None:
         if self.room.event_driven:
@@ -51,29 +52,16 @@ class RoomRunner:
         """Step the room when poked (a message, a join or leave, a result saved) or when its next timer is
         due, never more than once per loop iteration however many pokes arrived meanwhile."""
         room = self.room
-        stats = room.stats
         clock = self.clock
-        metrics = self.metrics
         wake = asyncio.Event()
         room.poke = wake.set
-        counted_start = room.started_ms is not None
         try:
             while True:
                 wake.clear()
-                started = clock()
-                try:
-                    room.tick(started)
-                except Exception:
-                    self.log.exception("room %s crashed in step %d; closing it", room.room_id, room.tick_no)
-                    await self._close_all(CloseCode.INTERNAL, "room crashed",
-                                          room.crash_frames("the room's game failed; the room is closed"))
+                finished = self._step(clock())
+                if finished is None:
+                    await self._close_crashed()
                     return
-                finished = clock()
-                stats.duration.add(finished - started)
-                metrics.tick_duration.observe(finished - started)
-                if not counted_start and room.started_ms is not None:
-                    counted_start = True
-                    metrics.matches_started += 1
                 if await self._over(finished):
                     return
                 due = room.next_wake()
@@ -88,6 +76,27 @@ class RoomRunner:
         finally:
             room.poke = _nothing
             room.close()
+
+    def _step(self, started: float) -> float | None:
+        """Tick (or step) the room once and measure it: when it ended, or None if the game raised (the room
+        closes then; the other rooms go on)."""
+        room = self.room
+        try:
+            room.tick(started)
+        except Exception:
+            self.log.exception("room %s crashed in step %d; closing it", room.room_id, room.tick_no)
+            return None
+        finished = self.clock()
+        room.stats.duration.add(finished - started)
+        self.metrics.tick_duration.observe(finished - started)
+        if not self._counted_start and room.started_ms is not None:
+            self._counted_start = True
+            self.metrics.matches_started += 1
+        return finished
+
+    async def _close_crashed(self) -> None:
+        await self._close_all(CloseCode.INTERNAL, "room crashed",
+                              self.room.crash_frames("the room's game failed; the room is closed"))
 
     async def _over(self, finished: float) -> bool:
         """After a step: close the room if its match is over and has lingered, or it was evicted, cancelled
@@ -122,28 +131,18 @@ class RoomRunner:
         clock = self.clock
         interval = self.interval
         deadline = clock()
-        metrics = self.metrics
-        lateness_histogram, duration_histogram = metrics.tick_lateness, metrics.tick_duration
-        counted_start = room.started_ms is not None  # a restored match started elsewhere
+        lateness_histogram = self.metrics.tick_lateness
+        step = self._step
         try:
             while True:
                 started = clock()
                 stats.lateness.add(started - deadline)
                 # uvloop may wake a little early: a negative lateness would make the histogram's sum fall.
                 lateness_histogram.observe(started - deadline if started > deadline else 0.0)
-                try:
-                    room.tick(started)
-                except Exception:
-                    self.log.exception("room %s crashed in tick %d; closing it", room.room_id, room.tick_no)
-                    await self._close_all(CloseCode.INTERNAL, "room crashed",
-                                          room.crash_frames("the room's game failed; the room is closed"))
+                finished = step(started)
+                if finished is None:
+                    await self._close_crashed()
                     return
-                finished = clock()
-                stats.duration.add(finished - started)
-                duration_histogram.observe(finished - started)
-                if not counted_start and room.started_ms is not None:
-                    counted_start = True
-                    metrics.matches_started += 1
                 if (room.phase is RoomPhase.FINISHED or room.evicted or room.cancelled
                         or room.abandoned(finished)) and await self._over(finished):
                     return
