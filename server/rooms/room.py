@@ -647,6 +647,8 @@ class Room:
         restores the room when Redis has lost its snapshot."""
         if self.phase is not RoomPhase.RUNNING:
             return None
+        if self.event_driven:
+            self._advance_clock()  # the room clock as of now, not of the last message: deadlines keep their time
         game = self.game.snapshot()
         if record_positions:
             self._record_positions(game, wall_ms)
