@@ -52,6 +52,7 @@ class StoredMatch:
     seats: tuple[StoredSeat, ...]  # in pid (join) order
     room_ms: int = 0  # the room clock at the time of these positions
     events: int = 0  # how many events the match had recorded by then
+    epoch: int = 0  # how many times the match had been restored by then
 
 
 async def beat(conn: asyncpg.Connection, node: str) -> None:
@@ -91,12 +92,12 @@ async def stored_matches(conn: asyncpg.Connection, *, match_ids: Sequence[uuid.U
     if room_ids:
         rows = await conn.fetch(
             "SELECT m.id, m.room_id, m.mode, m.created_at, m.started_at, g.roster, g.tick, g.match_clock_ms, g.game, "
-            "g.saved_at, g.room_ms, g.events FROM matches m JOIN match_progress g ON g.match_id = m.id "
+            "g.saved_at, g.room_ms, g.events, g.epoch FROM matches m JOIN match_progress g ON g.match_id = m.id "
             "WHERE m.state = 'running' AND m.mode = $1 AND m.room_id = ANY($2::text[])", mode, list(room_ids))
     else:
         rows = await conn.fetch(
             "SELECT m.id, m.room_id, m.mode, m.created_at, m.started_at, g.roster, g.tick, g.match_clock_ms, g.game, "
-            "g.saved_at, g.room_ms, g.events FROM matches m JOIN match_progress g ON g.match_id = m.id "
+            "g.saved_at, g.room_ms, g.events, g.epoch FROM matches m JOIN match_progress g ON g.match_id = m.id "
             "WHERE m.state = 'running' AND m.id = ANY($1::uuid[])", list(match_ids))
     if not rows:
         return {}
@@ -114,5 +115,6 @@ async def stored_matches(conn: asyncpg.Connection, *, match_ids: Sequence[uuid.U
             row["pid"], str(row["player_id"]), row["name"], row["joined_at"], _json(row["state"])))
     return {row["id"]: StoredMatch(row["id"], row["room_id"], row["mode"], row["created_at"], row["started_at"],
                                    _json(row["roster"]), row["tick"], row["match_clock_ms"], _json(row["game"]),
-                                   row["saved_at"], tuple(seats[row["id"]]), row["room_ms"], row["events"])
+                                   row["saved_at"], tuple(seats[row["id"]]), row["room_ms"], row["events"],
+                                   row["epoch"])
             for row in rows if complete.get(row["id"])}

@@ -189,14 +189,16 @@ async def _positions(conn: asyncpg.Connection, write: Write) -> None:
          for p in players for state in (p.get("state") or p,)])
     if "game" in write:
         await conn.execute(
-            "INSERT INTO match_progress (match_id, roster, tick, match_clock_ms, game, saved_at, room_ms, events) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (match_id) DO UPDATE SET roster = EXCLUDED.roster, "
-            "tick = EXCLUDED.tick, match_clock_ms = EXCLUDED.match_clock_ms, game = EXCLUDED.game, "
-            "saved_at = EXCLUDED.saved_at, room_ms = EXCLUDED.room_ms, events = EXCLUDED.events "
+            "INSERT INTO match_progress (match_id, roster, tick, match_clock_ms, game, saved_at, room_ms, events, "
+            "epoch) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (match_id) DO UPDATE SET "
+            "roster = EXCLUDED.roster, tick = EXCLUDED.tick, match_clock_ms = EXCLUDED.match_clock_ms, "
+            "game = EXCLUDED.game, saved_at = EXCLUDED.saved_at, room_ms = EXCLUDED.room_ms, "
+            "events = EXCLUDED.events, epoch = EXCLUDED.epoch "
             "WHERE match_progress.match_clock_ms <= EXCLUDED.match_clock_ms",
             match_id, None if write.get("roster") is None else orjson.dumps(write["roster"]).decode(),
             write.get("tick", 0), write["clock_ms"], orjson.dumps(write["game"]).decode(), taken,
-            write.get("room_ms", 0), write.get("events", 0))
+            write.get("room_ms", 0), write.get("events", 0), write.get("epoch", 0))
 
 
 async def _match_moved(conn: asyncpg.Connection, write: Write) -> None:
@@ -210,20 +212,25 @@ async def _match_moved(conn: asyncpg.Connection, write: Write) -> None:
 
 
 async def _match_event(conn: asyncpg.Connection, write: Write) -> None:
-    """An event the game asked to keep (`Event.record`), under its number in the match."""
+    """An event the game asked to keep (`Event.record`), under its number in the match; a write of an epoch older
+    than the match's last rewind (a timeline that did not go on) changes nothing."""
     await _ensure_match(conn, write)
     await conn.execute(
-        "INSERT INTO match_events (match_id, seq, body) VALUES ($1, $2, $3) "
-        "ON CONFLICT (match_id, seq) DO UPDATE SET body = EXCLUDED.body, recorded_at = now()",
-        uuid.UUID(write["match"]), write["seq"], orjson.dumps(write["body"]).decode())
+        "INSERT INTO match_events (match_id, seq, epoch, body) "
+        "SELECT $1, $2, $3, $4 FROM matches WHERE id = $1 AND event_epoch <= $3 "
+        "ON CONFLICT (match_id, seq) DO UPDATE SET body = EXCLUDED.body, epoch = EXCLUDED.epoch, recorded_at = now() "
+        "WHERE match_events.epoch <= EXCLUDED.epoch",
+        uuid.UUID(write["match"]), write["seq"], write.get("epoch", 0), orjson.dumps(write["body"]).decode())
 
 
 async def _events_rewound(conn: asyncpg.Connection, write: Write) -> None:
-    """A match restored from a point at which it had recorded `after` events: later ones are of a timeline
-    that did not go on."""
+    """A match restored (its epoch `epoch`) from a point at which it had recorded `after` events: the later
+    events of older epochs are of a timeline that did not go on, and older epochs write nothing from now on."""
     await _ensure_match(conn, write)
-    await conn.execute("DELETE FROM match_events WHERE match_id = $1 AND seq > $2", uuid.UUID(write["match"]),
-                       write["after"])
+    match_id, epoch = uuid.UUID(write["match"]), write.get("epoch", 0)
+    await conn.execute("UPDATE matches SET event_epoch = $2 WHERE id = $1 AND event_epoch < $2", match_id, epoch)
+    await conn.execute("DELETE FROM match_events WHERE match_id = $1 AND seq > $2 AND epoch < $3", match_id,
+                       write["after"], epoch)
 
 
 APPLY: dict[str, Callable[[asyncpg.Connection, Write], Awaitable[None]]] = {

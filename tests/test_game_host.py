@@ -5,16 +5,30 @@ welcome, and messages that cross the end of a match are dropped without an error
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import AsyncIterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
 
 from server.app import App
-from tests.serverkit import is_type, join_game, new_token, recv_json, recv_until, start_app
+from server.net.auth import Identity
+from server.net.connection import GameConnection
+from server.rooms.catalog import hosted, installed_games
+from server.rooms.lifecycle import RoomPhase
+from server.rooms.room import Room
+from tests.serverkit import is_type, join_game, new_token, node_settings, recv_json, recv_until, start_app
 
 Message = dict[str, Any]
+
+
+def gone_connection() -> GameConnection:
+    """A game connection that has closed: the room seats its player and sends it nothing."""
+    return cast(GameConnection, SimpleNamespace(protocol=SimpleNamespace(state=State.CLOSED)))
 
 
 @pytest.fixture
@@ -110,3 +124,24 @@ async def test_messages_that_cross_the_end_of_a_match_are_dropped_without_an_err
     assert [m for m in await quiet_for(games[0], 0.5) if m["type"] == "error"] == []
     for ws in games:
         await ws.close()
+
+
+def test_a_finished_room_on_events_waits_for_its_linger_not_for_a_grace_that_has_passed() -> None:
+    """Its players' reconnect grace ran out while the match was on: once finished, the room's next wake is the
+    end of its linger, not that past grace (a wake time in the past would step it again and again)."""
+    settings = node_settings(reconnect_grace_s=0.5, end_linger_s=2.0)
+    now = [0.0]
+    dice = hosted(installed_games()["dice"], settings)
+    room = Room("spin", dice, dice.make(random.Random(1), 0), settings, 0.0, logging.getLogger("t"),
+                roster=frozenset({"a", "b"}), clock=lambda: now[0])
+    seats = [room.join(Identity(player, player), gone_connection(), 0.0) for player in ("a", "b")]
+    assert room.phase is RoomPhase.RUNNING
+    now[0] = 1.0
+    for seat in seats:
+        room.disconnect(seat, now[0])
+    now[0] = 2.0  # both graces are over: the lobby gives a seat up, and the one left wins
+    room.dismiss("a")
+    room.tick(now[0])
+    assert room.phase is RoomPhase.FINISHED
+    now[0] = 2.5
+    assert room.next_wake() == pytest.approx(2.0 + 2.0)

@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 import time
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -242,6 +243,13 @@ class FailingJoinGame(ArenaGame):
         super().add_player(pid)
 
 
+class FailingWelcomeGame(ArenaGame):
+    def welcome(self, pid: int) -> dict[str, Any]:
+        if pid == 2:
+            raise RuntimeError("boom in welcome")
+        return super().welcome(pid)
+
+
 class FailingLeaveGame(ArenaGame):
     def remove_player(self, pid: int) -> None:
         raise RuntimeError("boom in remove_player")
@@ -249,7 +257,8 @@ class FailingLeaveGame(ArenaGame):
 
 async def test_a_game_failing_outside_the_tick_closes_its_room_and_leaks_nothing() -> None:
     app = await start_app({"badjoin": variant("badjoin", lambda ctx: FailingJoinGame(ctx.rng)),
-                           "badleave": variant("badleave", lambda ctx: FailingLeaveGame(ctx.rng))})
+                           "badleave": variant("badleave", lambda ctx: FailingLeaveGame(ctx.rng)),
+                           "badwelcome": variant("badwelcome", lambda ctx: FailingWelcomeGame(ctx.rng))})
     assert app.node is not None
     node = app.node
     try:
@@ -271,6 +280,18 @@ async def test_a_game_failing_outside_the_tick_closes_its_room_and_leaks_nothing
         again, welcome = await join_game(app, "after", token=token)
         assert welcome["type"] == "welcome"
         await again.close()
+
+        # A game whose welcome fails: the player it failed for is not left seated in a room that closes.
+        greeted, _ = await join_game(app, "bad-welcome", mode="badwelcome")
+        unlucky_token = new_token("unlucky")
+        unlucky, answer = await join_game(app, "bad-welcome", mode="badwelcome", token=unlucky_token)
+        assert (answer["type"], answer["code"]) == ("error", "room_crashed")
+        assert await closed_with(unlucky) == 1011
+        assert (await recv_until(greeted, is_type("error")))["code"] == "room_crashed"
+        await wait_for(lambda: not node.rooms and node.connections == 0)
+        back, welcome = await join_game(app, "after-welcome", token=unlucky_token)
+        assert welcome["type"] == "welcome"
+        await back.close()
     finally:
         await app.__aexit__(None, None, None)
 

@@ -195,3 +195,33 @@ async def test_a_write_that_fails_in_our_own_code_is_set_aside_and_the_queue_goe
     match, _ = await results_of(migrated, match_id)
     assert match is not None and match["state"] == "finished"
     assert [orjson.loads(raw)["write"]["match"] for raw in await redis.lrange(queue.dead_key, 0, -1)] == ["not-a-uuid"]
+
+
+async def test_a_restored_matchs_event_log_keeps_each_event_of_the_timeline_that_went_on_once(
+        queue: WriteBehind, migrated: str) -> None:
+    match_id = str(uuid.uuid4())
+    base = {"match": match_id, "room": "dice-1", "mode": "dice", "node": "n1", "created_ms": T0_MS}
+
+    def event(seq: int, epoch: int, value: int) -> Write:
+        return {**base, "op": "match_event", "seq": seq, "epoch": epoch, "body": {"kind": "roll", "value": value}}
+
+    for seq in (1, 2, 3):  # the first host recorded three rolls, then crashed; its snapshot had counted one
+        await queue.submit(event(seq, 0, 10 + seq))
+    await queue.submit({**base, "op": "events_rewound", "after": 1, "epoch": 1, "node": "n2"})
+    await queue.submit(event(2, 1, 22))  # the restored match rolls again from number 2
+    # Late writes of the crashed host's timeline (a replay, a stalled node's queue) change nothing now.
+    await queue.submit(event(3, 0, 99))
+    await queue.submit(event(4, 0, 99))
+    await queue.submit(event(2, 0, 99))
+    await queue.submit(event(3, 1, 23))
+    await queue.submit({**base, "op": "events_rewound", "after": 1, "epoch": 1, "node": "n2"})  # replayed: no harm
+    last = queue.submit(event(4, 1, 24))
+    await asyncio.wait_for(last, 10)
+    conn = await asyncpg.connect(migrated)
+    try:
+        rows = await conn.fetch("SELECT seq, epoch, body FROM match_events WHERE match_id = $1 ORDER BY seq",
+                                uuid.UUID(match_id))
+    finally:
+        await conn.close()
+    assert [(row["seq"], row["epoch"], orjson.loads(row["body"])["value"]) for row in rows] == [
+        (1, 0, 11), (2, 1, 22), (3, 1, 23), (4, 1, 24)]

@@ -186,7 +186,7 @@ class Node:
                 try:
                     self.restore_room(document, told.get(str(document.get("match"))))
                     continue
-                except (ValueError, KeyError, TypeError):
+                except Exception:  # a snapshot it cannot read, or a game that fails to restore: the room ends
                     log.exception("room %s: its snapshot could not be restored", room_id)
             log.warning("room %s (%s): nothing to restore it from (no snapshot in Redis nor progress in "
                         "Postgres); its players go back to the lobby", room_id, mode)

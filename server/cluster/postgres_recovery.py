@@ -44,7 +44,7 @@ def room_document(stored: StoredMatch) -> dict[str, Any]:
     """A room snapshot (`Room.snapshot`'s layout) of what Postgres kept of a running match."""
     return {"v": SNAPSHOT_VERSION, "room": stored.room_id, "mode": stored.mode, "match": str(stored.id),
             "created_ms": _ms(stored.created_at), "started_ms": _ms(stored.started_at), "tick": stored.tick,
-            "room_ms": stored.room_ms, "events": stored.events,
+            "room_ms": stored.room_ms, "events": stored.events, "epoch": stored.epoch,
             "taken_ms": _ms(stored.saved_at), "roster": stored.roster,
             "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name, "joined_ms": _ms(seat.joined_at) or 0}
                       for seat in stored.seats],

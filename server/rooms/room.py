@@ -92,6 +92,7 @@ class Room:
         self._clock_origin = now  # event-driven: the monotonic time at which the room clock read 0
         self._interval_ms = hosted.tick_ms or 0.0
         self._recorded_events = 0  # events the game asked to record (`Event.record`), numbered from 1
+        self._epoch = 0  # how many times this match was restored: its recorded events carry it
         self._last_state: bytes = b""  # event-driven: the latest state frame, for whoever joins next
         self._need_state: list[Seat] = []  # event-driven: joined since the last step, not sent a state yet
         self.poke: Callable[[], None] = _nothing  # the runner's: step this (event-driven) room soon
@@ -131,7 +132,9 @@ class Room:
         self._pids: dict[str, int] = {}
         self.failed: str | None = None
         self._frames: list[bytes] = []  # events for everyone since the last flush
-        self._private: dict[int, list[bytes]] = {}  # events for one player, by pid
+        # Once a step has an event for one player only: every event of the step in order, with its player (None:
+        # everyone), so that each player gets theirs in the order the game made them.
+        self._ordered: list[tuple[int | None, bytes]] | None = None
         if match_id is None:
             self._record("match_opened")
 
@@ -166,6 +169,7 @@ class Room:
         room.room_ms = int(document.get("room_ms", 0))
         room._clock_origin = now - room.room_ms / 1000
         room._recorded_events = int(document.get("events", 0))
+        room._epoch = int(document.get("epoch", 0)) + 1
         # What the leaderboard was told of this match (by the previous host, possibly after this snapshot):
         # from here on it is told the difference, so its total ends at the match's final scores.
         if told is None:
@@ -183,7 +187,7 @@ class Room:
         room.restored_from = int(document.get("taken_ms", 0))
         room._record("match_moved")  # Postgres names this node as the match's host from now on
         # Events a crashed host recorded past this snapshot are of a timeline that did not go on.
-        room._record("events_rewound", after=room._recorded_events)
+        room._record("events_rewound", after=room._recorded_events, epoch=room._epoch)
         return room
 
     # -- seats -------------------------------------------------------------------------------------
@@ -223,6 +227,8 @@ class Room:
                         joined_ms=self._wall_ms())
             seat.roster = {"p": pid, "id": seat.player_id, "name": seat.name, "color": seat.color}
             self._seats[identity.player_id] = seat
+        if self.event_driven:
+            self._advance_clock()
         try:
             self.game.join(seat.pid, seat.name, self.room_ms)
         except Exception:
@@ -237,7 +243,15 @@ class Room:
         self._connected.append(seat)
         self._post({"type": "event", "kind": "join", **seat.roster})
         self._advance_phase(now)
-        send_frames(conn, text_frame(self._welcome(seat, now)))
+        try:
+            welcome = text_frame(self._welcome(seat, now))
+        except Exception:  # the game's welcome failed: the player is not seated, the room closes
+            seat.conn = None
+            self._connected.remove(seat)
+            self._fail("welcome")
+            raise ProtocolError(ErrorCode.ROOM_CRASHED, "the room's game failed; the room is closed",
+                                CloseCode.INTERNAL) from None
+        send_frames(conn, welcome)
         if self.event_driven:
             # A game on events sends its state only when it changes: the newcomer gets it at the step this join
             # causes, the new state if the join changed it, else the latest one.
@@ -254,8 +268,9 @@ class Room:
         self._connected.remove(seat)
         if not self._connected:
             self._empty_since = now
-        self._private.pop(seat.pid, None)
         self.poke()
+        if self.event_driven:
+            self._advance_clock()
         if self.phase is RoomPhase.CLOSED:
             return
         if self.phase in (RoomPhase.WAITING, RoomPhase.COUNTDOWN):
@@ -277,6 +292,7 @@ class Room:
         self.log.exception("room %s: the game failed in %s", self.room_id, where)
         if self.failed is None:
             self.failed = where
+        self.poke()  # a room on events closes now, not at its next message
 
     def _welcome(self, seat: Seat, now: float) -> bytes:
         return encode({
@@ -301,6 +317,8 @@ class Room:
             self.roster.discard(player_id)
         seat = self._seats.get(player_id)
         if seat is not None and seat.conn is None and self.phase is RoomPhase.RUNNING and self.failed is None:
+            if self.event_driven:
+                self._advance_clock()
             try:
                 self.game.release(seat.pid, self.room_ms)
             except Exception:
@@ -345,7 +363,10 @@ class Room:
         self.poke()
 
     def _post(self, event: dict[str, object]) -> None:
-        self._frames.append(text_frame(encode(event)))
+        frame = text_frame(encode(event))
+        self._frames.append(frame)
+        if self._ordered is not None:
+            self._ordered.append((None, frame))
 
     # -- phase -------------------------------------------------------------------------------------
 
@@ -536,7 +557,8 @@ class Room:
         if phase is RoomPhase.FINISHED and self.finished_at is not None:
             linger = self.finished_at + self.settings.end_linger_s
             wakes.append(linger if self.result_saved else max(linger, self._clock() + RESULT_POLL_S))
-        if not self._connected and self._empty_since is not None and self.roster is not None:
+        if (phase is RoomPhase.RUNNING and not self._connected and self._empty_since is not None
+                and self.roster is not None):
             wakes.append(self._empty_since + self.settings.reconnect_grace_s)
         return min(wakes) if wakes else None
 
@@ -584,16 +606,19 @@ class Room:
         """Frames for this step's events (each encoded once), the leaderboard told of points scored, and the
         events to keep in Postgres written."""
         frames = self._frames
-        private = self._private
         for event in events:
             frame = text_frame(encode({"type": "event", **event.body}))
             if event.to is None:
                 frames.append(frame)
+                if self._ordered is not None:
+                    self._ordered.append((None, frame))
             else:
-                private.setdefault(event.to, []).append(frame)
+                if self._ordered is None:
+                    self._ordered = [(None, common) for common in frames]
+                self._ordered.append((event.to, frame))
             if event.record:
                 self._recorded_events += 1
-                self._record("match_event", seq=self._recorded_events, body=event.body)
+                self._record("match_event", seq=self._recorded_events, epoch=self._epoch, body=event.body)
         self._score()
 
     def _flush(self, now: float, state: bytes = b"") -> None:
@@ -604,10 +629,10 @@ class Room:
         `slow_client_timeout_s` of that it is dropped.
         """
         events = self._frames
-        private = self._private
-        if private:
-            self._private = {}
-        if not events and not state and not private:
+        ordered = self._ordered
+        if ordered is not None:
+            self._ordered = None
+        if not events and not state and not ordered:
             return
         event_data = events[0] if len(events) == 1 else b"".join(events)
         data = event_data + state if event_data else state
@@ -620,10 +645,11 @@ class Room:
             if conn is None or conn.protocol.state is not _OPEN:
                 continue
             transport = conn.transport
-            if private and seat.pid in private:  # what only this player sees goes before the common part
-                own = b"".join(private[seat.pid])
-                transport.write(own)
-                stats.sent_bytes += len(own)
+            own_events, own_data = event_data, data
+            if ordered is not None:  # this step has events for single players: each gets the ones that are theirs
+                pid = seat.pid
+                own_events = b"".join(frame for to, frame in ordered if to is None or to == pid)
+                own_data = own_events + state
             if transport.get_write_buffer_size() > limit:
                 self.stats.skipped_sends += 1
                 if seat.slow_since is None:
@@ -632,13 +658,13 @@ class Room:
                     self.log.warning("room %s: dropping player %s, too slow to read", self.room_id, seat.player_id)
                     transport.abort()
                     continue
-                if event_data:
-                    transport.write(event_data)
+                if own_events:
+                    transport.write(own_events)
                 continue
             seat.slow_since = None
-            transport.write(data)
+            transport.write(own_data)
             stats.sent_messages += messages
-            stats.sent_bytes += len(data)
+            stats.sent_bytes += len(own_data)
 
     def snapshot(self, wall_ms: int, *, record_positions: bool = False) -> bytes | None:
         """The running match as JSON for `room:ID:snapshot`: the seats in join order and the game's own
@@ -649,12 +675,17 @@ class Room:
             return None
         if self.event_driven:
             self._advance_clock()  # the room clock as of now, not of the last message: deadlines keep their time
+        # Events a message made since the last step are numbered (and recorded) now, so that the snapshot's count
+        # includes every event its game state already holds; their frames go out at the next step.
+        pending = self.game.drain_events()
+        if pending:
+            self._take_events(pending)
         game = self.game.snapshot()
         if record_positions:
             self._record_positions(game, wall_ms)
         return encode({"v": SNAPSHOT_VERSION, "room": self.room_id, "mode": self.mode, "match": self.match_id,
                        "created_ms": self.created_ms, "started_ms": self.started_ms, "tick": self.tick_no,
-                       "room_ms": self.room_ms, "events": self._recorded_events,
+                       "room_ms": self.room_ms, "events": self._recorded_events, "epoch": self._epoch,
                        "taken_ms": wall_ms, "roster": sorted(self.roster) if self.roster is not None else None,
                        "seats": [{"pid": seat.pid, "id": seat.player_id, "name": seat.name,
                                   "joined_ms": seat.joined_ms, "connected": seat.conn is not None}
@@ -668,10 +699,11 @@ class Room:
         seats = {seat.pid: seat for seat in self._seats.values()}
         players = [{"id": seat.player_id, "name": seat.name, "pid": seat.pid, "joined_ms": seat.joined_ms,
                     "state": entry}
-                   for entry in game.get("players", []) if (seat := seats.get(entry["pid"])) is not None]
+                   for entry in game.get("players", [])
+                   if isinstance(entry, dict) and (seat := seats.get(int(entry.get("pid") or 0))) is not None]
         self._record("positions", clock_ms=self.game.clock_ms, taken_ms=wall_ms, players=players, tick=self.tick_no,
                      roster=sorted(self.roster) if self.roster is not None else None, room_ms=self.room_ms,
-                     events=self._recorded_events,
+                     events=self._recorded_events, epoch=self._epoch,
                      game={key: value for key, value in game.items() if key != "players"})
 
     def crash_frames(self, message: str) -> bytes:

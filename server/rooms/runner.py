@@ -23,6 +23,7 @@ MAX_BEHIND_TICKS = 10
 
 
 RESULT_WAIT_S = 10.0
+SPIN_GUARD_S = 0.005  # an event-driven room whose wake time stays in the past is stepped this often, no more
 
 
 def _nothing() -> None:
@@ -41,6 +42,7 @@ class RoomRunner:
         # A fine-grained clock: uvloop's loop.time() moves in whole milliseconds.
         self.clock = clock
         self._counted_start = room.started_ms is not None  # a restored match started elsewhere
+        self._spin_told = False
 
     async def run(self) -> None:
         if self.room.event_driven:
@@ -58,18 +60,33 @@ class RoomRunner:
         try:
             while True:
                 wake.clear()
-                finished = self._step(clock())
+                started = clock()
+                finished = self._step(started)
                 if finished is None:
                     await self._close_crashed()
                     return
-                if await self._over(finished):
+                try:
+                    if await self._over(finished):
+                        return
+                    due = room.next_wake()
+                except Exception:  # the game's timer (or the end of its match) failed: this room closes
+                    self.log.exception("room %s failed after step %d; closing it", room.room_id, room.tick_no)
+                    await self._close_crashed()
                     return
-                due = room.next_wake()
                 if wake.is_set():
                     await asyncio.sleep(0)  # other rooms first; pokes that arrived meanwhile share one step
                     continue
+                delay = None if due is None else due - clock()
+                if due is not None and not due > started:
+                    # A wake time the step just taken did not move on (a game whose timer stays in the past):
+                    # waking at once would spin; wait a little, and say so once.
+                    delay = SPIN_GUARD_S
+                    if not self._spin_told:
+                        self._spin_told = True
+                        self.log.warning("room %s asks to be stepped at a time already past; stepping it every "
+                                         "%.0f ms until it moves on", room.room_id, SPIN_GUARD_S * 1000)
                 try:
-                    async with asyncio.timeout(None if due is None else max(0.0, due - clock())):
+                    async with asyncio.timeout(None if delay is None else max(0.0, delay)):
                         await wake.wait()
                 except TimeoutError:
                     pass
