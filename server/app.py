@@ -56,7 +56,7 @@ from server.net.protocol import (
 from server.ops.logs import PLAYER
 from server.ops.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
 from server.ops.settings import Settings
-from server.rooms.catalog import HostedGame
+from server.rooms.catalog import DEFAULT_MODE, HostedGame
 from server.rooms.session import PlayerSession
 from server.rooms.snapshotter import Snapshotter
 
@@ -97,7 +97,8 @@ def seating_rules(hosted: HostedGame, settings: Settings) -> SeatingRules:
     # A full-start game waits for its last seat: its rooms start at the maximum, never at a countdown.
     min_players = seats.max if forming is Forming.FULL else seats.min
     return SeatingRules(min_players=min_players, max_players=seats.capacity, countdown_ms=countdown_ms,
-                        backfill=settings.backfill or seats.backfill, join_running=seats.backfill,
+                        backfill=(settings.backfill and hosted.mode == DEFAULT_MODE) or seats.backfill,
+                        join_running=seats.backfill,
                         player_ttl_s=settings.player_ttl_s,
                         room_ttl_s=settings.room_ttl_s)
 

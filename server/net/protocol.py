@@ -100,8 +100,11 @@ FLOAT_MAX = 1.7976931348623157e308  # a finite number: the bounds refuse what JS
 Finite = Annotated[float, Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
 
 
+Version = Annotated[int, Meta(ge=0, le=1_000_000)]
+
+
 class Hello(Message, frozen=True, tag="hello"):
-    v: int
+    v: Version
 
 
 class Chat(Message, frozen=True, tag="chat"):
@@ -123,7 +126,7 @@ TICKET_MAX_CHARS = 2048
 class Join(Message, frozen=True, tag="join"):
     """Lobby: queue up for a match of `mode`."""
 
-    v: int
+    v: Version
     mode: str = "arena"
     ticket: str | None = None  # the seat ticket of a match the player lost its connection to (recovery)
 

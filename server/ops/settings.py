@@ -87,7 +87,8 @@ class Settings:
                                "the ws:// URL players reach this node at (default: ws://HOST:PORT)")
     lobby_prefix: str = _setting("tickroom", "TICKROOM_LOBBY_PREFIX", "prefix of every lobby key in Redis")
     backfill: bool = _setting(False, "TICKROOM_BACKFILL",
-                              "a running match that loses a player takes the longest-waiting player in")
+                              "a running arena match that loses a player takes the longest-waiting player in "
+                              "(other games declare their own)")
     direct_join: bool = _setting(False, "TICKROOM_DIRECT_JOIN",
                                  "development only: allow /game?room=ID without a lobby seat ticket")
     ticket_ttl_s: float = _setting(60.0, "TICKROOM_TICKET_TTL_S", "seconds a seat ticket stays valid",
