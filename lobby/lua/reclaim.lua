@@ -61,6 +61,11 @@ for _, entry in ipairs(cjson.decode(members)) do
   end
 end
 redis.call('HSET', key, 'players', encode_list(order))
+-- A game that takes newcomers while it runs (a line, a relay room) offers its free places again, as when it
+-- started: Redis lost the list of rooms with a free place with everything else.
+if rules.join_running and #order < rules.max then
+  redis.call('ZADD', AVAILABLE, #order, room_id)
+end
 bump(room_id)
 touch_room(room_id)
 note_room(room_id)
