@@ -79,6 +79,15 @@ def refuse(status: HTTPStatus, code: ErrorCode, message: str) -> Response:
     return json_response(status, handshake_error_body(code, message))
 
 
+def origin_allowed(origin: str, host: str | None, allowed: frozenset[str]) -> bool:
+    """May a page of `origin` use this node: listed, any (`*`), or the node's own pages (same host and port)?"""
+    origin = origin.strip().rstrip("/").lower()
+    if "*" in allowed or origin in allowed:
+        return True
+    netloc = urlsplit(origin).netloc
+    return bool(host) and origin != "null" and netloc == (host or "").lower()
+
+
 def bearer_token(request: Request, query: dict[str, list[str]]) -> str | None:
     header = request.headers.get("Authorization")
     if header is not None:
@@ -360,7 +369,20 @@ class App:
     # -- handshake ---------------------------------------------------------------------------------
 
     async def _process_request(self, connection: GameConnection, request: Request) -> Response | None:
+        origin = request.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin, request.headers.get("Host"), self.settings.origins):
+            if urlsplit(request.path).path in ("/game", "/lobby"):
+                # A page of another site may not use a player's token here (cross-site WebSocket hijacking).
+                response: Response | None = refuse(HTTPStatus.FORBIDDEN, ErrorCode.ORIGIN_NOT_ALLOWED,
+                                                   f"pages of {origin[:100]} may not connect to this node")
+                self.metrics.traffic.errors[ErrorCode.ORIGIN_NOT_ALLOWED.value] += 1
+                return response
+            origin = None  # answered as to anyone, without CORS headers: the browser keeps it from the page
         response = await self._answer(connection, request)
+        if response is not None and origin is not None:
+            allow = "*" if "*" in self.settings.origins else origin
+            response.headers["Access-Control-Allow-Origin"] = allow
+            response.headers["Vary"] = "Origin"
         operator = request.path.startswith(("/readyz", "/admin", "/metrics"))  # probes are not client errors
         if response is not None and response.status_code >= 400 and not operator:
             try:  # every refusal is counted by its code (the body is small: {"error": CODE, "message": ...})

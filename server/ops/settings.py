@@ -89,6 +89,10 @@ class Settings:
     backfill: bool = _setting(False, "TICKROOM_BACKFILL",
                               "a running arena match that loses a player takes the longest-waiting player in "
                               "(other games declare their own)")
+    allowed_origins: str = _setting("", "TICKROOM_ALLOWED_ORIGINS",
+                                    "web origins (scheme://host:port, comma-separated) whose pages may open /lobby and "
+                                    "/game and read the JSON endpoints (CORS); * for any, development only; the "
+                                    "node's own pages and clients that send no Origin are always allowed")
     direct_join: bool = _setting(False, "TICKROOM_DIRECT_JOIN",
                                  "development only: allow /game?room=ID without a lobby seat ticket")
     ticket_ttl_s: float = _setting(60.0, "TICKROOM_TICKET_TTL_S", "seconds a seat ticket stays valid",
@@ -119,6 +123,12 @@ class Settings:
                                        low=0.05, high=60)
     node_dead_after_s: float = _setting(5.0, "TICKROOM_NODE_DEAD_AFTER_S",
                                         "a node silent this long is dead", low=0.2, high=600)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The allowed web origins, as browsers send them (no trailing slash)."""
+        return frozenset(origin.strip().rstrip("/").lower() for origin in self.allowed_origins.split(",")
+                         if origin.strip())
 
     @property
     def advertised_url(self) -> str:
@@ -175,6 +185,12 @@ class Settings:
         if self.environment != "development" and self.jwt_secret == DEV_SECRET:
             raise SettingsError("jwt_secret (TICKROOM_JWT_SECRET) is the development secret, which anyone can "
                                 "read in the source: set a long random one (openssl rand -hex 32) in production")
+        if self.environment != "development" and "*" in self.origins:
+            raise SettingsError("allowed_origins (TICKROOM_ALLOWED_ORIGINS) may not be * in production: list the "
+                                "origins of the pages that may use this node")
+        if any(origin != "*" and not origin.startswith(("http://", "https://")) for origin in self.origins):
+            raise SettingsError(f"allowed_origins (TICKROOM_ALLOWED_ORIGINS) must list origins such as "
+                                f"https://game.example.com, or *, not {self.allowed_origins!r}")
         if self.environment != "development" and len(self.jwt_secret) < 32:
             raise SettingsError(f"jwt_secret (TICKROOM_JWT_SECRET) must be at least 32 characters in production, "
                                 f"got {len(self.jwt_secret)}")

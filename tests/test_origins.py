@@ -1,0 +1,88 @@
+"""Web pages and the node: a page of a site the operator did not list may not open /lobby or /game with a player's
+token (403 origin_not_allowed), and the JSON endpoints answer CORS headers to listed origins only. Clients that send
+no Origin (native games, the bot) and the node's own pages are unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from server.app import App
+from server.ops.settings import Settings, SettingsError
+from tests.serverkit import new_token, start_app
+
+GAME_SITE = "https://game.example.com"
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    node = await start_app(allowed_origins=f"{GAME_SITE}, https://other.example.org/")
+    yield node
+    await node.__aexit__(None, None, None)
+
+
+async def open_lobby(app: App, origin: str | None) -> tuple[int, dict[str, str] | None]:
+    """Open /lobby with this Origin header: 101, or the refusal's status and JSON body."""
+    headers = {"Authorization": f"Bearer {new_token()}"} | ({"Origin": origin} if origin else {})
+    try:
+        ws = await connect(f"{app.url}/lobby", additional_headers=headers, open_timeout=5, compression=None,
+                           origin=None)
+    except InvalidStatus as refusal:
+        return refusal.response.status_code, orjson.loads(refusal.response.body)
+    await ws.close()
+    return 101, None
+
+
+def get(app: App, path: str, origin: str | None) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{app.port}{path}", headers={"Origin": origin} if origin else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+async def test_a_page_of_an_unlisted_site_may_not_open_the_lobby_or_a_game(app: App) -> None:
+    assert await open_lobby(app, "https://evil.example.net") == (403, {
+        "error": "origin_not_allowed", "message": "pages of https://evil.example.net may not connect to this node"})
+    assert (await open_lobby(app, "null"))[0] == 403  # a page opened from a file
+    status, body = await open_lobby(app, "https://game.example.com.evil.net")
+    assert (status, body and body["error"]) == (403, "origin_not_allowed")
+
+
+async def test_listed_sites_the_nodes_own_pages_and_clients_without_origin_may(app: App) -> None:
+    assert (await open_lobby(app, GAME_SITE))[0] == 101
+    assert (await open_lobby(app, "https://other.example.org"))[0] == 101  # listed with a trailing slash
+    assert (await open_lobby(app, f"http://127.0.0.1:{app.port}"))[0] == 101  # a page the node serves itself
+    assert (await open_lobby(app, None))[0] == 101  # a native client, the bot
+
+
+async def test_the_json_endpoints_answer_cors_headers_to_listed_origins_only(app: App) -> None:
+    status, headers = await asyncio.to_thread(get, app, "/modes", GAME_SITE)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == GAME_SITE and headers["Vary"] == "Origin"
+    status, headers = await asyncio.to_thread(get, app, "/modes", "https://evil.example.net")
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers  # the browser keeps it from that page
+    status, headers = await asyncio.to_thread(get, app, "/modes", None)
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+
+
+async def test_any_origin_is_for_development_only() -> None:
+    node = await start_app(allowed_origins="*")
+    try:
+        assert (await open_lobby(node, "https://anything.example"))[0] == 101
+        status, headers = await asyncio.to_thread(get, node, "/modes", "https://anything.example")
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        await node.__aexit__(None, None, None)
+    with pytest.raises(SettingsError, match="TICKROOM_ALLOWED_ORIGINS"):
+        Settings.load({"TICKROOM_ENV": "production", "TICKROOM_JWT_SECRET": "s" * 40,
+                       "TICKROOM_ALLOWED_ORIGINS": "*"})
+    with pytest.raises(SettingsError, match="TICKROOM_ALLOWED_ORIGINS"):
+        Settings.load({"TICKROOM_ALLOWED_ORIGINS": "game.example.com"})  # an origin has a scheme
