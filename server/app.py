@@ -63,6 +63,8 @@ from server.rooms.snapshotter import Snapshotter
 log = logging.getLogger("tickroom.app")
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A refused handshake told over WebSocket (`refusal=close`) closes with this plus the HTTP status: 4401, 4403...
+REFUSAL_CLOSE_BASE = 4000
 
 
 def json_response(status: HTTPStatus, body: bytes) -> Response:
@@ -376,9 +378,12 @@ class App:
                 response: Response | None = refuse(HTTPStatus.FORBIDDEN, ErrorCode.ORIGIN_NOT_ALLOWED,
                                                    f"pages of {origin[:100]} may not connect to this node")
                 self.metrics.traffic.errors[ErrorCode.ORIGIN_NOT_ALLOWED.value] += 1
-                return response
+                return self._as_close_if_asked(connection, request, response)
             origin = None  # answered as to anyone, without CORS headers: the browser keeps it from the page
         response = await self._answer(connection, request)
+        response = self._as_close_if_asked(connection, request, response)
+        if connection.refusal is not None:
+            self.metrics.traffic.errors[connection.refusal[1]] += 1
         if response is not None and origin is not None:
             allow = "*" if "*" in self.settings.origins else origin
             response.headers["Access-Control-Allow-Origin"] = allow
@@ -503,8 +508,32 @@ class App:
         connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(record.player_ids))
         return None
 
+    @staticmethod
+    def _as_close_if_asked(connection: GameConnection, request: Request, response: Response | None) -> Response | None:
+        """A refusal of /lobby or /game that the client asked to get over WebSocket (`?refusal=close`: a browser
+        never sees an HTTP refusal's status or body): accept the upgrade, then send the `error` and close with
+        4000 + the HTTP status, the error code as the reason. Other clients keep the HTTP refusal."""
+        if response is None or response.status_code < 400:
+            return response
+        url = urlsplit(request.path)
+        if url.path not in ("/game", "/lobby") or parse_qs(url.query).get("refusal") != ["close"]:
+            return response
+        try:
+            body = orjson.loads(response.body)
+            code, message = str(body["error"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            return response
+        frame = orjson.dumps({"type": "error", "code": code, "message": message})
+        connection.refusal = (REFUSAL_CLOSE_BASE + response.status_code, code, frame)
+        return None
+
     async def _handle(self, ws: GameConnection) -> None:
         assert self.node is not None
+        if ws.refusal is not None:
+            close_code, code, frame = ws.refusal
+            ws.close(close_code, code, last=text_frame(frame))
+            await ws.wait_closed()
+            return
         if ws.join_request is None:
             assert ws.identity is not None and self.hub is not None
             await LobbySession(self.hub, ws, ws.identity, self.settings, logging.getLogger("tickroom.lobby.session"),

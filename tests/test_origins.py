@@ -86,3 +86,27 @@ async def test_any_origin_is_for_development_only() -> None:
                        "TICKROOM_ALLOWED_ORIGINS": "*"})
     with pytest.raises(SettingsError, match="TICKROOM_ALLOWED_ORIGINS"):
         Settings.load({"TICKROOM_ALLOWED_ORIGINS": "game.example.com"})  # an origin has a scheme
+
+
+async def refused_over_websocket(url: str, headers: dict[str, str]) -> tuple[dict[str, str], int, str]:
+    """Open `url` as a browser would ask to be told of a refusal: the `error` message, then the close."""
+    async with connect(url, additional_headers=headers, open_timeout=5, compression=None, origin=None) as ws:
+        error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        await ws.wait_closed()
+        assert ws.close_code is not None and ws.close_reason is not None
+        return error, ws.close_code, ws.close_reason
+
+
+async def test_a_browser_asking_for_it_learns_why_its_connection_was_refused_from_the_close(app: App) -> None:
+    error, code, reason = await refused_over_websocket(f"{app.url}/lobby?refusal=close",
+                                                       {"Authorization": "Bearer not-a-token"})
+    assert (error["type"], error["code"], code, reason) == ("error", "token_invalid", 4401, "token_invalid")
+    error, code, reason = await refused_over_websocket(
+        f"{app.url}/game?room=r1&refusal=close&token={new_token()}", {"Origin": "https://evil.example.net"})
+    assert (error["code"], code, reason) == ("origin_not_allowed", 4403, "origin_not_allowed")
+    # Without asking, a client keeps the HTTP refusal with its JSON body.
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{app.url}/lobby", additional_headers={"Authorization": "Bearer not-a-token"},
+                      open_timeout=5)
+    assert refused.value.response.status_code == 401
+    assert orjson.loads(refused.value.response.body)["error"] == "token_invalid"

@@ -107,6 +107,9 @@ class GameConnection(asyncio.Protocol):
         self.request: Request | None = None
         self.join_request: JoinRequest | None = None  # set for /game
         self.identity: Identity | None = None  # set for /lobby
+        # A refused handshake that the client asked to be told over WebSocket (`refusal=close`, for browsers, which
+        # never see an HTTP refusal's body): the close code, the error code, and the `error` frame to send first.
+        self.refusal: tuple[int, str, bytes] | None = None
         self.on_message: MessageHandler | None = None
         self._early: list[tuple[Payload, bool]] = []
         self._fragments: list[Payload] = []
