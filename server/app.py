@@ -436,6 +436,8 @@ class App:
                               "this node is being taken out of service; join through another node")
             connection.identity = identity
             return None
+        if query.get("spectate") == ["1"]:
+            return self._spectator(connection, identity, query)
         tickets = query.get("ticket")
         if tickets:
             return await self._ticketed_join(connection, identity, query, tickets[0])
@@ -454,6 +456,18 @@ class App:
             return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.UNKNOWN_MODE,
                           f"unknown mode {mode[:40]!r}; this node has {sorted(self.modes)}")
         connection.join_request = JoinRequest(identity, room_id, mode)
+        return None
+
+    def _spectator(self, connection: GameConnection, identity: Identity,
+                   query: dict[str, list[str]]) -> Response | None:
+        """A spectator of a room this node hosts: any player may watch (no ticket), and sends nothing."""
+        assert self.node is not None
+        room_id = query.get("room", [""])[0]
+        room = self.node.rooms.get(room_id)
+        if room is None:
+            return refuse(HTTPStatus.NOT_FOUND, ErrorCode.ROOM_NOT_FOUND,
+                          f"this node hosts no room {room_id[:64]!r}: GET /lobby/rooms names each room's node")
+        connection.join_request = JoinRequest(identity, room_id, room.mode, spectator=True)
         return None
 
     async def _ticketed_join(self, connection: GameConnection, identity: Identity, query: dict[str, list[str]],

@@ -142,6 +142,13 @@ class Node:
         log.info("room %s created (mode %s)", join.room_id, join.mode)
         return room
 
+    def watchable_room(self, room_id: str) -> Room:
+        """A room a spectator may watch: one this node hosts and that is not over (never a new one)."""
+        room = self.rooms.get(room_id)
+        if room is None or room.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+            raise ProtocolError(ErrorCode.ROOM_NOT_FOUND, f"room {room_id} is not running here", CloseCode.POLICY)
+        return room
+
     def restore_room(self, document: dict[str, Any], told: dict[str, int] | None = None) -> Room:
         """Resume the running match of a snapshot here (recovery); ValueError for one that cannot be read."""
         room_id, mode = str(document.get("room")), str(document.get("mode"))

@@ -79,6 +79,7 @@ class JoinRequest:
     mode: str
     # A lobby match: the players the lobby seated in the room (None: a development room, open to anyone).
     roster: frozenset[str] | None = None
+    spectator: bool = False  # watches the room's broadcast and sends nothing (`spectate=1`)
 
 
 Payload = bytes | bytearray | memoryview

@@ -38,6 +38,7 @@ class ErrorCode(enum.StrEnum):
     WRONG_NODE = "wrong_node"
     ROOM_NOT_FOUND = "room_not_found"
     NOT_IN_ROOM = "not_in_room"
+    READ_ONLY = "read_only"
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     LOBBY_UNAVAILABLE = "lobby_unavailable"
     # The records' HTTP endpoints (players, matches, leaderboard).

@@ -42,6 +42,7 @@ def _nothing() -> None:
     return None
 
 
+MAX_SPECTATORS = 64  # per room
 # A finished event-driven room whose result is not durable yet looks again this often (the runner's limit).
 RESULT_POLL_S = 0.5
 # The keys of a ranking line that are the host's; the rest are the game's figures.
@@ -128,6 +129,7 @@ class Room:
         self.stats = TickStats(now)
         self._seats: dict[str, Seat] = {}  # by player id, in join order
         self._connected: list[Seat] = []
+        self._spectators: list[GameConnection] = []
         self._next_pid = 1
         self._pids: dict[str, int] = {}
         self.failed: str | None = None
@@ -197,7 +199,30 @@ class Room:
         return len(self._connected)
 
     def connections(self) -> list[GameConnection]:
-        return [seat.conn for seat in self._connected if seat.conn is not None]
+        """Every connection of the room: its players', then its spectators'."""
+        return [seat.conn for seat in self._connected if seat.conn is not None] + self._spectators
+
+    # -- spectators ------------------------------------------------------------------------------------
+
+    def watch(self, conn: GameConnection, now: float) -> None:
+        """A spectator: it gets the welcome, then what everyone in the room gets (never what one player alone
+        gets), and sends nothing; it holds no seat and keeps no room alive."""
+        if self.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+            raise ProtocolError(ErrorCode.ROOM_CLOSED, f"room {self.room_id} is over", CloseCode.POLICY)
+        if len(self._spectators) >= MAX_SPECTATORS:
+            raise ProtocolError(ErrorCode.ROOM_FULL, f"room {self.room_id} has {MAX_SPECTATORS} spectators already",
+                                CloseCode.POLICY)
+        welcome = encode({
+            "type": "welcome", "v": PROTOCOL_VERSION, "room": self.room_id, "mode": self.mode, "you": None,
+            "spectator": True, "state": self.phase.value, "tick_ms": self.hosted.tick_ms,
+            "countdown_ms": self._countdown_ms(now),
+            "players": [s.roster for s in self._seats.values() if s.conn is not None]})
+        send_frames(conn, text_frame(welcome) + (self._last_state if self.event_driven else b""))
+        self._spectators.append(conn)
+
+    def unwatch(self, conn: GameConnection) -> None:
+        if conn in self._spectators:
+            self._spectators.remove(conn)
 
     def join(self, identity: Identity, conn: GameConnection, now: float) -> Seat:
         """Seat a player (or take a returning one back); raise `ProtocolError` when refused."""
@@ -665,6 +690,21 @@ class Room:
             transport.write(own_data)
             stats.sent_messages += messages
             stats.sent_bytes += len(own_data)
+        if self._spectators:
+            self._flush_spectators(event_data, data)
+
+    def _flush_spectators(self, event_data: bytes, data: bytes) -> None:
+        """The room's broadcast to its spectators (a slow one gets the events only)."""
+        limit = self.settings.slow_client_bytes
+        for conn in self._spectators:
+            if conn.protocol.state is not _OPEN:
+                continue
+            transport = conn.transport
+            if transport.get_write_buffer_size() > limit:
+                if event_data:
+                    transport.write(event_data)
+                continue
+            transport.write(data)
 
     def snapshot(self, wall_ms: int, *, record_positions: bool = False) -> bytes | None:
         """The running match as JSON for `room:ID:snapshot`: the seats in join order and the game's own
@@ -721,5 +761,6 @@ class Room:
 
     def describe(self, now: float) -> dict[str, object]:
         return {"mode": self.mode, "state": self.phase.value, "players": len(self._connected),
+                "spectators": len(self._spectators),
                 "seats": len(self._seats), "tick": self.tick_no, "countdown_ms": self._countdown_ms(now),
                 "lobby": self.roster is not None}

@@ -139,6 +139,7 @@ class RoomRunner:
             return True
         elif room.abandoned(finished):
             self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
+            await self._close_all(CloseCode.NORMAL, "room closed")  # its spectators, if any
             return True
         return False
 

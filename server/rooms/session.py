@@ -44,6 +44,8 @@ class RoomHost(Protocol):
 
     def room_for(self, join: JoinRequest) -> Room: ...
 
+    def watchable_room(self, room_id: str) -> Room: ...
+
     def decoder_for(self, mode: str) -> MessageDecoder: ...
 
     def seated(self, room: Room, seat: Seat, conn_id: str) -> None: ...
@@ -71,6 +73,7 @@ class PlayerSession:
         bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, self._clock())
         self.link = ClientLink(ws, bucket, self._clock)
         self._decode = node.decoder_for(join.mode).decode
+        self._watching: Room | None = None  # a spectator's room, once its hello was taken
 
     async def run(self) -> None:
         ws = self.ws
@@ -81,6 +84,9 @@ class PlayerSession:
             # buffer (where the room skips it) within seconds instead of after megabytes of stale states.
             with contextlib.suppress(OSError):  # the peer may already be gone
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.node.settings.send_buffer_bytes)
+        if self.join.spectator:
+            await self._spectate()
+            return
         if not await self.node.claim_player(identity.player_id, ws):
             self.link.refuse(ProtocolError(ErrorCode.ALREADY_CONNECTED,
                                        "this player is already connected on this node", CloseCode.POLICY))
@@ -99,6 +105,50 @@ class PlayerSession:
             finally:
                 self.node.release_player(identity.player_id, ws)
             await self.link.closed()
+
+    async def _spectate(self) -> None:
+        """A spectator's connection: `hello`, then the room's broadcast; `ping` and `leave` only."""
+        ws = self.ws
+        hello_timer = self._loop.call_later(self.node.settings.hello_timeout_s, self._spectator_hello_timeout)
+        try:
+            ws.attach(self._on_spectator_message)
+            await ws.wait_closed()
+        finally:
+            hello_timer.cancel()
+            ws.detach()
+            if self._watching is not None:
+                self._watching.unwatch(ws)
+            await self.link.closed()
+
+    def _spectator_hello_timeout(self) -> None:
+        if self._watching is None and not self.link.closing:
+            self.link.refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, "no hello in time", CloseCode.POLICY))
+
+    def _on_spectator_message(self, data: bytes | bytearray | memoryview, binary: bool) -> None:
+        if self.link.closing:
+            return
+        try:
+            self.link.admit(binary)
+            msg = self._decode(data)
+            if isinstance(msg, Ping):
+                self.link.send(encode({"type": "pong", "t": msg.t, "st": self.node.wall_ms()}))
+            elif isinstance(msg, Leave):
+                self.link.close(CloseCode.NORMAL, "left")
+            elif isinstance(msg, Hello) and self._watching is None:
+                self._check_version(msg)
+                room = self.node.watchable_room(self.join.room_id)
+                room.watch(self.ws, self._clock())
+                self._watching = room
+            elif self._watching is None:
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first", CloseCode.POLICY)
+            else:
+                raise ProtocolError(ErrorCode.READ_ONLY, "a spectator sends nothing but ping and leave")
+        except ProtocolError as error:
+            self.link.refuse(error)
+        except Exception:
+            self.log.exception("spectator session of player %s failed on a message", self.join.identity.player_id)
+            self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to handle a message",
+                                       CloseCode.INTERNAL))
 
     # -- synchronous message handling ----------------------------------------------------------------
 
@@ -140,14 +190,18 @@ class PlayerSession:
             return
         if not isinstance(msg, Hello):
             raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first", CloseCode.POLICY)
-        if msg.v != PROTOCOL_VERSION:
-            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
-                                f"protocol version {msg.v} is not supported; this server speaks {PROTOCOL_VERSION}",
-                                CloseCode.POLICY)
+        self._check_version(msg)
         room = self.node.room_for(self.join)
         self.seat = room.join(self.join.identity, self.ws, self._clock())
         self.room = room
         self.node.seated(room, self.seat, self.conn_id)
+
+    @staticmethod
+    def _check_version(msg: Hello) -> None:
+        if msg.v != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
+                                f"protocol version {msg.v} is not supported; this server speaks {PROTOCOL_VERSION}",
+                                CloseCode.POLICY)
 
     def _in_room(self, msg: Message) -> None:
         room = self.room
