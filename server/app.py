@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -41,7 +42,7 @@ from server.cluster.postgres_recovery import PostgresRecovery
 from server.http import admin as admin_http
 from server.http.lobby import LobbyEndpoints
 from server.http.records import RecordEndpoints, is_records_path
-from server.net.auth import AuthError, Identity, verify_token
+from server.net.auth import NAME_MAX, AuthError, Identity, mint_token, verify_token
 from server.net.broadcast import text_frame
 from server.net.connection import GameConnection, JoinRequest
 from server.net.listener import Listener, Timeouts
@@ -65,6 +66,7 @@ log = logging.getLogger("tickroom.app")
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A refused handshake told over WebSocket (`refusal=close`) closes with this plus the HTTP status: 4401, 4403...
 REFUSAL_CLOSE_BASE = 4000
+DEV_TOKEN_TTL_S = 86_400  # GET /dev/token (development only): a day
 
 
 def json_response(status: HTTPStatus, body: bytes) -> Response:
@@ -406,6 +408,8 @@ class App:
             return json_response(HTTPStatus.OK, await self.node.stats())
         if url.path.rstrip("/") == "/modes":
             return json_response(HTTPStatus.OK, self._modes_body)
+        if url.path == "/dev/token":
+            return self._dev_token(query)
         if url.path in ("/readyz", "/metrics") or url.path.startswith("/admin"):
             status, body, content_type = await self._operator(url.path, query, request)
             return body_response(status, body, content_type)
@@ -521,6 +525,20 @@ class App:
                               f"room {room_id} could not be restored; join through the lobby again")
         connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(record.player_ids))
         return None
+
+    def _dev_token(self, query: dict[str, list[str]]) -> Response:
+        """Development only: a player token for `name` (a fresh player id each time), so that a page (the
+        playground) needs no CLI step. A GET: the node's HTTP side is its WebSocket handshake, which takes GET only."""
+        if self.settings.environment != "development":
+            return refuse(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no endpoint at /dev/token outside development")
+        name = query.get("name", [""])[0].strip()
+        if not 1 <= len(name) <= NAME_MAX or not name.isprintable():
+            return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
+                          f"name must be 1 to {NAME_MAX} printable characters")
+        player_id = str(uuid.uuid4())
+        token = mint_token(self.settings.jwt_secret, name, player_id=player_id, ttl_s=DEV_TOKEN_TTL_S)
+        return json_response(HTTPStatus.OK, orjson.dumps({"token": token, "player_id": player_id, "name": name,
+                                                          "expires_in_s": DEV_TOKEN_TTL_S}))
 
     @staticmethod
     def _as_close_if_asked(connection: GameConnection, request: Request, response: Response | None) -> Response | None:

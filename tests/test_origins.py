@@ -110,3 +110,31 @@ async def test_a_browser_asking_for_it_learns_why_its_connection_was_refused_fro
                       open_timeout=5)
     assert refused.value.response.status_code == 401
     assert orjson.loads(refused.value.response.body)["error"] == "token_invalid"
+
+
+async def test_a_development_node_mints_a_token_for_a_page_and_a_production_one_does_not(app: App) -> None:
+    def fetch(node: App, path: str) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.port}{path}", timeout=5) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read())
+
+    status, body = await asyncio.to_thread(fetch, app, "/dev/token?name=ann")
+    assert status == 200 and body["name"] == "ann"
+    # The token it gives opens the lobby.
+    assert (await open_lobby_with(app, str(body["token"])))[0] == 101
+    status, body = await asyncio.to_thread(fetch, app, "/dev/token?name=")
+    assert (status, body["error"]) == (400, "bad_request")
+    production = await start_app(environment="production", jwt_secret="p" * 40)
+    try:
+        status, body = await asyncio.to_thread(fetch, production, "/dev/token?name=ann")
+        assert (status, body["error"]) == (404, "not_found")
+    finally:
+        await production.__aexit__(None, None, None)
+
+
+async def open_lobby_with(app: App, token: str) -> tuple[int, None]:
+    ws = await connect(f"{app.url}/lobby", additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=5)
+    await ws.close()
+    return 101, None
