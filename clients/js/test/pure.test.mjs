@@ -1,0 +1,146 @@
+// The library's pure parts: interpolation, prediction, close codes and errors. No server needed.
+
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import {
+  CLOSE_CODES, InputPredictor, REFUSALS, StateBuffer, TickroomClient, TickroomError, closeReason, errorFromClose,
+} from "../tickroom.js";
+
+function arenaState(tick, players, projectiles = []) {
+  return { type: "state", tick, t: tick * 15, players, projectiles };
+}
+
+describe("StateBuffer", () => {
+  test("renders delayMs behind the newest state, interpolating x and y of the same player", () => {
+    const buffer = new StateBuffer({ delayMs: 100 });
+    buffer.push(arenaState(1, [{ p: 1, x: 0, y: 10, hp: 100 }]), 1000);
+    buffer.push(arenaState(2, [{ p: 1, x: 100, y: 30, hp: 90 }]), 1100);
+    const view = buffer.at(1150); // target 1050: halfway
+    assert.equal(view.players[0].x, 50);
+    assert.equal(view.players[0].y, 20);
+    assert.equal(view.players[0].hp, 100, "discrete fields come from the older state until the newer is reached");
+    assert.equal(view.tick, 1);
+  });
+
+  test("matches projectiles by id, not by their owner p", () => {
+    const buffer = new StateBuffer({ delayMs: 0 });
+    buffer.push(arenaState(1, [], [{ id: 7, p: 1, x: 0, y: 0 }, { id: 8, p: 1, x: 500, y: 500 }]), 0);
+    buffer.push(arenaState(2, [], [{ id: 8, p: 1, x: 600, y: 500 }, { id: 7, p: 1, x: 10, y: 20 }]), 10);
+    const view = buffer.at(5);
+    assert.deepEqual(view.projectiles.map(({ id, x, y }) => [id, x, y]), [[7, 5, 10], [8, 550, 500]]);
+  });
+
+  test("an entry that is in only one of the two states is not moved, and a newcomer waits for its state", () => {
+    const buffer = new StateBuffer({ delayMs: 0 });
+    buffer.push(arenaState(1, [{ p: 1, x: 0, y: 0 }, { p: 2, x: 40, y: 40 }]), 0);
+    buffer.push(arenaState(2, [{ p: 1, x: 10, y: 0 }, { p: 3, x: 1, y: 1 }]), 10);
+    const view = buffer.at(5);
+    assert.deepEqual(view.players, [{ p: 1, x: 5, y: 0 }, { p: 2, x: 40, y: 40 }]);
+  });
+
+  test("before the oldest state shows the oldest, after the newest shows the newest (no extrapolation)", () => {
+    const buffer = new StateBuffer({ delayMs: 100 });
+    assert.equal(buffer.at(0), null);
+    const first = arenaState(1, [{ p: 1, x: 0, y: 0 }]);
+    const second = arenaState(2, [{ p: 1, x: 10, y: 0 }]);
+    buffer.push(first, 1000);
+    buffer.push(second, 1015);
+    assert.equal(buffer.at(1050), first);
+    assert.equal(buffer.at(5000), second);
+    assert.equal(buffer.latest, second);
+  });
+
+  test("keeps at most maxStates, oldest dropped first, and arrival times never go back", () => {
+    const buffer = new StateBuffer({ delayMs: 0, maxStates: 3 });
+    for (let tick = 1; tick <= 5; tick++) buffer.push(arenaState(tick, []), tick * 10);
+    assert.equal(buffer.size, 3);
+    assert.equal(buffer.at(0).tick, 3);
+    buffer.push(arenaState(6, [{ p: 1, x: 1, y: 1 }]), 20);
+    assert.equal(buffer.states.at(-1).at, 50);
+  });
+
+  test("uses its own clock when no time is given", () => {
+    let now = 0;
+    const buffer = new StateBuffer({ delayMs: 50, now: () => now });
+    buffer.push(arenaState(1, [{ p: 1, x: 0, y: 0 }]));
+    now = 100;
+    buffer.push(arenaState(2, [{ p: 1, x: 100, y: 0 }]));
+    now = 125; // target 75
+    assert.equal(buffer.at().players[0].x, 75);
+  });
+});
+
+describe("InputPredictor", () => {
+  test("numbers inputs and fires with one seq counter", () => {
+    const predictor = new InputPredictor();
+    assert.deepEqual(predictor.stamp({ type: "input", dx: 1, dy: 0 }), { type: "input", dx: 1, dy: 0, seq: 1 });
+    assert.equal(predictor.stamp({ type: "fire", angle: 0 }).seq, 2);
+    assert.equal(predictor.pending.length, 2);
+  });
+
+  test("a state acknowledging seq n drops inputs up to n and returns the rest to re-apply", () => {
+    const predictor = new InputPredictor();
+    for (let i = 0; i < 5; i++) predictor.stamp({ type: "input", dx: 0, dy: 1 });
+    const state = arenaState(9, [{ p: 1, seq: 99 }, { p: 2, seq: 3, x: 0, y: 0 }]);
+    const replay = predictor.reconcile(state, 2);
+    assert.deepEqual(replay.map((input) => input.seq), [4, 5]);
+    assert.deepEqual(predictor.pending.map((input) => input.seq), [4, 5]);
+    assert.equal(predictor.acknowledged, 3);
+  });
+
+  test("an older acknowledgement (a late state) changes nothing", () => {
+    const predictor = new InputPredictor();
+    for (let i = 0; i < 4; i++) predictor.stamp({ type: "input", dx: 0, dy: 0 });
+    predictor.acknowledge(3);
+    assert.deepEqual(predictor.acknowledge(1).map((input) => input.seq), [4]);
+    assert.equal(predictor.acknowledged, 3);
+  });
+
+  test("a state without the player keeps everything pending", () => {
+    const predictor = new InputPredictor({ firstSeq: 10 });
+    predictor.stamp({ type: "input", dx: 0, dy: 0 });
+    assert.deepEqual(predictor.reconcile(arenaState(1, [{ p: 1, seq: 50 }]), 2).map((input) => input.seq), [10]);
+  });
+
+  test("keeps at most maxPending inputs", () => {
+    const predictor = new InputPredictor({ maxPending: 2 });
+    for (let i = 0; i < 5; i++) predictor.stamp({ type: "input", dx: 0, dy: 0 });
+    assert.deepEqual(predictor.pending.map((input) => input.seq), [4, 5]);
+  });
+});
+
+describe("close codes and errors", () => {
+  test("every documented close code has a reason, and each refusal status has its 4xxx code", () => {
+    for (const code of [1000, 1001, 1006, 1008, 1009, 1011, 4400, 4401, 4403, 4404, 4421, 4503]) {
+      assert.ok(CLOSE_CODES[code], `close code ${code} has no reason`);
+      assert.equal(closeReason(code), CLOSE_CODES[code]);
+    }
+    for (const [code, status] of Object.entries(REFUSALS)) {
+      assert.match(CLOSE_CODES[4000 + status], new RegExp(code), `${code} is not named under ${4000 + status}`);
+    }
+    assert.match(closeReason(4429), /429/);
+  });
+
+  test("a 4xxx close becomes a TickroomError whose code is the close reason", () => {
+    const error = errorFromClose(4401, "token_invalid", { code: "token_invalid", message: "bad signature" });
+    assert.ok(error instanceof TickroomError);
+    assert.equal(error.code, "token_invalid");
+    assert.equal(error.message, "bad signature");
+    assert.equal(error.closeCode, 4401);
+    assert.equal(error.status, 401);
+    assert.equal(errorFromClose(4421, "wrong_node").status, 421);
+    assert.equal(errorFromClose(1000, ""), null);
+    assert.equal(errorFromClose(1006, ""), null);
+  });
+
+  test("a client without any WebSocket says how to get one", () => {
+    const saved = globalThis.WebSocket;
+    try {
+      delete globalThis.WebSocket;
+      assert.throws(() => new TickroomClient({ url: "ws://127.0.0.1:1", token: "t" }), /options\.WebSocket/);
+    } finally {
+      if (saved !== undefined) globalThis.WebSocket = saved;
+    }
+  });
+});
