@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from persistence.migrate import migrate_url
 from server.ops.embedded import LocalPostgres, LocalRedis
+from tests.clusterkit import Cluster
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,19 @@ def private_postgres() -> Iterator[LocalPostgres]:
     with tempfile.TemporaryDirectory(prefix="tickroom-test-pg-down-") as data_dir, \
             LocalPostgres.start(Path(data_dir), fast=True, prefer="system") as server:
         yield server
+
+
+@pytest.fixture
+def cluster_of(tmp_path: Path, redis_url: str, fresh_database: str) -> Iterator[Callable[..., Cluster]]:
+    """Makes the test's nodes (used as `async with`): one deployment (lobby prefix and database) of its own, of
+    every node id asked for; kills whatever they left running, whatever happened."""
+    made: list[Cluster] = []
+
+    def make(prefix: str, node_ids: tuple[str, ...], *extra_args: str) -> Cluster:
+        cluster = Cluster(tmp_path, redis_url, fresh_database, prefix, node_ids, extra_args)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.kill_leftovers()

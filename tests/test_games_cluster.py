@@ -12,10 +12,9 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -34,7 +33,6 @@ from tests.clusterkit import (
     forget_everything,
     http_json,
     open_ws,
-    redis_client,
     wait_nodes_surveyed,
     wait_until,
 )
@@ -56,27 +54,6 @@ RANKING_KEYS = frozenset({"p", "id", "name", "rank", "score"})
 TICK_S = 1 / 30  # how often a player asks its bot policy what to send (as the bot does: 30 Hz)
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = redis_client(redis_url)
-    yield redis
-    await redis.aclose()
-
-
-@pytest.fixture
-def cluster_of(tmp_path: Path, redis_url: str, fresh_database: str) -> Iterator[Callable[..., Cluster]]:
-    """Makes the test's nodes (used as `async with`): one deployment (lobby prefix and database) of its own, of
-    every node id asked for; kills whatever they left running, whatever happened."""
-    made: list[Cluster] = []
-
-    def make(prefix: str, node_ids: tuple[str, ...], *extra_args: str) -> Cluster:
-        cluster = Cluster(tmp_path, redis_url, fresh_database, prefix, node_ids, extra_args)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.kill_leftovers()
 
 
 @dataclass

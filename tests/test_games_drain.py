@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,7 +22,6 @@ from tests.clusterkit import (
     Cluster,
     Message,
     child_environment,
-    redis_client,
     refusal,
     wait_nodes_surveyed,
     wait_until,
@@ -58,27 +56,6 @@ DEADLINE_S = 1  # how long the drained node lets its matches run before it hands
 VIEW_KEYS = ("board", "x", "o", "turn", "turn_ends_ms", "board_no", "line", "players")
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = redis_client(redis_url)
-    yield redis
-    await redis.aclose()
-
-
-@pytest.fixture
-def cluster_of(tmp_path: Path, redis_url: str, fresh_database: str) -> Iterator[Callable[..., Cluster]]:
-    """Makes the test's nodes (used as `async with`), of one deployment (lobby prefix and database) of its own;
-    kills whatever they left running, whatever happened."""
-    made: list[Cluster] = []
-
-    def make(prefix: str, node_ids: tuple[str, ...], *extra_args: str) -> Cluster:
-        cluster = Cluster(tmp_path, redis_url, fresh_database, prefix, node_ids, extra_args)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.kill_leftovers()
 
 
 def admin_get(url: str) -> tuple[int, Any]:

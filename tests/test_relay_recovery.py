@@ -6,8 +6,7 @@ newcomer matched there afterwards gets the pin first too; and `send` goes on bet
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -15,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from lobby.keys import LobbyKeys
-from tests.clusterkit import Cluster, Message, forget_everything, redis_client, wait_nodes_surveyed, wait_until
+from tests.clusterkit import Cluster, Message, forget_everything, wait_nodes_surveyed, wait_until
 from tests.serverkit import lobby_prefix
 from tests.test_games_cluster import HOST, NODE_IDS, OTHER, Player, fetch
 
@@ -28,27 +27,6 @@ PAYLOAD = {"note": "meet at 8"}
 HOST_EVENTS = frozenset({"join", "leave", "chat"})  # the host's own events; every other kind is the game's
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    redis = redis_client(redis_url)
-    yield redis
-    await redis.aclose()
-
-
-@pytest.fixture
-def cluster_of(tmp_path: Path, redis_url: str, fresh_database: str) -> Iterator[Callable[..., Cluster]]:
-    """Makes the test's nodes (used as `async with`), of one deployment (lobby prefix and database) of its own;
-    kills whatever they left running, whatever happened."""
-    made: list[Cluster] = []
-
-    def make(prefix: str, node_ids: tuple[str, ...], *extra_args: str) -> Cluster:
-        cluster = Cluster(tmp_path, redis_url, fresh_database, prefix, node_ids, extra_args)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.kill_leftovers()
 
 
 def is_event(kind: str, **fields: Any) -> Callable[[Message], bool]:
