@@ -641,6 +641,9 @@ class GameVisit:
     last_state: float | None = None  # when the last `state` before any `match_end` arrived: the match was on
     match_end: float | None = None  # when `match_end` arrived
     ended: float = 0.0
+    # When the bot began to close (its close frame is out, and the server starts the reconnect grace then): the
+    # close itself may end much later, when a client with unread states finally reads the server's answer.
+    closing: float | None = None
     how: str = ""  # left, dropped, aborted, closed (by the server), refused, failed
     close_code: int | None = None
 
@@ -832,6 +835,8 @@ class Bot:
             elif ending == "aborted":
                 ws.transport.abort()
         finally:
+            if game.closing is None:
+                game.closing = time.monotonic()
             await ws.close()
 
 
@@ -1088,11 +1093,12 @@ def one_game_at_a_time(seen: Seen, slack: float = 0.5) -> list[str]:
         if not visits:
             return False  # matched but never came: the seat is still theirs
         last = max(visits, key=lambda game: game.opened)
-        if last.ended > at:
+        gone = last.ended if last.closing is None else min(last.ended, last.closing)
+        if gone > at:
             return False
         if last.how in ("left", "refused", "closed", "failed") or last.match_end is not None:
             return True
-        return last.ended + RECONNECT_GRACE_S <= at + slack
+        return gone + RECONNECT_GRACE_S <= at + slack
 
     problems = []
     matched: dict[str, list[tuple[float, str]]] = {}
