@@ -88,10 +88,12 @@ EVENT_DRIVEN = Clock(None)
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something that happened, sent as `{"type": "event", **body}` (`body` has a `kind`): to everyone in the
-    room (`to` None) or to one player only (`to` = their pid). With `record`, it is also kept in Postgres, in the
-    match's event log, numbered by the host in the order the game produced it (`match_events`: a dice game's
-    rolls); the numbering goes on from the snapshot after a crash, and what a crashed host recorded past that
-    snapshot is replaced, so the log holds each event of the match that went on exactly once."""
+    room (`to` None: the players, those waiting their turn in a game's line, and the host's spectators) or to one
+    player only (`to` = their pid: what only they may see; a game shows its line's watchers something of their own
+    the same way, each by pid). Spectators see exactly what everyone sees. With `record`, it is also kept in
+    Postgres, in the match's event log, numbered by the host in the order the game produced it (`match_events`: a
+    dice game's rolls); the numbering goes on from the snapshot after a crash, and what a crashed host recorded
+    past that snapshot is replaced, so the log holds each event of the match that went on exactly once."""
 
     body: dict[str, Json]
     to: int | None = None
