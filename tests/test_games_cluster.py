@@ -366,6 +366,29 @@ async def type_before_the_kill(players: list[Player]) -> None:
                 entry["p"]: (entry["pos"], entry["errors"]) for entry in m["players"]} == typed, 10)
 
 
+async def back_with_their_progress(other: Cluster, players: list[Player], rooms: dict[str, str],
+                                   dice_before: tuple[int, int, dict[int, int]],
+                                   typing_before: dict[int, tuple[int, int, int, int]]) -> None:
+    """Each player comes back through `other`'s lobby with their ticket, into their own match there: the dice
+    match's round and everyone's lives, the race's text and every racer's place, as before."""
+    backs = await asyncio.gather(*(player.matched(other, OTHER, timeout=20) for player in players))
+    for player, back in zip(players, backs, strict=True):
+        assert (back["room"], back["node"]) == (rooms[player.mode], OTHER), back
+    welcomes = await asyncio.gather(*(player.enter() for player in players))
+    for welcome in welcomes:
+        assert welcome["state"] == "running", welcome
+    dice = [player for player in players if player.mode == "dice"]
+    racers = [player for player in players if player.mode == "typing"]
+    for player in dice:
+        assert player.welcome is not None
+        assert dice_progress(player.welcome["view"]) == dice_before, (player.welcome["view"], dice_before)
+    for player in racers:  # the room's first state after the welcome
+        assert player.welcome is not None and racers[0].welcome is not None
+        assert player.welcome["text"] == racers[0].welcome["text"]
+        state = player.state or await player.wait_for(lambda m: m["type"] == "state", 5)
+        assert typing_progress(state) == typing_before, (state, typing_before)
+
+
 def dice_progress(view: Message) -> tuple[int, int, dict[int, int]]:
     """(round, roll-off, lives left by pid) as a dice state or welcome view shows it."""
     return view["round"], view["rolloff"], {entry["p"]: entry["lives"] for entry in view["players"]}
@@ -434,23 +457,7 @@ async def test_a_dice_match_and_a_typing_race_on_a_killed_node_go_on_with_everyo
             for player in players:
                 await player.close()
 
-            # Each player comes back through b-other's lobby with their ticket, into their own match there.
-            backs = await asyncio.gather(*(player.matched(other_only, OTHER, timeout=20) for player in players))
-            for player, back in zip(players, backs, strict=True):
-                assert (back["room"], back["node"]) == (rooms[player.mode], OTHER), back
-            welcomes = await asyncio.gather(*(player.enter() for player in players))
-            for welcome in welcomes:
-                assert welcome["state"] == "running", welcome
-            # Dice: the round in play and everyone's lives, as before the kill.
-            for player in dice:
-                assert player.welcome is not None
-                assert dice_progress(player.welcome["view"]) == dice_before, (player.welcome["view"], dice_before)
-            # Typing: the same text, and every racer where they were (the room's first state after the welcome).
-            for player in racers:
-                assert player.welcome is not None and racers[0].welcome is not None
-                assert player.welcome["text"] == racers[0].welcome["text"]
-                state = player.state or await player.wait_for(lambda m: m["type"] == "state", 5)
-                assert typing_progress(state) == typing_before, (state, typing_before)
+            await back_with_their_progress(other_only, players, rooms, dice_before, typing_before)
 
             # Then they play it out there: one result each, recorded once, by b-other, under the same match id.
             ends = await asyncio.gather(*(player.play_out(25) for player in players))

@@ -33,6 +33,7 @@ from tests.test_games_cluster import (
     OTHER,
     TYPED,
     Player,
+    back_with_their_progress,
     check_recorded_once,
     dice_progress,
     dice_round_one,
@@ -157,23 +158,7 @@ async def test_a_drained_node_hands_its_dice_match_and_typing_race_to_another_wh
             assert b"drained" in out, out
             await check_host_idle(host_only, client, prefix, ("dice", "typing"))
 
-            # Each player comes back through b-other's lobby with their ticket, into their own match there.
-            backs = await asyncio.gather(*(player.matched(other_only, OTHER, timeout=20) for player in players))
-            for player, back in zip(players, backs, strict=True):
-                assert (back["room"], back["node"]) == (rooms[player.mode], OTHER), back
-            welcomes = await asyncio.gather(*(player.enter() for player in players))
-            for welcome in welcomes:
-                assert welcome["state"] == "running", welcome
-            # Dice: the round in play and everyone's lives, as before the drain.
-            for player in dice:
-                assert player.welcome is not None
-                assert dice_progress(player.welcome["view"]) == dice_before, (player.welcome["view"], dice_before)
-            # Typing: the same text, and every racer where they were (the room's first state after the welcome).
-            for player in racers:
-                assert player.welcome is not None and racers[0].welcome is not None
-                assert player.welcome["text"] == racers[0].welcome["text"]
-                state = player.state or await player.wait_for(lambda m: m["type"] == "state", 5)
-                assert typing_progress(state) == typing_before, (state, typing_before)
+            await back_with_their_progress(other_only, players, rooms, dice_before, typing_before)
 
             # They play it out there: one result each, recorded once, by b-other, under the match id of a-host.
             ends = await asyncio.gather(*(player.play_out(25) for player in players))
