@@ -17,6 +17,8 @@ COPY game ./game
 COPY lobby ./lobby
 COPY persistence ./persistence
 COPY bot ./bot
+# server/http/play/tickroom.js links to the JavaScript library: the wheel built below holds a copy of it.
+COPY clients/js/tickroom.js ./clients/js/tickroom.js
 RUN /opt/tickroom/bin/pip install --no-deps --no-build-isolation . && /opt/tickroom/bin/pip uninstall -y pip setuptools
 
 FROM python:3.11-slim

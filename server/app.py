@@ -41,6 +41,7 @@ from server.cluster.node import Node
 from server.cluster.postgres_recovery import PostgresRecovery
 from server.http import admin as admin_http
 from server.http.lobby import LobbyEndpoints
+from server.http.playground import Playground
 from server.http.records import RecordEndpoints, is_records_path
 from server.net.auth import NAME_MAX, AuthError, Identity, mint_token, verify_token
 from server.net.broadcast import text_frame
@@ -66,7 +67,11 @@ log = logging.getLogger("tickroom.app")
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A refused handshake told over WebSocket (`refusal=close`) closes with this plus the HTTP status: 4401, 4403...
 REFUSAL_CLOSE_BASE = 4000
-DEV_TOKEN_TTL_S = 86_400  # GET /dev/token (development only): a day
+DEV_TOKEN_TTL_S = 86_400  # POST /dev/token (development only): a day
+# A browser's CORS preflight (OPTIONS) is told what a page of an allowed origin may send, for this long.
+PREFLIGHT_HEADERS = [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                     ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
+                     ("Access-Control-Max-Age", "600")]
 
 
 def json_response(status: HTTPStatus, body: bytes) -> Response:
@@ -81,6 +86,12 @@ def body_response(status: HTTPStatus, body: bytes, content_type: str) -> Respons
 
 def refuse(status: HTTPStatus, code: ErrorCode, message: str) -> Response:
     return json_response(status, handshake_error_body(code, message))
+
+
+def refuse_method(allowed: str, message: str) -> Response:
+    response = refuse(HTTPStatus.METHOD_NOT_ALLOWED, ErrorCode.METHOD_NOT_ALLOWED, message)
+    response.headers["Allow"] = allowed
+    return response
 
 
 def origin_allowed(origin: str, host: str | None, allowed: frozenset[str]) -> bool:
@@ -137,6 +148,8 @@ class App:
         self._hub_task: asyncio.Task[None] | None = None
         self._lobby_http: LobbyEndpoints | None = None
         self._records_http: RecordEndpoints | None = None
+        # /play: the browser playground (read from disk on each request in development, once in production).
+        self._playground = Playground(reload=settings.environment == "development") if settings.playground else None
         self.leaderboard: LeaderboardFeed | None = None
         self._leaderboard_task: asyncio.Task[None] | None = None
         self.snapshotter: Snapshotter | None = None
@@ -402,6 +415,8 @@ class App:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         assert self.node is not None
+        if connection.method != "GET":
+            return self._not_a_get(connection, url.path, query)
         if url.path == "/healthz":
             return json_response(HTTPStatus.OK, b'{"status":"ok"}')
         if url.path == "/stats":
@@ -409,7 +424,11 @@ class App:
         if url.path.rstrip("/") == "/modes":
             return json_response(HTTPStatus.OK, self._modes_body)
         if url.path == "/dev/token":
-            return self._dev_token(query)
+            return refuse_method("POST", "POST /dev/token mints a token (a GET never does)")
+        if self._playground is not None and (url.path == "/" or url.path.startswith("/play")):
+            played = self._playground.answer("/play" if url.path == "/" else url.path)
+            if played is not None:
+                return played
         if url.path in ("/readyz", "/metrics") or url.path.startswith("/admin"):
             status, body, content_type = await self._operator(url.path, query, request)
             return body_response(status, body, content_type)
@@ -526,12 +545,33 @@ class App:
         connection.join_request = JoinRequest(identity, room_id, seat.mode, frozenset(record.player_ids))
         return None
 
-    def _dev_token(self, query: dict[str, list[str]]) -> Response:
+    def _not_a_get(self, connection: GameConnection, path: str, query: dict[str, list[str]]) -> Response:
+        """A request other than a GET: a CORS preflight, `POST /dev/token`, or a 405."""
+        if connection.method == "OPTIONS":
+            # The CORS headers proper (Access-Control-Allow-Origin) are added for allowed origins only.
+            headers = Headers([("Content-Length", "0"), ("Allow", "GET, POST, OPTIONS"), *PREFLIGHT_HEADERS])
+            return Response(HTTPStatus.NO_CONTENT.value, HTTPStatus.NO_CONTENT.phrase, headers, b"")
+        if path == "/dev/token" and connection.method == "POST":
+            return self._dev_token(connection.body, query)
+        if path == "/dev/token":
+            return refuse_method("POST", f"/dev/token takes POST, not {connection.method}")
+        return refuse_method("GET", f"{path[:100]} takes GET, not {connection.method}")
+
+    def _dev_token(self, body: bytes, query: dict[str, list[str]]) -> Response:
         """Development only: a player token for `name` (a fresh player id each time), so that a page (the
-        playground) needs no CLI step. A GET: the node's HTTP side is its WebSocket handshake, which takes GET only."""
+        playground) needs no CLI step. The name comes as JSON (`{"name": "ann"}`) or in the query (`?name=ann`)."""
         if self.settings.environment != "development":
             return refuse(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no endpoint at /dev/token outside development")
-        name = query.get("name", [""])[0].strip()
+        name = query.get("name", [""])[0]
+        if body.strip():
+            try:
+                fields = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_JSON, 'the body must be JSON: {"name": "ann"}')
+            if not isinstance(fields, dict) or not isinstance(fields.get("name"), str):
+                return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, 'the body must be {"name": "NAME"}')
+            name = fields["name"]
+        name = name.strip()
         if not 1 <= len(name) <= NAME_MAX or not name.isprintable():
             return refuse(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
                           f"name must be 1 to {NAME_MAX} printable characters")

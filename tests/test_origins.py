@@ -113,22 +113,30 @@ async def test_a_browser_asking_for_it_learns_why_its_connection_was_refused_fro
 
 
 async def test_a_development_node_mints_a_token_for_a_page_and_a_production_one_does_not(app: App) -> None:
-    def fetch(node: App, path: str) -> tuple[int, dict[str, object]]:
+    def post(node: App, path: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{node.port}{path}", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{node.port}{path}", timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 return response.status, orjson.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, orjson.loads(error.read())
 
-    status, body = await asyncio.to_thread(fetch, app, "/dev/token?name=ann")
-    assert status == 200 and body["name"] == "ann"
-    # The token it gives opens the lobby.
+    status, body = await asyncio.to_thread(post, app, "/dev/token", b'{"name": " ann "}')
+    assert status == 200 and body["name"] == "ann" and body["expires_in_s"] == 86_400
+    # The token it gives opens the lobby, as the player it names.
     assert (await open_lobby_with(app, str(body["token"])))[0] == 101
-    status, body = await asyncio.to_thread(fetch, app, "/dev/token?name=")
-    assert (status, body["error"]) == (400, "bad_request")
+    status, again = await asyncio.to_thread(post, app, "/dev/token?name=ann")  # the name in the query does too
+    assert status == 200 and again["player_id"] != body["player_id"]  # a new player each time
+    for bad, code in [(b'{"name": ""}', "bad_request"), (b'{"name": 7}', "bad_request"), (b"[]", "bad_request"),
+                      (b'{"name": "' + b"x" * 33 + b'"}', "bad_request"), (b"{name", "bad_json")]:
+        status, refused = await asyncio.to_thread(post, app, "/dev/token", bad)
+        assert (status, refused["error"]) == (400, code), bad
+    status, refused = await asyncio.to_thread(post, app, "/dev/token")  # no name at all
+    assert (status, refused["error"]) == (400, "bad_request")
     production = await start_app(environment="production", jwt_secret="p" * 40)
     try:
-        status, body = await asyncio.to_thread(fetch, production, "/dev/token?name=ann")
+        status, body = await asyncio.to_thread(post, production, "/dev/token", b'{"name": "ann"}')
         assert (status, body["error"]) == (404, "not_found")
     finally:
         await production.__aexit__(None, None, None)

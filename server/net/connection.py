@@ -35,6 +35,7 @@ except ImportError:  # websockets without its C extension
     from websockets.utils import apply_mask
 
 from server.net.auth import Identity
+from server.net.requesthead import HeadRefused, RequestHead
 
 if TYPE_CHECKING:
     from server.net.listener import Listener
@@ -106,6 +107,11 @@ class GameConnection(asyncio.Protocol):
         self.id = listener.next_id()  # unique among all nodes' connections (a random prefix per process)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.request: Request | None = None
+        # The first request's head until it is whole (None from then on), and its method and body: websockets reads
+        # GET requests only (server/net/requesthead.py).
+        self.head: RequestHead | None = RequestHead()
+        self.method = "GET"
+        self.body = b""
         self.join_request: JoinRequest | None = None  # set for /game
         self.identity: Identity | None = None  # set for /lobby
         # A refused handshake that the client asked to be told over WebSocket (`refusal=close`, for browsers, which
@@ -202,6 +208,20 @@ class GameConnection(asyncio.Protocol):
             self._answered(True)
         protocol = self.protocol
         if protocol.state is _CONNECTING:
+            head = self.head
+            if head is not None:
+                try:
+                    whole = head.feed(data)
+                except HeadRefused as refused:
+                    self.listener.traffic.errors[refused.code] += 1
+                    self.transport.write(refused.response)
+                    self.transport.close()
+                    return
+                if whole is None:
+                    return
+                self.head = None
+                self.method, self.body = head.method, head.body
+                data = whole
             self._receive(data)
             return
         if self.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:

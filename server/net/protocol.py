@@ -53,6 +53,9 @@ class ErrorCode(enum.StrEnum):
     ADMIN_TOKEN_INVALID = "admin_token_invalid"
     NODE_DRAINING = "node_draining"
     BAD_REQUEST = "bad_request"
+    # Plain HTTP requests (server/net/requesthead.py).
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TOO_LARGE = "body_too_large"
     # In-session `error` messages.
     BAD_JSON = "bad_json"
     BAD_MESSAGE = "bad_message"

@@ -93,6 +93,9 @@ class Settings:
                                     "web origins (scheme://host:port, comma-separated) whose pages may open /lobby and "
                                     "/game and read the JSON endpoints (CORS); * for any, development only; the "
                                     "node's own pages and clients that send no Origin are always allowed")
+    playground: bool = _setting(True, "TICKROOM_PLAYGROUND",
+                                "serve the browser playground at /play (static pages; a development node also mints "
+                                "its players' tokens, in production a player pastes one)")
     direct_join: bool = _setting(False, "TICKROOM_DIRECT_JOIN",
                                  "development only: allow /game?room=ID without a lobby seat ticket")
     ticket_ttl_s: float = _setting(60.0, "TICKROOM_TICKET_TTL_S", "seconds a seat ticket stays valid",
