@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="arena",
                         help="the game to play, by mode (GET /modes lists a server's; default: %(default)s)")
     parser.add_argument("--lobby", action="store_true",
-                        help="matchmaking: each bot joins the arena queue at URL/lobby, plays the room its "
+                        help="matchmaking: each bot joins the queue of --mode at URL/lobby, plays the room its "
                         "match_found names, then queues again (excludes --room)")
     parser.add_argument("--secret", default=None,
                         help="HS256 secret for the bots' tokens (default: TICKROOM_JWT_SECRET, else the "

@@ -23,10 +23,19 @@ def game_modes(settings: Settings) -> dict[str, HostedGame]:
     return host_games(settings)
 
 
+def http_url(url: str) -> str:
+    """The node's pages are on the same host and port as its WebSocket: ws://H:P → http://H:P."""
+    return "http" + url.removeprefix("ws") if url.startswith("ws") else url
+
+
 def ready_line(settings: Settings, url: str) -> str:
-    """What `tickroom serve` prints once it listens: where a player starts (the lobby), and where a room can be
-    joined by id only when direct joins are on (without them, /game wants the lobby's seat ticket)."""
-    line = f"tickroom: node {settings.node_id} ready: players join at {url}/lobby (tokens: tickroom token NAME)"
+    """What `tickroom serve` prints once it listens: where a player starts (the playground in a browser, the
+    lobby), and where a room can be joined by id only when direct joins are on (without them, /game wants the
+    lobby's seat ticket)."""
+    line = f"tickroom: node {settings.node_id} ready: "
+    if settings.playground:
+        line += f"play in a browser at {http_url(url)}/play; "
+    line += f"players join at {url}/lobby (tokens: tickroom token NAME)"
     if settings.direct_join:
         line += f"; direct joins on: {url}/game?room=ID"
     return line

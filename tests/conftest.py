@@ -23,6 +23,14 @@ from server.ops.embedded import LocalPostgres, LocalRedis
 from tests.clusterkit import Cluster
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keeps each phase's report on the test (`item.rep_call`...), for fixtures that save artifacts on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @dataclass(frozen=True)
 class ExternalServer:
     """A server given by URL: usable, but not ours to kill or restart."""

@@ -55,9 +55,12 @@ def test_the_public_url_defaults_to_the_listening_address() -> None:
         "wss://play.example.org"
 
 
-def test_the_ready_line_names_the_lobby_and_the_game_url_only_with_direct_joins() -> None:
+def test_the_ready_line_names_the_playground_the_lobby_and_the_game_url_only_with_direct_joins() -> None:
     url = "ws://127.0.0.1:8000"
     plain = ready_line(Settings.load(environ={}), url)
     assert f"{url}/lobby" in plain and "/game" not in plain
+    assert "http://127.0.0.1:8000/play" in plain
+    assert "/play" not in ready_line(Settings.load(environ={}, playground=False), url)
+    assert "https://play.example.org/play" in ready_line(Settings.load(environ={}), "wss://play.example.org")
     direct = ready_line(Settings.load(environ={}, direct_join=True), url)
     assert f"{url}/lobby" in direct and f"{url}/game?room=ID" in direct
