@@ -114,12 +114,16 @@ class Standing:
 @dataclass(frozen=True, slots=True)
 class GameContext:
     """What the host gives a game it builds: a seeded RNG (the game's only randomness), the match's time limit
-    in ms (the operator's `TICKROOM_MATCH_TIME_S`; a game may ignore it), and the operator's options for this
-    game (`TICKROOM_GAME_OPTIONS`), already validated against the game's `options` schema."""
+    in ms (the operator's `TICKROOM_MATCH_TIME_S`; a game may ignore it), the operator's options for this
+    game (`TICKROOM_GAME_OPTIONS`), already validated against the game's `options` schema, and, for a fixed-tick
+    game, the tick period in ms the host steps it with (its clock's, or the operator's `TICKROOM_TICK_MS`): the
+    `state` numbered `tick` N shows the game as `advance(round(N * tick_ms))` left it, so a game can tell which
+    moment a client's message refers to (the arena's lag compensation). None: event-driven, or not said."""
 
     rng: random.Random
     time_limit_ms: int
     options: Any = None
+    tick_ms: float | None = None
 
 
 class Game(Protocol):

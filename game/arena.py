@@ -1,7 +1,8 @@
 """The built-in top-down arena shooter: players move and fire in a square, first to 10 kills wins.
 
 A pure simulation stepped at 66.7 Hz with an injected RNG; time is kept in integer microseconds so
-that rate limits, lifetimes and respawns land on exact ticks and runs replay identically.
+that rate limits, lifetimes and respawns land on exact ticks and runs replay identically. Shots are
+lag-compensated: a `fire` may say which state its player was looking at (`game/arena_history.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from msgspec import Meta
 
 from game.api import Clock, Event, Forming, GameContext, GameDefinition, Json, Message, Seats, Standing
 from game.arena_bot import ArenaBot
+from game.arena_history import NOT_THERE, PositionHistory
 
 SEQ_MAX = 2**53 - 1
 ANGLE_MAX = 2 * math.pi
@@ -31,10 +33,13 @@ class Input(Message, frozen=True, tag="input"):
 
 
 class Fire(Message, frozen=True, tag="fire"):
-    """A shot at `angle` radians (0 = +x, counter-clockwise towards +y); the game applies its fire rate."""
+    """A shot at `angle` radians (0 = +x, counter-clockwise towards +y); the game applies its fire rate.
+    `seen_tick`: the `tick` of the state the player was looking at when they fired; the shot then flies
+    against the others where that state showed them (lag compensation). Absent: against where they are now."""
 
     seq: Annotated[int, Meta(ge=0, le=SEQ_MAX)]
     angle: Annotated[float, Meta(ge=-ANGLE_MAX, le=ANGLE_MAX)]
+    seen_tick: Annotated[int, Meta(ge=1, le=SEQ_MAX)] | None = None
 
 
 class ArenaOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,12 +71,17 @@ class ArenaConfig:
     score_per_kill: int = 100
     spawn_clearance: float = 100.0
     spawn_attempts: int = 20
+    rewind_max_s: float = 0.2  # the furthest back a `fire` may be resolved (its `seen_tick`)
+    history_s: float = 0.25  # how far back player positions are kept: at least `rewind_max_s`
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"ArenaConfig.{spec.name} must be a positive finite number, got {value!r}")
+        if self.history_s < self.rewind_max_s:
+            raise ValueError(f"ArenaConfig.history_s ({self.history_s}) must be at least rewind_max_s "
+                             f"({self.rewind_max_s})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +99,9 @@ class _Player:
     """Mutable per-player state; plain slots because the tick reads and writes it every 15 ms."""
 
     __slots__ = ("active", "alive", "deaths", "hp", "in_match", "kills", "next_fire_us", "pid", "respawn_us",
-                 "score", "seated", "seq", "vx", "vy", "x", "y")
+                 "score", "seated", "seq", "trail", "vx", "vy", "x", "y")
 
-    def __init__(self, pid: int, x: float, y: float, hp: int) -> None:
+    def __init__(self, pid: int, x: float, y: float, hp: int, trail: list[float]) -> None:
         self.pid = pid
         self.x = x
         self.y = y
@@ -108,6 +118,7 @@ class _Player:
         self.in_match = True  # takes part in the ranking
         self.next_fire_us = 0
         self.respawn_us = 0
+        self.trail = trail  # where they were at each kept step (PositionHistory)
 
 
 class _Projectile:
@@ -136,9 +147,13 @@ def _out(value: float) -> float:
 class ArenaGame:
     """The arena simulation behind the `Game` protocol of `game.api`."""
 
-    def __init__(self, rng: random.Random, config: ArenaConfig = ArenaConfig()) -> None:
+    def __init__(self, rng: random.Random, config: ArenaConfig = ArenaConfig(),
+                 tick_ms: float = 1000 / TICK_HZ) -> None:
         self.rng = rng
         self.config = config
+        self.tick_ms = tick_ms  # the host's tick period: the state of tick N shows the game at room ms N * tick_ms
+        self.history = PositionHistory(round(config.history_s * _US), round(tick_ms * 1000))
+        self._rewind_max_us = round(config.rewind_max_s * _US)
         self._players: dict[int, _Player] = {}
         self._active: list[_Player] = []  # active players in pid order: what the tick walks over
         self._projectiles: list[_Projectile] = []
@@ -169,7 +184,13 @@ class ArenaGame:
         if type(message) is Input:
             self.set_input(pid, message.seq, message.dx, message.dy)
         elif type(message) is Fire:
-            self.fire(pid, message.seq, message.angle)
+            seen_tick = message.seen_tick
+            if seen_tick is None or self._last_ms is None:
+                self.fire(pid, message.seq, message.angle)
+            else:
+                # The state of tick N showed the game as `advance(round(N * tick_ms))` left it (game/api.py).
+                seen_ms = round(seen_tick * self.tick_ms)
+                self.fire(pid, message.seq, message.angle, (self._last_ms - seen_ms) * 1000)
 
     def advance(self, now_ms: int) -> None:
         last = self._last_ms
@@ -196,13 +217,15 @@ class ArenaGame:
         player = self._players.get(pid)
         if player is None:
             x, y = self._free_spot(None)
-            player = _Player(pid, x, y, self.config.max_hp)
+            player = _Player(pid, x, y, self.config.max_hp, self.history.new_trail())
             self._players[pid] = player
         elif player.active:
             return
         else:
             # A returning player keeps stats, hp, position and any pending respawn (leaving is no way
             # to skip the respawn wait or heal); a new connection starts a new seq counter and stands still.
+            # Nothing was recorded while they were away: no rewound shot finds them at an old place.
+            self.history.forget(player.trail)
             player.active = True
             player.seated = True
             if not player.in_match:  # left before the match began: their old spot means nothing now
@@ -263,6 +286,7 @@ class ArenaGame:
         self._end_reason = None
         self._last_player = None
         self._started = True
+        self.history.clear()
 
     @property
     def clock_ms(self) -> int:
@@ -290,7 +314,7 @@ class ArenaGame:
         for entry in snapshot["players"]:
             player = _Player(int(entry["pid"]), min(max(float(entry["x"]), 0.0), config.width),
                              min(max(float(entry["y"]), 0.0), config.height),
-                             min(max(int(entry["hp"]), 0), config.max_hp))
+                             min(max(int(entry["hp"]), 0), config.max_hp), self.history.new_trail())
             player.kills = int(entry["kills"])
             player.deaths = int(entry["deaths"])
             player.score = int(entry["score"])
@@ -301,6 +325,7 @@ class ArenaGame:
             self._players[player.pid] = player
         self._started = bool(snapshot["started"])
         self._now_us = int(snapshot["now_us"])
+        self.history.clear()  # not in the snapshot: rewinds reach back only as far as this host has recorded
         self._update_active()
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -321,7 +346,10 @@ class ArenaGame:
         player.vx = dx * speed
         player.vy = dy * speed
 
-    def fire(self, pid: int, seq: int, angle: float) -> None:
+    def fire(self, pid: int, seq: int, angle: float, rewind_us: int = 0) -> None:
+        """A shot from where the player is now. With `rewind_us` > 0 (at most `rewind_max_s`, and as far as the
+        history goes), it is resolved as if fired that long ago, when the state the player saw was current:
+        it flies the steps since then against the positions they had, then goes on from where it is now."""
         player = self._players.get(pid)
         if player is None or not player.active:
             return
@@ -336,7 +364,49 @@ class ArenaGame:
         shot = _Projectile(self._next_projectile_id, player, math.cos(angle) * speed, math.sin(angle) * speed,
                            now + self._projectile_life_us)
         self._next_projectile_id += 1
+        if rewind_us > 0 and not self._fly_rewound(shot, now - min(rewind_us, self._rewind_max_us)):
+            return
         self._projectiles.append(shot)
+
+    def _fly_rewound(self, shot: _Projectile, seen_us: int) -> bool:
+        """Fly `shot` from match time `seen_us` (or the oldest kept step after it) up to now, one kept step at
+        a time, as `_step_projectiles` would have then, against the others where they were at each step. Its
+        life counts from then too. False: it hit someone, left the arena or expired on the way."""
+        seen, steps = self.history.since(seen_us)
+        if not steps:
+            return True
+        shot.expires_us = seen + self._projectile_life_us
+        config = self.config
+        width = config.width
+        height = config.height
+        radius_sq = config.hit_radius * config.hit_radius
+        owner = shot.owner
+        # Only someone alive now, in the same life as at that step (the trail's mark is their death count),
+        # can be hit: a rewound shot never kills a body that already died, or finds a respawned one.
+        targets = [p for p in self._active if p.alive and p is not owner]
+        x = shot.x
+        y = shot.y
+        last = seen
+        for time_us, offset in steps:
+            if time_us >= shot.expires_us:
+                return False
+            dt = (time_us - last) / _US
+            last = time_us
+            x += shot.vx * dt
+            y += shot.vy * dt
+            if x < 0.0 or x > width or y < 0.0 or y > height:
+                return False
+            for target in targets:
+                trail = target.trail
+                if trail[offset + 2] == target.deaths:
+                    off_x = trail[offset] - x
+                    off_y = trail[offset + 1] - y
+                    if off_x * off_x + off_y * off_y <= radius_sq:
+                        self._hit(owner, target, self._now_us)
+                        return False
+        shot.x = x
+        shot.y = y
+        return True
 
     # -- the tick ----------------------------------------------------------------------------------
 
@@ -349,17 +419,31 @@ class ArenaGame:
         now = self._now_us
         width = self.config.width
         height = self.config.height
+        # Where this step's state shows each player, for shots fired by someone looking at it (lag compensation).
+        offset = self.history.record(now)
         for player in self._active:
+            trail = player.trail
             if player.alive:
                 vx = player.vx
                 vy = player.vy
                 if vx or vy:
                     x = player.x + vx * dt
                     y = player.y + vy * dt
-                    player.x = 0.0 if x < 0.0 else width if x > width else x
-                    player.y = 0.0 if y < 0.0 else height if y > height else y
+                    player.x = x = 0.0 if x < 0.0 else width if x > width else x
+                    player.y = y = 0.0 if y < 0.0 else height if y > height else y
+                    trail[offset] = x
+                    trail[offset + 1] = y
+                else:
+                    trail[offset] = player.x
+                    trail[offset + 1] = player.y
+                trail[offset + 2] = player.deaths
             elif started and now >= player.respawn_us:
                 self._respawn(player)
+                trail[offset] = player.x
+                trail[offset + 1] = player.y
+                trail[offset + 2] = player.deaths
+            else:
+                trail[offset + 2] = NOT_THERE
         if self._projectiles:
             self._step_projectiles(dt, now)
         if started and self._end_reason is None and now >= self._time_limit_us:
@@ -493,9 +577,11 @@ class ArenaGame:
 
 def make_arena(ctx: GameContext) -> ArenaGame:
     options = ctx.options if isinstance(ctx.options, ArenaOptions) else ArenaOptions()
+    tick_ms = ctx.tick_ms if ctx.tick_ms is not None else 1000 / TICK_HZ
     if ctx.time_limit_ms > 0:
-        return ArenaGame(ctx.rng, ArenaConfig(kill_target=options.kill_target, time_limit_s=ctx.time_limit_ms / 1000))
-    return ArenaGame(ctx.rng, ArenaConfig(kill_target=options.kill_target))
+        return ArenaGame(ctx.rng, ArenaConfig(kill_target=options.kill_target, time_limit_s=ctx.time_limit_ms / 1000),
+                         tick_ms)
+    return ArenaGame(ctx.rng, ArenaConfig(kill_target=options.kill_target), tick_ms)
 
 
 DEFINITION = GameDefinition(

@@ -77,9 +77,10 @@ def steer(you: int, players: Sequence[Mapping[str, Any]], wander: float, orbit: 
 
 
 class ArenaBot:
-    """The arena's bot policy: one `input` per tick of the bot (its latest move), a `fire` every FIRE_EVERY."""
+    """The arena's bot policy: one `input` per tick of the bot (its latest move), a `fire` every FIRE_EVERY,
+    aimed at the latest state and naming its tick (`seen_tick`: the server resolves the shot against it)."""
 
-    __slots__ = ("height", "inputs", "orbit", "players", "rng", "seq", "wander", "width", "you")
+    __slots__ = ("height", "inputs", "orbit", "players", "rng", "seen_tick", "seq", "wander", "width", "you")
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -87,6 +88,7 @@ class ArenaBot:
         self.width = 1000.0
         self.height = 1000.0
         self.players: Sequence[Mapping[str, Any]] = ()
+        self.seen_tick: int | None = None  # the tick of the state `players` is from
         self.wander = rng.uniform(-math.pi, math.pi)
         self.orbit = rng.choice((-1.0, 1.0))
         self.seq = 0
@@ -96,12 +98,14 @@ class ArenaBot:
         kind = message["type"]
         if kind == "state":
             self.players = message["players"]
+            self.seen_tick = message.get("tick")
         elif kind == "welcome":
             arena = message.get("arena") or {}
             self.you = int(message["you"])
             self.width = float(arena.get("w", 1000.0))
             self.height = float(arena.get("h", 1000.0))
             self.players = ()
+            self.seen_tick = None
             self.seq = 0  # a new connection starts a new seq counter
         elif kind == "match_end":
             self.you = 0
@@ -117,5 +121,8 @@ class ArenaBot:
         self.inputs += 1
         if self.inputs % FIRE_EVERY == 0:
             self.seq += 1
-            sent.append({"type": "fire", "seq": self.seq, "angle": round(angle * 1000) / 1000})
+            fire = {"type": "fire", "seq": self.seq, "angle": round(angle * 1000) / 1000}
+            if self.seen_tick is not None:
+                fire["seen_tick"] = self.seen_tick
+            sent.append(fire)
         return sent

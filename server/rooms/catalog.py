@@ -49,7 +49,7 @@ class HostedGame:
 
     def make(self, rng: random.Random, time_limit_ms: int) -> Game:
         make = self.maker or self.definition.make
-        return make(GameContext(rng=rng, time_limit_ms=time_limit_ms, options=self.options))
+        return make(GameContext(rng=rng, time_limit_ms=time_limit_ms, options=self.options, tick_ms=self.tick_ms))
 
     def with_maker(self, maker: Callable[[GameContext], Game]) -> HostedGame:
         return replace(self, maker=maker)
