@@ -130,6 +130,9 @@ function textOf(data) {
   return new TextDecoder().decode(data);
 }
 
+/** How long after an `error` a connection counts as closed (1006) if no `close` came. */
+const ERROR_CLOSE_WAIT_MS = 100;
+
 /**
  * One WebSocket connection, JSON in and out. `handlers.message(msg)` for every message, `handlers.open()`,
  * `handlers.close({code, reason, opened})` once. Frames that are not JSON objects are ignored.
@@ -155,14 +158,22 @@ class Link {
       }
       if (message !== null && typeof message === "object") this.handlers.message?.(message);
     });
-    // Some implementations send only `error` for a failed connect; `close` follows in every WHATWG one.
     this.socket.addEventListener("close", (event) => this._closed(event.code ?? 1006, event.reason ?? ""));
+    // The WHATWG WebSocket fires `close` right after `error`, but Node 20's own (undici 6) fires only `error`
+    // when the connection cannot be opened (refused, reset): without this, a join or a reconnect would wait for
+    // ever on a node that is down.
+    this.socket.addEventListener("error", () => {
+      if (this.done) return;
+      clearTimeout(this.errorTimer);
+      this.errorTimer = setTimeout(() => this._closed(1006, ""), ERROR_CLOSE_WAIT_MS);
+    });
   }
 
   _closed(code, reason) {
     if (this.done) return;
     this.done = true;
     clearTimeout(this.closeTimer);
+    clearTimeout(this.errorTimer);
     this.handlers.close?.({ code, reason, opened: this.opened });
   }
 

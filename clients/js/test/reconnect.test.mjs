@@ -137,6 +137,27 @@ describe("reconnecting", () => {
     assert.deepEqual(errors.map((error) => error.code), ["reconnect_failed"]);
   });
 
+  test("a connection that fails with an error and no close (Node 20's own WebSocket) counts as dropped", async () => {
+    let attempts = 0;
+    class ErrorOnlySocket extends EventTarget {
+      constructor() {
+        super();
+        this.readyState = 0;
+        attempts += 1;
+        setTimeout(() => {
+          this.readyState = 3;
+          this.dispatchEvent(new Event("error")); // as undici 6 does for a refused connection: no `close` follows
+        }, 0);
+      }
+
+      close() {}
+    }
+    const client = new TickroomClient({ url: "ws://fake", token: "token", WebSocket: ErrorOnlySocket });
+    await assert.rejects(client.join("arena"), (error) => error instanceof TickroomError && error.code === "connect_failed"
+      && error.closeCode === 1006);
+    assert.equal(attempts, 1);
+  });
+
   test("a match that did not come back ends with match_lost and the lobby's new offer", async () => {
     let lobbyVisits = 0;
     const { WebSocket } = scriptedWebSocket((socket) => {
