@@ -254,8 +254,10 @@ export class StateBuffer<S extends object = StateMessage> {
   readonly latest: S | null;
   push(state: S, arrivedAt?: number): void;
   clear(): void;
-  /** The view at `renderTime - delayMs`, interpolated; null before any state. */
+  /** The view at `renderTime - delayMs`, interpolated (it keeps the older state's `tick`); null before any state. */
   at(renderTime?: number): S | null;
+  /** The `tick` of the last view `at()` gave: the arena's `fire` sends it as `seen_tick` (lag compensation). */
+  readonly shownTick: number | null;
   blend(from: S, to: S, alpha: number): S;
 }
 

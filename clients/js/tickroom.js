@@ -787,6 +787,8 @@ export class StateBuffer {
     this.now = options.now ?? (() => performance.now());
     /** @type {{state: object, at: number}[]} oldest first */
     this.states = [];
+    /** @type {number | null} the `tick` of the last view `at()` gave (null before any) */
+    this.shownTick = null;
   }
 
   get size() {
@@ -806,10 +808,20 @@ export class StateBuffer {
 
   clear() {
     this.states = [];
+    this.shownTick = null;
   }
 
-  /** The view to draw at `renderTime` (same clock as the arrival times), or null before any state. */
+  /**
+   * The view to draw at `renderTime` (same clock as the arrival times), or null before any state. It keeps the
+   * older state's `tick`, which `shownTick` remembers: what a fire should name as `seen_tick` (lag compensation).
+   */
   at(renderTime = this.now()) {
+    const view = this.view(renderTime);
+    if (view !== null && Number.isInteger(view.tick)) this.shownTick = view.tick;
+    return view;
+  }
+
+  view(renderTime) {
     const states = this.states;
     if (states.length === 0) return null;
     const target = renderTime - this.delayMs;

@@ -23,6 +23,20 @@ describe("StateBuffer", () => {
     assert.equal(view.tick, 1);
   });
 
+  test("shownTick is the tick of the state the last view was drawn from: a fire's seen_tick", () => {
+    const buffer = new StateBuffer({ delayMs: 100 });
+    assert.equal(buffer.shownTick, null);
+    buffer.push(arenaState(41, [{ p: 1, x: 0, y: 0 }]), 1000);
+    buffer.push(arenaState(42, [{ p: 1, x: 10, y: 0 }]), 1015);
+    buffer.push(arenaState(43, [{ p: 1, x: 20, y: 0 }]), 1030);
+    buffer.at(1120); // target 1020: between 42 and 43, drawn from 42
+    assert.equal(buffer.shownTick, 42);
+    buffer.at(2000);
+    assert.equal(buffer.shownTick, 43);
+    buffer.clear();
+    assert.equal(buffer.shownTick, null);
+  });
+
   test("matches projectiles by id, not by their owner p", () => {
     const buffer = new StateBuffer({ delayMs: 0 });
     buffer.push(arenaState(1, [], [{ id: 7, p: 1, x: 0, y: 0 }, { id: 8, p: 1, x: 500, y: 500 }]), 0);
