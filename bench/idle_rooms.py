@@ -109,8 +109,9 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     with data_services() as env_urls:
         port = free_port()
-        env = {**os.environ, **env_urls, "TICKROOM_LOG_LEVEL": "WARNING", "TICKROOM_DIRECT_JOIN": "true",
-               "TICKROOM_COUNTDOWN_S": "0.5", "TICKROOM_MAX_ROOMS": str(args.rooms + 10),
+        env = {**os.environ, **env_urls, "TICKROOM_WORKERS": "1", "TICKROOM_LOG_LEVEL": "WARNING",
+               "TICKROOM_DIRECT_JOIN": "true", "TICKROOM_COUNTDOWN_S": "0.5",
+               "TICKROOM_MAX_ROOMS": str(args.rooms + 10),
                "TICKROOM_GAME_OPTIONS": json.dumps({"dice": {"roll_time_ms": 120000}})}
         server = subprocess.Popen(["taskset", "-c", args.server_core, TICKROOM, "serve", "--port", str(port)], env=env)
         try:

@@ -81,7 +81,8 @@ def main() -> int:
     os.sched_setaffinity(0, {1})
     with data_services() as urls:
         port = free_port()
-        env = {**os.environ, **urls, "TICKROOM_LOG_LEVEL": "WARNING", "TICKROOM_RATE_PER_S": "100000",
+        env = {**os.environ, **urls, "TICKROOM_WORKERS": "1", "TICKROOM_LOG_LEVEL": "WARNING",
+               "TICKROOM_RATE_PER_S": "100000",
                "TICKROOM_RATE_BURST": "100000", "PYTHONPATH": str(args.repo)}
         server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "server", "serve", "--port",
                                    str(port)], env=env, cwd=args.repo)

@@ -164,7 +164,8 @@ def main() -> int:
     with data_services() as env_urls:
         port = free_port()
         # Rooms joined by id (the bots skip the lobby: this measures rooms, not matchmaking).
-        env = {**os.environ, **env_urls, "TICKROOM_LOG_LEVEL": "WARNING", "TICKROOM_DIRECT_JOIN": "true",
+        env = {**os.environ, **env_urls, "TICKROOM_WORKERS": "1", "TICKROOM_LOG_LEVEL": "WARNING",
+               "TICKROOM_DIRECT_JOIN": "true",
                "TICKROOM_SNAPSHOT_EVERY_S": str(args.snapshot_every)}
         server = subprocess.Popen(["taskset", "-c", args.server_core, TICKROOM, "serve", "--port", str(port)],
                                   env=env)

@@ -26,7 +26,8 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     with data_services() as urls:
         port = free_port()
-        env = {**os.environ, **urls, "TICKROOM_LOG_LEVEL": "WARNING", "TICKROOM_MATCH_TIME_S": "600"}
+        env = {**os.environ, **urls, "TICKROOM_WORKERS": "1", "TICKROOM_LOG_LEVEL": "WARNING",
+               "TICKROOM_MATCH_TIME_S": "600"}
         server = subprocess.Popen([TICKROOM, "serve", "--port", str(port)], env=env)
         bot = None
         try:

@@ -1,7 +1,7 @@
 """Wires a node together: the WebSocket server, its small HTTP endpoints, auth at the handshake, the rooms.
 
 `App` is an async context manager so that tests run a real node in-process on a free port, and
-`tickroom serve` runs the same thing until a signal arrives.
+`tickroom serve` runs the same thing until a signal arrives (in each of its workers, with `--workers N`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from server.net.protocol import (
 from server.ops.logs import PLAYER
 from server.ops.metrics import NodeCollector, NodeMetrics, Reading, registry_of, render
 from server.ops.settings import Settings
+from server.ops.workers import WorkerSlot
 from server.rooms.catalog import DEFAULT_MODE, HostedGame
 from server.rooms.session import PlayerSession
 from server.rooms.snapshotter import Snapshotter
@@ -94,13 +95,24 @@ def refuse_method(allowed: str, message: str) -> Response:
     return response
 
 
-def origin_allowed(origin: str, host: str | None, allowed: frozenset[str]) -> bool:
-    """May a page of `origin` use this node: listed, any (`*`), or the node's own pages (same host and port)?"""
+def origin_allowed(origin: str, host: str | None, allowed: frozenset[str],
+                   sibling_ports: frozenset[int] = frozenset()) -> bool:
+    """May a page of `origin` use this node: listed, any (`*`), or the node's own pages (same host and port, or
+    the same host and a port of its sibling workers: a page of the shared port follows `match_found` to a
+    worker's own port)?"""
     origin = origin.strip().rstrip("/").lower()
     if "*" in allowed or origin in allowed:
         return True
-    netloc = urlsplit(origin).netloc
-    return bool(host) and origin != "null" and netloc == (host or "").lower()
+    if not host or origin == "null":
+        return False
+    page = urlsplit(origin)
+    if page.netloc == host.lower():
+        return True
+    try:
+        return bool(sibling_ports) and page.port in sibling_ports and \
+            page.hostname == urlsplit(f"//{host}").hostname
+    except ValueError:  # a port that is not a number
+        return False
 
 
 def bearer_token(request: Request, query: dict[str, list[str]]) -> str | None:
@@ -130,10 +142,14 @@ def seating_rules(hosted: HostedGame, settings: Settings) -> SeatingRules:
 class App:
     """A running node: `async with App(settings, modes) as app:` serves on `app.port` until the block ends."""
 
-    def __init__(self, settings: Settings, modes: Mapping[str, HostedGame], *, persist: bool = False) -> None:
+    def __init__(self, settings: Settings, modes: Mapping[str, HostedGame], *, persist: bool = False,
+                 slot: WorkerSlot | None = None) -> None:
         """`persist`: record matches and positions in the settings' Postgres (`tickroom serve` does, after
-        checking Postgres and migrating it); without it the node keeps no record (tests of other things)."""
+        checking Postgres and migrating it); without it the node keeps no record (tests of other things).
+        `slot`: this node is a worker of several (`tickroom serve --workers N`): it shares the settings' port
+        with its siblings and listens on its own too, which its public URL names."""
         self.settings = settings
+        self.slot = slot
         self.modes = dict(modes)
         # GET /modes: every game this node serves, with its seats, clock and message schemas (JSON Schema).
         self._modes_body = orjson.dumps({"modes": [self.modes[mode].describe() for mode in sorted(self.modes)]})
@@ -177,8 +193,12 @@ class App:
         self._server = Listener(self._process_request, self._handle, max_size=MAX_FRAME_BYTES, timeouts=Timeouts(),
                                 logger=logging.getLogger("tickroom.ws"), traffic=self.metrics.traffic)
         # Bursts of players arriving at once (a lobby wave, a node's players reconnecting) must not overflow
-        # the kernel's accept queue: the default of 100 drops SYNs under 1,500 connections/s.
-        await self._server.start(self.settings.host, self.settings.port, backlog=1024)
+        # the kernel's accept queue: the default of 100 drops SYNs under 1,500 connections/s. The ports are only
+        # bound until the lobby and the drain are wired (a worker's siblings take the shared port's connections).
+        await self._server.start(self.settings.host, self.settings.port, backlog=1024,
+                                 reuse_port=self.slot is not None, serving=False)
+        if self.slot is not None:
+            await self._server.start(self.settings.host, self.slot.own_port, backlog=1024, serving=False)
         self._start_lobby()
         hub = self.hub
         assert hub is not None
@@ -188,6 +208,7 @@ class App:
                                         if isinstance(waiter, LobbySession)],
                                self._tasks.create_task)
         hub.upkeep.on_drain = self._drain_requested
+        await self._server.serve()  # listening before the hub's first heartbeat sends anyone here
         log.info("node %s listening on %s (players are sent to %s)", self.settings.node_id, self.url,
                  self.public_url)
         return self
@@ -198,9 +219,15 @@ class App:
             log.warning("an operator asked this node to drain (deadline %g s)", deadline_s)
 
     @property
+    def own_port(self) -> int:
+        """The port that reaches this node and no other: a worker's own, else the one port it listens on."""
+        assert self._server is not None
+        return self._server.ports[-1]
+
+    @property
     def public_url(self) -> str:
         # The settings' rule, with the port actually bound (port 0 asks the kernel for a free one).
-        return dataclasses.replace(self.settings, port=self.port).advertised_url
+        return dataclasses.replace(self.settings, port=self.own_port).advertised_url
 
     def _start_lobby(self) -> None:
         settings = self.settings
@@ -279,6 +306,8 @@ class App:
     async def shutdown(self) -> None:
         if self._recovery_task is not None:
             self._recovery_task.cancel()  # no match is claimed by a node on its way out
+        if self.drainer is not None:
+            self.drainer.stop()  # a drain under way would hold the node's tasks until its deadline
         if self.node is not None:
             self.node.accepting = False
         if self._server is not None:
@@ -387,7 +416,9 @@ class App:
 
     async def _process_request(self, connection: GameConnection, request: Request) -> Response | None:
         origin = request.headers.get("Origin")
-        if origin is not None and not origin_allowed(origin, request.headers.get("Host"), self.settings.origins):
+        siblings = self.slot.sibling_ports if self.slot is not None else frozenset()
+        if origin is not None and not origin_allowed(origin, request.headers.get("Host"), self.settings.origins,
+                                                     siblings):
             if urlsplit(request.path).path in ("/game", "/lobby"):
                 # A page of another site may not use a player's token here (cross-site WebSocket hijacking).
                 response: Response | None = refuse(HTTPStatus.FORBIDDEN, ErrorCode.ORIGIN_NOT_ALLOWED,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import re
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -13,6 +15,7 @@ from server.net.auth import mint_token
 from server.ops.eventloop import run as run_on_loop
 from server.ops.logs import configure_logging
 from server.ops.settings import DEV_SECRET, Settings, SettingsError, add_arguments
+from server.ops.workers import WorkerSlot, plan_workers, worker_count
 from server.rooms.catalog import GameLoadError, HostedGame, host_games
 
 log = logging.getLogger("tickroom")
@@ -41,7 +44,8 @@ def ready_line(settings: Settings, url: str) -> str:
     return line
 
 
-async def serve(settings: Settings, games: dict[str, HostedGame]) -> int:
+async def serve(settings: Settings, games: dict[str, HostedGame], slot: WorkerSlot | None = None) -> int:
+    """One node until SIGTERM or SIGINT: `tickroom serve --workers 1`, or one worker of several (`slot`)."""
     from server.app import App
     from server.ops.services import connect_services
 
@@ -51,7 +55,7 @@ async def serve(settings: Settings, games: dict[str, HostedGame]) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         settings = await connect_services(settings, stack)
-        app = await stack.enter_async_context(App(settings, games, persist=True))
+        app = await stack.enter_async_context(App(settings, games, persist=True, slot=slot))
         print(ready_line(settings, app.url), file=sys.stderr, flush=True)
         await stop.wait()
         log.info("signal received; shutting down")
@@ -72,7 +76,8 @@ async def _migrate(settings: Settings) -> int:
 
 async def _drain(settings: Settings, node_id: str, deadline_s: float | None, wait: bool) -> int:
     """Ask a node to drain through Redis (it reads the request at its next heartbeat) and, with `wait`,
-    follow its state until it is drained."""
+    follow its state until it is drained. The id of a `tickroom serve --workers N` (no node of its own) drains
+    each of its live workers, NODE-w0, NODE-w1..."""
     from lobby.nodes import NodeRegistry
     from lobby.outage import lobby_client
 
@@ -82,37 +87,59 @@ async def _drain(settings: Settings, node_id: str, deadline_s: float | None, wai
     client = lobby_client(settings.redis_url)
     try:
         registry = NodeRegistry(client, settings.lobby_prefix)
-        state = await registry.state_of(node_id)
-        if state is None:
+        if await registry.state_of(node_id) is not None:
+            targets = [node_id]
+        else:
+            worker = re.compile(re.escape(node_id) + r"-w\d+")
+            targets = sorted(node.node_id for node in await registry.live_nodes() if worker.fullmatch(node.node_id))
+        if not targets:
             print(f"tickroom drain: no live node {node_id!r} (prefix {settings.lobby_prefix!r})", file=sys.stderr)
             return 1
         deadline = settings.drain_deadline_s if deadline_s is None else deadline_s
-        await registry.request_drain(node_id, deadline)
-        print(f"asked node {node_id} to drain: its matches have {deadline:g} s to finish before they are "
-              f"handed to other nodes", flush=True)
+        for target in targets:
+            await registry.request_drain(target, deadline)
+            print(f"asked node {target} to drain: its matches have {deadline:g} s to finish before they are "
+                  f"handed to other nodes", flush=True)
         if not wait:
             return 0
-        shown = state
+        shown: dict[str, str | None] = dict.fromkeys(targets, "serving")
         while True:
             await asyncio.sleep(1.0)
-            state = await registry.state_of(node_id)
-            if state is None:
-                print(f"node {node_id} is gone (stopped before it reported drained)")
-                return 1
-            if state != shown:
-                print(f"node {node_id}: {state}", flush=True)
-                shown = state
-            if state == "drained":
+            for target in targets:
+                state = await registry.state_of(target)
+                if state is None:
+                    print(f"node {target} is gone (stopped before it reported drained)")
+                    return 1
+                if state != shown[target]:
+                    print(f"node {target}: {state}", flush=True)
+                    shown[target] = state
+            if all(state == "drained" for state in shown.values()):
                 return 0
     finally:
         await client.aclose()
+
+
+def _supervise(settings: Settings, workers: int) -> int:
+    """`tickroom serve` with several workers: the supervisor (server/ops/supervisor.py)."""
+    from server.ops.embedded import free_port
+    from server.ops.supervisor import Supervisor
+
+    if settings.port == 0:  # every worker must share one port: the supervisor asks the kernel for it
+        settings = dataclasses.replace(settings, port=free_port(settings.host))
+    try:
+        slots = plan_workers(settings, workers)
+    except SettingsError as error:
+        print(f"tickroom: bad setting: {error}", file=sys.stderr)
+        return 2
+    return run_on_loop(Supervisor(dataclasses.replace(settings, workers=workers), slots).run())
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickroom", description="Tickroom real-time game server")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_parser = commands.add_parser("serve", help="run a node (embedded Redis/Postgres when no URLs are set)")
+    serve_parser = commands.add_parser(
+        "serve", help="run a node per core (--workers), with embedded Redis/Postgres when no URLs are set")
     add_arguments(serve_parser)
 
     from bot.cli import add_arguments as add_bot_arguments
@@ -125,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     drain_parser = commands.add_parser(
         "drain", help="take a node out of service: no new rooms, matches finish (or move at the deadline)")
-    drain_parser.add_argument("node", help="the node's id (TICKROOM_NODE_ID)")
+    drain_parser.add_argument("node", help="the node's id (TICKROOM_NODE_ID); that of a `serve --workers N` "
+                                           "drains each of its workers (NODE-w0, NODE-w1...)")
     drain_parser.add_argument("--deadline-s", type=float, default=None, dest="deadline",
                               help="seconds the node's matches have to finish before they move to other nodes "
                                    "[default: the node's drain_deadline_s setting here]")
@@ -169,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         except GameLoadError as error:
             print(f"tickroom: {error}", file=sys.stderr)
             return 2
-        return run_on_loop(serve(settings, games))
+        workers = worker_count(settings)
+        if workers == 1:
+            return run_on_loop(serve(settings, games))
+        return _supervise(settings, workers)
     if args.command == "migrate":
         return run_on_loop(_migrate(settings))
     if args.command == "drain":

@@ -116,7 +116,8 @@ class Cluster:
         lives = sum(1 for _ in self.tmp_path.glob(f"{node_id}*.log"))
         node = NodeProcess(node_id, port or free_port(),
                            self.tmp_path / (f"{node_id}.log" if not lives else f"{node_id}.{lives + 1}.log"))
-        args = ["serve", "--host", "127.0.0.1", "--port", str(node.port), "--node-id", node_id,
+        # One node per process (the default would be a supervisor of one worker per core).
+        args = ["serve", "--workers", "1", "--host", "127.0.0.1", "--port", str(node.port), "--node-id", node_id,
                 "--public-url", node.url, "--redis-url", self.redis_url, "--database-url", self.database_url,
                 "--lobby-prefix", self.prefix, "--countdown-s", "1", "--node-heartbeat-s", "0.2",
                 "--node-dead-after-s", "2", *self.extra_args]

@@ -3,7 +3,8 @@ the nginx config it mounts, the Dockerfile's shape, and deploy/nginx/tickroom.co
 
 nginx resolves upstream hosts when it loads its config, and the compose service names (node-1, ...) resolve only
 inside compose: every check that runs nginx uses a copy whose upstream `server HOST:PORT` lines point at
-127.0.0.1, inside a minimal main config (the file is an `http`-level include, as in the nginx image) that keeps
+127.0.0.1 (the routing check: a stand-in of its own for each service's shared port and each worker's own port),
+inside a minimal main config (the file is an `http`-level include, as in the nginx image) that keeps
 the pid, logs and temporary files in a temporary directory. Without nginx (./scripts/test installs Debian's as
 root) those checks are skipped.
 """
@@ -34,6 +35,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from server.ops.settings import Settings
+from server.ops.workers import plan_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -46,7 +48,7 @@ SERVICES = ("redis", "postgres", "migrate", "node-1", "node-2", "nginx")
 # What the operator must provide (in .env or the environment); compose refuses to start without them.
 OPERATOR_ENV = {"TICKROOM_JWT_SECRET": "s" * 64, "TICKROOM_ADMIN_TOKEN": "a" * 64}
 NODE_REQUIRED = ("REDIS_URL", "DATABASE_URL", "TICKROOM_ENV", "TICKROOM_JWT_SECRET", "TICKROOM_ADMIN_TOKEN",
-                 "TICKROOM_NODE_ID", "TICKROOM_PUBLIC_URL", "TICKROOM_HOST", "TICKROOM_LOG_FORMAT")
+                 "TICKROOM_NODE_ID", "TICKROOM_PUBLIC_URL", "TICKROOM_HOST", "TICKROOM_LOG_FORMAT", "TICKROOM_WORKERS")
 
 
 # -- Dockerfile and docker-compose.yml --------------------------------------------------------------------------
@@ -133,6 +135,31 @@ def container_settings(service: Mapping[str, Any], environ: Mapping[str, str] = 
 
 def node_names() -> list[str]:
     return sorted(name for name in tickroom_services() if name != "migrate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """One node of a compose service: a worker of its `tickroom serve --workers N` (or the service itself)."""
+
+    service: str
+    node_id: str
+    port: int  # its own: what its public URL names
+    public_url: str
+
+
+def node_workers() -> list[Worker]:
+    """Every service's nodes, as the server lays them out from the service's settings (server/ops/workers.py)."""
+    found = []
+    for name in node_names():
+        settings = container_settings(services()[name])
+        assert settings.workers > 0, f"{name}: set TICKROOM_WORKERS, as nginx routes each worker: not the core count"
+        if settings.workers == 1:
+            found.append(Worker(name, settings.node_id, settings.port, settings.advertised_url))
+            continue
+        for slot in plan_workers(settings, settings.workers):
+            url = dataclasses.replace(slot.settings(settings), port=slot.own_port).advertised_url
+            found.append(Worker(name, slot.node_id, slot.own_port, url))
+    return found
 
 
 def settings_env_names() -> set[str]:
@@ -254,21 +281,24 @@ def nginx_routes(text: str) -> NginxRoutes:
 def test_each_node_has_its_own_id_and_a_public_url_that_nginx_routes_to_that_node() -> None:
     routes = nginx_routes(NGINX_CONF.read_text())
     published = services()["nginx"]["ports"][0].split(":")
-    seen_ids = set()
-    for name in node_names():
-        settings = container_settings(services()[name])
-        seen_ids.add(settings.node_id)
-        url = urlsplit(settings.advertised_url)
+    workers = node_workers()
+    for worker in workers:
+        url = urlsplit(worker.public_url)
         assert url.scheme == "ws" and url.netloc == f"localhost:{published[1]}"
-        assert url.path == f"/node/{settings.node_id}"
-        # The trailing slash of proxy_pass strips the prefix: /node/node-1/game?room=... reaches /game there.
+        assert url.path == f"/node/{worker.node_id}"
+        # The trailing slash of proxy_pass strips the prefix: /node/node-1-w0/game?room=... reaches /game there.
         upstream, uri = routes.proxied[f"{url.path}/"]
         assert uri == "/"
-        assert routes.upstreams[upstream] == [(name, settings.port)], f"{url.path}/ must reach {name} only"
-    assert len(seen_ids) == len(node_names())
+        assert routes.upstreams[upstream] == [(worker.service, worker.port)], \
+            f"{url.path}/ must reach {worker.service}:{worker.port} (that worker's own port) only"
+    assert len({worker.node_id for worker in workers}) == len(workers)
+    assert len(workers) > len(node_names())  # several workers per service
+    node_routes = {prefix for prefix in routes.proxied if prefix.startswith("/node/")}
+    assert node_routes == {f"/node/{worker.node_id}/" for worker in workers}, "a route for each worker, no other"
     shared_upstream, uri = routes.proxied["/"]
     assert uri == ""
-    assert sorted(routes.upstreams[shared_upstream]) == [(name, 8000) for name in node_names()]
+    assert sorted(routes.upstreams[shared_upstream]) == \
+        [(name, container_settings(services()[name]).port) for name in node_names()]
     assert routes.returns["/metrics"] == 404 and routes.returns["/admin"] == 404
     assert "/metrics" not in routes.proxied and "/admin" not in routes.proxied
     text = NGINX_CONF.read_text()
@@ -287,10 +317,10 @@ def find_nginx() -> str:
 
 
 def local_copy(text: str, hosts: Mapping[str, tuple[str, int]] | None = None, listen: int | None = None) -> str:
-    """The config with each upstream server `HOST:PORT` at 127.0.0.1 (on the port `hosts` gives for HOST, else
-    the same port), and `listen 8080` moved to 127.0.0.1:`listen`."""
+    """The config with each upstream server `HOST:PORT` at 127.0.0.1 (where `hosts` sends "HOST:PORT", else on the
+    same port), and `listen 8080` moved to 127.0.0.1:`listen`."""
     def server(match: re.Match[str]) -> str:
-        host, port = (hosts or {}).get(match.group(2), ("127.0.0.1", int(match.group(3))))
+        host, port = (hosts or {}).get(f"{match.group(2)}:{match.group(3)}", ("127.0.0.1", int(match.group(3))))
         return f"{match.group(1)}{host}:{port}"
 
     copy = re.sub(r"^(\s*server\s+)([A-Za-z0-9.-]+):(\d+)", server, text, flags=re.M)
@@ -336,7 +366,7 @@ def test_the_nginx_check_fails_a_broken_config(tmp_path: Path) -> None:
     assert result.returncode != 0 and "proxy_buffering" in result.stderr
 
 
-# -- nginx routing, through a real nginx to two stand-in nodes -----------------------------------------------------
+# -- nginx routing, through a real nginx to stand-in nodes -----------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -416,24 +446,32 @@ async def test_nginx_sends_each_node_path_to_that_node_and_the_rest_to_any_node(
     nginx = find_nginx()
     listen = free_port()
     nodes = node_names()
+    workers = node_workers()
     async with AsyncExitStack() as stack:
-        # The first node is draining: its /readyz answers 503.
-        hosts = {name: ("127.0.0.1", await stack.enter_async_context(stand_in_node(name, ready=name != nodes[0])))
+        # A stand-in for each service's shared port (named by the service) and each worker's own (by its node id).
+        # The first service is draining: its /readyz answers 503, on every port.
+        hosts = {f"{name}:{container_settings(services()[name]).port}":
+                 ("127.0.0.1", await stack.enter_async_context(stand_in_node(name, ready=name != nodes[0])))
                  for name in nodes}
+        for worker in workers:
+            stand_in = stand_in_node(worker.node_id, ready=worker.service != nodes[0])
+            hosts[f"{worker.service}:{worker.port}"] = ("127.0.0.1", await stack.enter_async_context(stand_in))
         with running_nginx(nginx, tmp_path, local_copy(NGINX_CONF.read_text(), hosts, listen)) as process:
             await wait_listening(listen, process)
             base = f"127.0.0.1:{listen}"
-            # The URL match_found hands out (TICKROOM_PUBLIC_URL + /game?...), as a WebSocket, reaches that node.
-            for name in nodes:
-                async with connect(f"ws://{base}/node/{name}/game?room=r1&ticket=t1") as game:
+            # The URL match_found hands out (a worker's public URL + /game?...), as a WebSocket, reaches that worker.
+            for worker in workers:
+                path = urlsplit(worker.public_url).path
+                async with connect(f"ws://{base}{path}/game?room=r1&ticket=t1") as game:
                     seen = json.loads(await asyncio.wait_for(game.recv(), 5))
-                assert (seen["node"], seen["path"]) == (name, "/game?room=r1&ticket=t1")
+                assert (seen["node"], seen["path"]) == (worker.node_id, "/game?room=r1&ticket=t1")
                 assert seen["headers"]["Upgrade"].lower() == "websocket"
                 assert seen["headers"]["Connection"].lower() == "upgrade"
                 assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
-                status, body = await asyncio.to_thread(http_get, f"http://{base}/node/{name}/metrics")
-                assert status == 200 and json.loads(body)["path"] == "/metrics"
-            # The lobby and the HTTP endpoints: every node serves them, in turn.
+                status, body = await asyncio.to_thread(http_get, f"http://{base}{path}/metrics")
+                assert status == 200 and (json.loads(body)["node"], json.loads(body)["path"]) == \
+                    (worker.node_id, "/metrics")
+            # The lobby and the HTTP endpoints: every service serves them on its shared port, in turn.
             lobby_nodes = set()
             for _ in range(2 * len(nodes)):
                 async with connect(f"ws://{base}/lobby") as lobby:
@@ -447,7 +485,8 @@ async def test_nginx_sends_each_node_path_to_that_node_and_the_rest_to_any_node(
             for _ in range(len(nodes)):
                 status, body = await asyncio.to_thread(http_get, f"http://{base}/readyz")
                 assert status == 200 and json.loads(body)["node"] != nodes[0]
-            status, _ = await asyncio.to_thread(http_get, f"http://{base}/node/{nodes[0]}/readyz")
+            draining = next(worker for worker in workers if worker.service == nodes[0])
+            status, _ = await asyncio.to_thread(http_get, f"http://{base}/node/{draining.node_id}/readyz")
             assert status == 503
             for shared in ("/metrics", "/admin", "/admin/drain"):
                 status, body = await asyncio.to_thread(http_get, f"http://{base}{shared}")

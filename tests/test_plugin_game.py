@@ -294,7 +294,7 @@ async def test_tickroom_serve_serves_exactly_the_games_tickroom_games_names_an_i
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         server = await asyncio.create_subprocess_exec(
-            TICKROOM, "serve", "--host", "127.0.0.1", "--port", str(port), "--node-id", "plugin-node",
+            TICKROOM, "serve", "--workers", "1", "--host", "127.0.0.1", "--port", str(port), "--node-id", "plugin-node",
             "--redis-url", redis_url, "--database-url", fresh_database, "--lobby-prefix", lobby_prefix(),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
             env=serve_environment(installed, "arena,coinflip"))

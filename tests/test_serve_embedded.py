@@ -37,8 +37,8 @@ def test_serve_with_nothing_configured_runs_embedded_servers_plays_a_bot_and_sto
            if key not in ("REDIS_URL", "DATABASE_URL", "TICKROOM_JWT_SECRET")}
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
-        server = subprocess.Popen([TICKROOM, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
-                                   "--countdown-s", "0.5"],
+        server = subprocess.Popen([TICKROOM, "serve", "--workers", "1", "--port", str(port),
+                                   "--data-dir", str(tmp_path / "data"), "--countdown-s", "0.5"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(port, server, timeout=60)

@@ -83,6 +83,12 @@ class Drainer:
         self._task = self._spawn(self._run(), name="drain", context=contextvars.Context())
         return True
 
+    def stop(self) -> None:
+        """The node is shutting down (SIGTERM): the drain ends now rather than at its deadline, and the shutdown
+        does what is left (snapshots, players told to reconnect, the node deregistered for others to sweep)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def describe(self) -> dict[str, object]:
         left = None if self.deadline is None else max(0.0, round(self.deadline - self.clock(), 3))
         return {"state": self.state.value, "rooms": len(self.node.rooms), "deadline_in_s": left}

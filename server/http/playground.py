@@ -25,9 +25,11 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
 }
-# The pages may run only their own scripts and talk to their own node (a pasted token cannot leak elsewhere).
+# The pages run only their own scripts and fetch only from their own node; WebSockets may go to other ports and
+# hosts, because `match_found` may send a player to another node, or to a worker's own port (`--workers`).
 SECURITY_HEADERS = [
-    ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+    ("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                                "frame-ancestors 'none'"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 ]

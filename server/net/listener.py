@@ -1,6 +1,6 @@
-"""The node's listening socket: each connection's handshake and session run as one task, and one timer a second
+"""The node's listening sockets: each connection's handshake and session run as one task, and one timer a second
 keeps every connection's time (keepalive pings, opening and closing handshake deadlines) instead of a task or
-timer per connection.
+timer per connection. A worker of several listens twice: on the port it shares with its siblings, and its own.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class Timeouts:
 
 
 class Listener:
-    """`await Listener(...).start(host, port)`; `close()` then `await wait_closed()` to stop."""
+    """`await Listener(...).start(host, port)` (again for each further port); `close()` then `await wait_closed()`
+    to stop."""
 
     def __init__(self, process_request: ProcessRequest, handler: Handler, *, max_size: int, timeouts: Timeouts,
                  logger: logging.Logger, traffic: Traffic | None = None) -> None:
@@ -49,7 +50,7 @@ class Listener:
         self.timeouts = timeouts
         self._process_request = process_request
         self._handler = handler
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self.connections: set[GameConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,15 +59,32 @@ class Listener:
         self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
 
-    async def start(self, host: str, port: int, *, backlog: int) -> None:
-        self._server = await self.loop.create_server(lambda: GameConnection(self), host, port, backlog=backlog)
-        self._sweeper = self.loop.call_later(self.timeouts.sweep_s, self.sweep)
+    async def start(self, host: str, port: int, *, backlog: int, reuse_port: bool = False,
+                    serving: bool = True) -> None:
+        """Listen on `port` too (the first port started is `port`). `reuse_port`: share it with other processes
+        that do (SO_REUSEPORT), the kernel spreading new connections over those that listen. `serving=False`:
+        only bind it (no connection comes in) until `serve()`, once whatever answers connections is ready."""
+        server = await self.loop.create_server(lambda: GameConnection(self), host, port, backlog=backlog,
+                                               reuse_port=reuse_port or None, start_serving=serving)
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.timeouts.sweep_s, self.sweep)
+
+    async def serve(self) -> None:
+        """Listen on every port that was only bound."""
+        for server in self._servers:
+            if not server.is_serving():
+                await server.start_serving()
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The port bound by the first `start`."""
+        return self.ports[0]
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port listened on, in the order started (port 0 asked the kernel for a free one)."""
+        return [server.sockets[0].getsockname()[1] for server in self._servers]
 
     # -- connections ---------------------------------------------------------------------------------
 
@@ -172,8 +190,8 @@ class Listener:
         if self._closing:
             return
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for conn in list(self.connections):
             if conn.state is _OPEN:
                 conn.close(code, reason)
@@ -182,8 +200,8 @@ class Listener:
 
     async def wait_closed(self) -> None:
         """Until every connection is gone and every session has returned (the close timeout bounds the wait)."""
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         if self.connections:
             if self._all_gone is None:
                 self._all_gone = self.loop.create_future()

@@ -43,7 +43,7 @@ from server.ops.binaries import (
 
 __all__ = [
     "DEBIAN_POSTGRES_ROOT", "BinaryKind", "BinaryNotFoundError", "EmbeddedServerError", "LocalPostgres",
-    "LocalRedis", "PostgresBinaries", "Prefer", "RedisBinary", "ServerStartError", "find_postgres",
+    "LocalRedis", "PostgresBinaries", "Prefer", "RedisBinary", "ServerStartError", "die_with_parent", "find_postgres",
     "find_redis_server", "free_port", "postgres_candidates", "redis_candidates",
 ]
 
@@ -96,7 +96,7 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     """A preexec_fn asking Linux to send `sig` to the child when the thread that started it dies.
 
     That covers a parent killed with SIGKILL, which runs no atexit handler. It is the starting *thread*
@@ -226,7 +226,7 @@ class _ChildServer:
             cwd=self.data_dir, env=self._environment(), close_fds=True,
             # Our own session: a terminal's Ctrl-C reaches only us, and we stop the servers last,
             # after the application has flushed its state into them.
-            start_new_session=True, preexec_fn=_die_with_parent(self.stop_signal),
+            start_new_session=True, preexec_fn=die_with_parent(self.stop_signal),
             user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
             extra_groups=[] if run_as else None)
 

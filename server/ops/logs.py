@@ -6,6 +6,7 @@ The connection id and player id are context variables: the listener sets them in
 what that task logs carries them (its session, its lobby calls). Tasks that serve everyone start with an empty
 context: rooms, the lobby's background work, the drain. Writes to Postgres run in the write queue's worker:
 their lines name the match and its `players` instead, so `grep PLAYER_ID` follows a player into Postgres too.
+The workers of `tickroom serve --workers N` share one stderr: each of their lines names its `node`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 
 
 class ContextFilter(logging.Filter):
-    """Puts the current connection and player on every record."""
+    """Puts the current connection and player on every record, and the node's id when one is given (a worker of
+    several writing to the same stream)."""
+
+    def __init__(self, node: str = "") -> None:
+        super().__init__()
+        self.node = node
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.node:
+            record.node = self.node
         record.conn = CONN.get()
         record.player = PLAYER.get()
         return True
@@ -55,14 +63,15 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        context = " ".join(f"{key}={value}" for key in ("conn", "player")
+        context = " ".join(f"{key}={value}" for key in ("node", "conn", "player")
                            if (value := getattr(record, key, "")))
         return f"{text} [{context}]" if context else text
 
 
-def configure_logging(level: str, log_format: str = "json") -> None:
+def configure_logging(level: str, log_format: str = "json", node: str = "") -> None:
+    """Log lines to stderr at `level`, as JSON or text; each names `node` when given (a worker process)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContextFilter())
+    handler.addFilter(ContextFilter(node))
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

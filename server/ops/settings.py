@@ -23,6 +23,9 @@ class SettingsError(ValueError):
 
 # The secret a development node signs tokens with; refused outside development (see `Settings.check`).
 DEV_SECRET = "tickroom-development-secret-change-me"
+# In the public URL: the node's id and port (each worker's own, with `workers` > 1).
+NODE_PLACEHOLDER = "{node}"
+PORT_PLACEHOLDER = "{port}"
 
 def _setting(default: Any, env: str, help: str, *, low: float | None = None, high: float | None = None) -> Any:
     return field(default=default, metadata={"env": env, "help": help, "low": low, "high": high})
@@ -38,6 +41,13 @@ class Settings:
                                 "development or production; production refuses the development JWT secret")
     host: str = _setting("127.0.0.1", "TICKROOM_HOST", "address to listen on")
     port: int = _setting(8000, "TICKROOM_PORT", "TCP port for WebSocket and HTTP", low=0, high=65535)
+    workers: int = _setting(0, "TICKROOM_WORKERS",
+                            "node processes `tickroom serve` runs, each a node of its own (NODE_ID-w0, -w1, ...) "
+                            "sharing PORT for the lobby and HTTP, under one supervisor that restarts a dead one; "
+                            "0: one per core this process may use; 1: one node, no supervisor", low=0, high=256)
+    worker_port: int = _setting(0, "TICKROOM_WORKER_PORT",
+                                "with several workers, worker i also listens on this port plus i, alone: the port "
+                                "its public URL names (its players' /game); 0: PORT + 1", low=0, high=65535)
     node_id: str = _setting("", "TICKROOM_NODE_ID", "this node's id (default: hostname plus a random suffix)")
     redis_url: str = _setting("", "REDIS_URL", "Redis URL; unset: start an embedded Redis")
     database_url: str = _setting("", "DATABASE_URL", "Postgres URL; unset: start an embedded Postgres")
@@ -84,7 +94,8 @@ class Settings:
                                        "seconds a draining node lets its running matches finish before it "
                                        "hands them to other nodes", low=0, high=86400)
     public_url: str = _setting("", "TICKROOM_PUBLIC_URL",
-                               "the ws:// URL players reach this node at (default: ws://HOST:PORT)")
+                               "the ws:// URL players reach this node at (default: ws://HOST:PORT, a worker's own "
+                               "port); {node} and {port} in it stand for the node's id and port, each worker's own")
     lobby_prefix: str = _setting("tickroom", "TICKROOM_LOBBY_PREFIX", "prefix of every lobby key in Redis")
     backfill: bool = _setting(False, "TICKROOM_BACKFILL",
                               "a running arena match that loses a player takes the longest-waiting player in "
@@ -135,9 +146,21 @@ class Settings:
 
     @property
     def advertised_url(self) -> str:
-        """The base URL `match_found` sends players to for rooms this node hosts."""
-        return self.public_url.rstrip("/") or f"ws://{self.host}:{self.port}"
+        """The base URL `match_found` sends players to for rooms this node hosts: the public URL with its
+        `{node}` and `{port}` filled in, or where the node listens."""
+        url = self.public_url.rstrip("/")
+        if not url:
+            return f"ws://{self.host}:{self.port}"
+        return url.replace(NODE_PLACEHOLDER, self.node_id).replace(PORT_PLACEHOLDER, str(self.port))
 
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as its environment variable, as `Settings.load` reads it back into these settings
+        (how a supervisor hands its settings to the workers it starts)."""
+        environment = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            environment[f.metadata["env"]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return environment
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, args: argparse.Namespace | None = None,
@@ -177,6 +200,10 @@ class Settings:
         if self.public_url and not self.public_url.startswith(("ws://", "wss://")):
             raise SettingsError(f"public_url (TICKROOM_PUBLIC_URL) must start with ws:// or wss://, "
                                 f"got {self.public_url!r}")
+        bare = self.public_url.replace(NODE_PLACEHOLDER, "").replace(PORT_PLACEHOLDER, "")
+        if "{" in bare or "}" in bare:
+            raise SettingsError(f"public_url (TICKROOM_PUBLIC_URL) may hold {NODE_PLACEHOLDER} and "
+                                f"{PORT_PLACEHOLDER}, no other braces, got {self.public_url!r}")
         if not self.lobby_prefix or "{" in self.lobby_prefix or "}" in self.lobby_prefix:
             raise SettingsError(f"lobby_prefix (TICKROOM_LOBBY_PREFIX) must be non-empty and without braces, "
                                 f"got {self.lobby_prefix!r}")
