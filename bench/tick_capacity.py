@@ -85,12 +85,12 @@ def wait_ready(port: int, server: subprocess.Popen[bytes], timeout: float = 30.0
 
 
 def run_step(port: int, server: psutil.Process, rooms: int, seconds: float, bot_cores: str,
-             processes: int) -> dict[str, Any]:
+             processes: int, encoding: str = "json") -> dict[str, Any]:
     bots = rooms * 5
     ramp = min(5.0, max(1.0, rooms / 40))
     command = ["taskset", "-c", bot_cores, TICKROOM, "bot", "--url", f"ws://127.0.0.1:{port}",
                "--bots", str(bots), "--duration", str(seconds + ramp), "--ramp", str(ramp), "--json", "--quiet",
-               "--processes", str(processes)]
+               "--processes", str(processes), "--encoding", encoding]
     bot = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Measure the server over the steady part only: after the ramp, until shortly before the bots stop.
     time.sleep(ramp + 1.0)
@@ -117,6 +117,7 @@ def run_step(port: int, server: psutil.Process, rooms: int, seconds: float, bot_
         "duration_p99_ms": totals["duration_ms"]["p99"],
         "states_per_s_p50": summary["states_per_s_p50"],
         "states_per_s_min": summary["states_per_s_min"],
+        "bytes_per_s_p50": summary["bytes_per_s_p50"],
         "ack_ms_p50": summary["ack_ms_p50"],
         "ack_ms_p99": summary["ack_ms_p99"],
         "errors": summary["errors"],
@@ -133,6 +134,7 @@ def passes(row: dict[str, Any]) -> bool:
 COLUMNS = [("rooms", "rooms"), ("server_cpu_pct", "server CPU %"), ("lateness_p50_ms", "lateness p50 ms"),
            ("lateness_p99_ms", "lateness p99 ms"), ("duration_p99_ms", "tick p99 ms"),
            ("states_per_s_p50", "states/s p50"), ("states_per_s_min", "states/s min"),
+           ("bytes_per_s_p50", "bytes/s per bot p50"),
            ("ack_ms_p50", "ack p50 ms"), ("ack_ms_p99", "ack p99 ms"), ("bot_cpu_pct", "bot CPU %"),
            ("server_rss_mib", "server RSS MiB"), ("errors", "errors"), ("disconnects", "disconnects")]
 
@@ -152,6 +154,9 @@ def main() -> int:
     parser.add_argument("--server-core", default="0")
     parser.add_argument("--bot-cores", default="1")
     parser.add_argument("--bot-processes", type=int, default=1)
+    parser.add_argument("--encoding", default="json", choices=("json", "delta"),
+                        help="the state encoding the bots ask for (default: %(default)s, comparable with the "
+                             "figures recorded before the delta encoding; delta costs the bots twice the CPU)")
     parser.add_argument("--keep-going", action="store_true", help="run every step even after a failing one")
     parser.add_argument("--snapshot-every", type=float, default=30.0,
                         help="seconds between two snapshots of a room (TICKROOM_SNAPSHOT_EVERY_S)")
@@ -173,7 +178,8 @@ def main() -> int:
             wait_ready(port, server)
             process = psutil.Process(server.pid)
             for rooms in (int(step) for step in args.steps.split(",")):
-                row = run_step(port, process, rooms, args.seconds, args.bot_cores, args.bot_processes)
+                row = run_step(port, process, rooms, args.seconds, args.bot_cores, args.bot_processes,
+                               args.encoding)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if not passes(row) and not args.keep_going:

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp", type=float, default=2.0,
                         help="spread the bots' first connects over this many seconds (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the bots' random behaviour")
+    parser.add_argument("--encoding", default="json", choices=("json", "delta"),
+                        help="the state encoding the bots ask for in hello (docs/protocol.md; default: %(default)s, "
+                             "the lighter to decode: a load generator's core goes further; delta for the bytes)")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as one JSON object, the last line of stdout")
     parser.add_argument("--quiet", action="store_true", help="no live progress on stderr")

@@ -37,6 +37,7 @@ from picows import (
 
 from bot.plan import BotSettings, BotSpec, room_id
 from game.api import BotPolicy
+from server.net.wire import StateDecoder
 
 log = logging.getLogger("tickroom.bot")
 
@@ -47,11 +48,12 @@ BACKOFF_MAX_S = 5.0
 LEAVE_TIMEOUT_S = 2.0  # after `leave`, how long the server has to close before we close ourselves
 REJOIN_PAUSE_S = 0.05  # after match_end, so that the server has released the old seat first
 
-HELLO = b'{"type":"hello","v":1}'
+HELLO = b'{"type":"hello","v":1}'  # JSON states, the default
 LEAVE = b'{"type":"leave"}'
 # Lobby errors that mean "not now": the bot closes, backs off and joins the queue again.
 LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid"})
 _TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -130,14 +132,19 @@ class BotClient(WSListener):
     Its `group` picks its rooms; without one (--lobby), the lobby does.
     """
 
-    __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "inputs",
-                 "join", "joined_at", "lost_room", "mode", "pending", "phase", "policy", "refused", "rng", "room",
-                 "spec", "states", "tally", "ticket", "transport", "url", "welcomed", "window_start", "you")
+    __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "hello",
+                 "inputs", "join", "joined_at", "lost_room", "mode", "pending", "phase", "policy", "received_bytes",
+                 "refused", "rng", "room", "spec", "state_decoder", "states", "tally", "ticket", "transport", "url",
+                 "welcomed", "window_start", "you")
 
     def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
                  rng: random.Random, policy: BotPolicy, clock: Callable[[], float] = time.monotonic,
-                 mode: str = "arena") -> None:
+                 mode: str = "arena", encoding: str = "json") -> None:
         self.spec = spec
+        # A hello without `encoding` is the default (JSON states), byte for byte what older bots sent.
+        self.hello = HELLO if encoding == "json" else orjson.dumps({"type": "hello", "v": 1, "encoding": encoding})
+        self.state_decoder = StateDecoder()
+        self.received_bytes = 0  # every frame received while in a room, WebSocket header included
         self.policy = policy
         self.mode = mode
         self.join = orjson.dumps({"type": "join", "v": 1, "mode": mode})
@@ -181,16 +188,25 @@ class BotClient(WSListener):
                 {"type": "join", "v": 1, "mode": self.mode, "ticket": self.ticket}))
         else:
             self.phase = Phase.JOINING
-            transport.send(_TEXT, HELLO)
+            self.state_decoder = StateDecoder()  # a new connection starts with a keyframe
+            transport.send(_TEXT, self.hello)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type is not _TEXT:
+        if msg_type is _TEXT:
+            payload = frame.get_payload_as_bytes()
+            msg = _loads(payload)
+        elif msg_type is _BINARY:  # a state in the `delta` encoding (server/net/wire.py)
+            payload = frame.get_payload_as_bytes()
+            msg = self.state_decoder.decode(payload)
+        else:
             if msg_type is _CLOSE:
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
                 transport.disconnect()
             return
-        msg = _loads(frame.get_payload_as_bytes())
+        if self.phase is _PLAYING:
+            size = len(payload)
+            self.received_bytes += size + (2 if size < 126 else 4 if size < 65536 else 10)
         if msg["type"] == "state":
             if self.phase is _PLAYING:
                 self.states += 1

@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from server.net.auth import NAME_MAX
+from server.net.wire import Encoding
 from server.ops.settings import DEV_SECRET
 from server.rooms.catalog import installed_games
+
+ENCODINGS = tuple(encoding.value for encoding in Encoding)
 
 GROUP_SIZE = 5  # seats per arena room: one group of bots fills one room
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -44,6 +47,7 @@ class BotSettings:
     run_id: str  # unique per run, so several bot processes can load one server side by side
     lobby: bool = False  # matched through URL/lobby, which picks the rooms; excludes `room`
     mode: str = "arena"  # the game the bots play (each installed game brings its own bot policy)
+    encoding: str = "json"  # the state encoding the bots ask for in `hello` (server/net/wire.py)
 
     @property
     def grouped(self) -> bool:
@@ -77,12 +81,16 @@ class BotSettings:
         playable = sorted(name for name, game in installed_games().items() if game.bot is not None)
         if mode not in playable:
             raise BotSettingsError(f"--mode must be a game the bot can play ({', '.join(playable)}), not {mode!r}")
+        encoding = str(getattr(args, "encoding", "json"))
+        if encoding not in ENCODINGS:
+            raise BotSettingsError(f"--encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
         secret = args.secret or environ.get("TICKROOM_JWT_SECRET") or DEV_SECRET
         grouped = room is None and not lobby
         processes = min(args.processes, len(split_bots(args.bots, args.processes, grouped=grouped)))
         return cls(url=url, bots=args.bots, duration_s=float(args.duration), room=room, secret=secret,
                    processes=processes, ramp_s=float(args.ramp), json=bool(args.json), quiet=bool(args.quiet),
-                   seed=args.seed, run_id=run_id or secrets.token_hex(3), lobby=lobby, mode=mode)
+                   seed=args.seed, run_id=run_id or secrets.token_hex(3), lobby=lobby, mode=mode,
+                   encoding=encoding)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ class ProcessResult:
     process: int
     bots: int
     rates: array[float] = field(default_factory=lambda: array("d"))  # states/s of each measured bot
+    # Bytes/s each measured bot received while in a room (every frame, with its WebSocket header).
+    byte_rates: array[float] = field(default_factory=lambda: array("d"))
     acks_ms: array[float] = field(default_factory=lambda: array("d"))  # every input->ack latency, ms
     lag_ms: array[float] = field(default_factory=lambda: array("d"))  # input task's lateness per wake-up
     connected: int = 0  # bots that got a welcome at least once
@@ -77,6 +79,7 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
     """One JSON-ready summary over every process's samples; `extra_cpu_s` is the parent's own CPU time."""
     results = list(results)
     rates = _merged(result.rates for result in results)
+    byte_rates = _merged(result.byte_rates for result in results)
     acks = _merged(result.acks_ms for result in results)
     lags = _merged(result.lag_ms for result in results)
     waits = _merged(result.waits_ms for result in results)
@@ -99,6 +102,8 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
         "states_per_s_p50": round(percentile(rates, 50) or 0.0, 2),
         "states_per_s_min": round(rates[0], 2) if rates else 0.0,
         "states_per_s_mean": round(sum(rates) / len(rates), 2) if rates else 0.0,
+        "bytes_per_s_p50": round(percentile(byte_rates, 50) or 0.0, 1),
+        "bytes_per_s_max": round(byte_rates[-1], 1) if byte_rates else 0.0,
         "inputs_per_s_mean": round(sum(result.inputs for result in results) / connected_s, 2)
         if connected_s > 0 else 0.0,
         "acks": len(acks),
@@ -129,7 +134,8 @@ def summary_text(summary: dict[str, Any], lobby: bool = False) -> str:
         f"bots {summary['connected']}/{summary['bots']} connected over {summary['wall_s']:.1f} s "
         f"in {summary['processes']} process(es), bot CPU {summary['cpu_percent']:.0f}%",
         f"states/s per bot: p50 {summary['states_per_s_p50']:.1f}, min {summary['states_per_s_min']:.1f} "
-        f"({summary['states']} states); inputs/s per bot {summary['inputs_per_s_mean']:.1f}",
+        f"({summary['states']} states); inputs/s per bot {summary['inputs_per_s_mean']:.1f}; "
+        f"received per bot p50 {summary.get('bytes_per_s_p50', 0.0) / 1000:.1f} KB/s",
         f"input->ack: p50 {ms(summary['ack_ms_p50'])}, p99 {ms(summary['ack_ms_p99'])}, "
         f"max {ms(summary['ack_ms_max'])} ({summary['acks']} acks)",
         f"matches {summary['matches']}, errors {summary['errors']}, disconnects {summary['disconnects']}, "

@@ -69,7 +69,8 @@ class Swarm:
             token = mint_token(settings.secret, spec.name, player_id=spec.player_id, ttl_s=ttl)
             rng = random.Random(seed * 1_000_003 + spec.index)
             self.bots.append(BotClient(spec, settings.url, token, group, self.tally, rng,
-                                       make_policy(random.Random(rng.getrandbits(64))), clock, mode=settings.mode))
+                                       make_policy(random.Random(rng.getrandbits(64))), clock, mode=settings.mode,
+                                       encoding=settings.encoding))
         self._acks_reported = 0
         self.lag_ms = array("d")
 
@@ -180,6 +181,7 @@ class Swarm:
             rate = bot_rate(bot.states, bot.connected_s, bot.welcomed)
             if rate is not None:
                 result.rates.append(rate)
+                result.byte_rates.append(bot.received_bytes / bot.connected_s if bot.connected_s > 0 else 0.0)
             result.connected += bot.welcomed
             result.connected_s += bot.connected_s
             result.states += bot.states

@@ -162,7 +162,8 @@ class Game(Protocol):
     def state(self) -> dict[str, Json] | None:
         """What everyone in the room sees now, merged into `{"type": "state", "tick": N, "t": ms, ...}`: every
         tick on a fixed-tick game; after every change on an event-driven one. None: nothing changed since the
-        last call (an event-driven game need not send the same state twice)."""
+        last call (an event-driven game need not send the same state twice). The host keeps the previous state to
+        send deltas against it: new lists and dicts each time, never one returned before changed in place."""
 
     def drain_events(self) -> list[Event]:
         """The events since the last call, oldest first."""

@@ -171,6 +171,30 @@ export interface ClientOptions {
   reconnectGraceMs?: number;
   /** Random numbers in [0, 1) for the retry jitter. */
   random?: () => number;
+  /** How states come: "json" (default) or "delta" (binary deltas); `onState` gets full states either way. */
+  encoding?: Encoding;
+}
+
+/** The state encodings of `hello` (docs/protocol.md "State encodings"). */
+export type Encoding = "json" | "delta";
+export const ENCODINGS: readonly Encoding[];
+
+/** A MessagePack extension value. */
+export class Ext {
+  constructor(type: number, data: Uint8Array);
+  readonly type: number;
+  readonly data: Uint8Array;
+}
+
+/** One MessagePack value; maps as plain objects (or `Map`s with `ordered`), binary as Uint8Array. */
+export function decodeMsgpack(bytes: ArrayBuffer | Uint8Array, ordered?: boolean): unknown;
+
+/** One connection's side of the `delta` encoding: each binary frame in, the full state out. */
+export class StateDecoder {
+  constructor();
+  /** The latest state, null before the first keyframe. */
+  readonly state: StateMessage | null;
+  decode(bytes: ArrayBuffer | Uint8Array): StateMessage;
 }
 
 export class TickroomClient {
@@ -178,6 +202,7 @@ export class TickroomClient {
   readonly url: string;
   readonly token: string;
   readonly reconnectGraceMs: number;
+  readonly encoding: Encoding;
   /** Queue in `/lobby` for `mode` (default `arena`); resolves once welcomed into the matched room. */
   join(mode?: string, options?: JoinOptions): Promise<Match>;
   /** Watch a room hosted by the node at `options.url` (default this client's): read-only, `you` null. */

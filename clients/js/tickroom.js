@@ -12,9 +12,11 @@
  *   match.send({ type: "input", seq: 1, dx: 1, dy: 0 });
  *
  * API
- * - `new TickroomClient({url, token, WebSocket?, reconnectGraceMs?, random?})`: `url` is the node's base
- *   (`ws://HOST:PORT`); `WebSocket` a constructor with the WHATWG interface, needed where there is no global
- *   one (Node 20 without `--experimental-websocket`).
+ * - `new TickroomClient({url, token, WebSocket?, reconnectGraceMs?, random?, encoding?})`: `url` is the node's
+ *   base (`ws://HOST:PORT`); `WebSocket` a constructor with the WHATWG interface, needed where there is no global
+ *   one (Node 20 without `--experimental-websocket`); `encoding` how states come: `"json"` (default) or
+ *   `"delta"` (binary deltas, a quarter of the bytes or less; `onState` gets the same full states either way).
+ * - `StateDecoder` (`decode(bytes)` → the full state) and `decodeMsgpack(bytes)`: the `delta` encoding by hand.
  * - `client.join(mode, {onLobby, onCountdown, onState, onEvent, onEnd, onError, onReconnecting,
  *   onReconnected, ticket, signal})` → `Promise<Match>`: queues in `/lobby`, resolves once `match_found` came
  *   and the game connection is open and welcomed. Rejects with a `TickroomError`.
@@ -72,7 +74,7 @@ export const REFUSALS = Object.freeze({
 
 /** In-session error codes after which the server closes the connection (docs/protocol.md, `error`). */
 export const CLOSING_ERRORS = Object.freeze(new Set([
-  "hello_required", "unsupported_version", "rate_limited", "room_full", "match_cancelled", "room_in_progress",
+  "hello_required", "unsupported_version", "unsupported_encoding", "rate_limited", "room_full", "match_cancelled", "room_in_progress",
   "room_closed", "already_connected", "server_full", "room_crashed", "internal_error", "not_in_room",
   "already_in_match",
 ]));
@@ -130,6 +132,218 @@ function textOf(data) {
   return new TextDecoder().decode(data);
 }
 
+// -- state encodings (docs/protocol.md "State encodings") --------------------------------------------------
+
+/** The state encodings a client may ask for in `hello`. */
+export const ENCODINGS = Object.freeze(["json", "delta"]);
+
+/** A MessagePack extension value: `type` and its raw `data`. */
+export class Ext {
+  constructor(type, data) {
+    this.type = type;
+    this.data = data;
+  }
+}
+
+const UTF8 = new TextDecoder();
+
+/**
+ * Decode one MessagePack value (`bytes`: a Uint8Array or ArrayBuffer). Maps become plain objects, or `Map`s (keys
+ * kept as they are, in order) with `ordered`; binary becomes a Uint8Array, extensions `Ext`, 64-bit integers
+ * Numbers. Throws on truncated or unknown input.
+ */
+export function decodeMsgpack(bytes, ordered = false) {
+  const data = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let at = 0;
+  const need = (n) => {
+    if (at + n > data.length) throw new RangeError("MessagePack value cut short");
+    const start = at;
+    at += n;
+    return start;
+  };
+  const map = (n) => {
+    if (ordered) {
+      const out = new Map();
+      for (let i = 0; i < n; i++) {
+        const key = value();
+        out.set(key, value());
+      }
+      return out;
+    }
+    const out = {};
+    for (let i = 0; i < n; i++) {
+      const key = String(value());
+      const item = value();
+      if (key === "__proto__") Object.defineProperty(out, key, { value: item, enumerable: true, writable: true, configurable: true });
+      else out[key] = item;
+    }
+    return out;
+  };
+  const array = (n) => {
+    const out = new Array(n);
+    for (let i = 0; i < n; i++) out[i] = value();
+    return out;
+  };
+  const str = (n) => UTF8.decode(data.subarray(need(n), at));
+  const ext = (n) => {
+    const type = view.getInt8(need(1));
+    return new Ext(type, data.slice(need(n), at));
+  };
+  function value() {
+    const byte = data[need(1)];
+    if (byte <= 0x7f) return byte;
+    if (byte >= 0xe0) return byte - 0x100;
+    if (byte <= 0x8f) return map(byte & 0x0f);
+    if (byte <= 0x9f) return array(byte & 0x0f);
+    if (byte <= 0xbf) return str(byte & 0x1f);
+    switch (byte) {
+      case 0xc0: return null;
+      case 0xc2: return false;
+      case 0xc3: return true;
+      case 0xc4: return data.slice(need(data[need(1)]), at);
+      case 0xc5: return data.slice(need(view.getUint16(need(2))), at);
+      case 0xc6: return data.slice(need(view.getUint32(need(4))), at);
+      case 0xc7: return ext(data[need(1)]);
+      case 0xc8: return ext(view.getUint16(need(2)));
+      case 0xc9: return ext(view.getUint32(need(4)));
+      case 0xca: return view.getFloat32(need(4));
+      case 0xcb: return view.getFloat64(need(8));
+      case 0xcc: return data[need(1)];
+      case 0xcd: return view.getUint16(need(2));
+      case 0xce: return view.getUint32(need(4));
+      case 0xcf: return Number(view.getBigUint64(need(8)));
+      case 0xd0: return view.getInt8(need(1));
+      case 0xd1: return view.getInt16(need(2));
+      case 0xd2: return view.getInt32(need(4));
+      case 0xd3: return Number(view.getBigInt64(need(8)));
+      case 0xd4: return ext(1);
+      case 0xd5: return ext(2);
+      case 0xd6: return ext(4);
+      case 0xd7: return ext(8);
+      case 0xd8: return ext(16);
+      case 0xd9: return str(data[need(1)]);
+      case 0xda: return str(view.getUint16(need(2)));
+      case 0xdb: return str(view.getUint32(need(4)));
+      case 0xdc: return array(view.getUint16(need(2)));
+      case 0xdd: return array(view.getUint32(need(4)));
+      case 0xde: return map(view.getUint16(need(2)));
+      case 0xdf: return map(view.getUint32(need(4)));
+      default: throw new RangeError(`0x${byte.toString(16)} starts no MessagePack value`);
+    }
+  }
+  const result = value();
+  if (at !== data.length) throw new RangeError("bytes left after a MessagePack value");
+  return result;
+}
+
+const EXT_REMOVED = 0;
+const EXT_TENTHS = 1;
+const EXT_VALUE = 2;
+
+/** A value decoded with `ordered` maps, as JSON would have given it (plain objects). */
+function plain(value) {
+  if (value instanceof Map) {
+    const out = {};
+    for (const [key, item] of value) {
+      const name = String(key);
+      if (name === "__proto__") Object.defineProperty(out, name, { value: plain(item), enumerable: true, writable: true, configurable: true });
+      else out[name] = plain(item);
+    }
+    return out;
+  }
+  if (Array.isArray(value)) return value.map(plain);
+  return value;
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+/** The field naming each element of a list of objects: "id", else "p"; null when not every element has it. */
+function listKey(items) {
+  for (const name of ["id", "p"]) {
+    if (items.every((item) => isObject(item) && Object.hasOwn(item, name))) return name;
+  }
+  return null;
+}
+
+function applyChange(old, change) {
+  if (change instanceof Ext) {
+    if (change.type === EXT_TENTHS) return (Math.round(old * 10) + new DataView(change.data.buffer, change.data.byteOffset).getInt8(0)) / 10;
+    if (change.type === EXT_VALUE) return decodeMsgpack(change.data);
+    throw new RangeError(`unknown extension type ${change.type} in a delta`);
+  }
+  if (change instanceof Map) {
+    if (Array.isArray(old)) return applyList(old, change);
+    if (isObject(old)) return applyObject(old, change);
+  }
+  return plain(change);
+}
+
+function isRemoved(change) {
+  return change instanceof Ext && change.type === EXT_REMOVED;
+}
+
+function applyObject(old, changes) {
+  const out = { ...old };
+  for (const [key, change] of changes) {
+    const name = String(key);
+    if (isRemoved(change)) delete out[name];
+    else if (Object.hasOwn(out, name)) out[name] = applyChange(out[name], change);
+    else out[name] = plain(change);
+  }
+  return out;
+}
+
+function applyList(old, changes) {
+  const name = old.length ? listKey(old) : null;
+  const byId = new Map();
+  for (const [key, change] of changes) byId.set(String(key), change);
+  const known = new Set();
+  const out = [];
+  for (const item of old) {
+    const id = name === null ? null : String(item[name]);
+    known.add(id);
+    const change = byId.get(id);
+    if (change === undefined) out.push(item);
+    else if (!isRemoved(change)) out.push(applyObject(item, change));
+  }
+  for (const [key, change] of changes) {
+    if (!known.has(String(key)) && !isRemoved(change)) out.push(plain(change));
+  }
+  return out;
+}
+
+/**
+ * One connection's side of the `delta` encoding: `decode(bytes)` takes each binary frame and returns the full
+ * state, the same object JSON would have given. Unchanged parts are shared with the previous state (treat
+ * states as read-only). A new connection needs a new decoder (it starts with a keyframe).
+ */
+export class StateDecoder {
+  constructor() {
+    this.state = null;
+  }
+
+  decode(bytes) {
+    const value = decodeMsgpack(bytes, true);
+    if (value instanceof Map) {
+      this.state = plain(value);
+      return this.state;
+    }
+    if (!Array.isArray(value) || value.length !== 3 || !(value[2] instanceof Map)) {
+      throw new RangeError("a state frame is a keyframe (map) or a delta ([tick step, t step, changes])");
+    }
+    if (this.state === null) throw new RangeError("a delta arrived before any keyframe");
+    const previous = this.state;
+    const state = applyObject(previous, value[2]);
+    state.tick = previous.tick + value[0];
+    state.t = previous.t + value[1];
+    this.state = state;
+    return state;
+  }
+}
+
 /** How long after an `error` a connection counts as closed (1006) if no `close` came. */
 const ERROR_CLOSE_WAIT_MS = 100;
 
@@ -138,11 +352,13 @@ const ERROR_CLOSE_WAIT_MS = 100;
  * `handlers.close({code, reason, opened})` once. Frames that are not JSON objects are ignored.
  */
 class Link {
-  constructor(WebSocketImpl, url, handlers) {
+  constructor(WebSocketImpl, url, handlers, states = null) {
     this.handlers = handlers;
     this.opened = false;
     this.done = false;
+    this.states = states; // a StateDecoder for binary frames (the `delta` encoding), else they are ignored
     this.socket = new WebSocketImpl(url);
+    this.socket.binaryType = "arraybuffer";
     this.socket.addEventListener("open", () => {
       if (this.done) return;
       this.opened = true;
@@ -152,7 +368,8 @@ class Link {
       if (this.done) return;
       let message;
       try {
-        message = JSON.parse(textOf(event.data));
+        if (typeof event.data === "string" || this.states === null) message = JSON.parse(textOf(event.data));
+        else message = this.states.decode(event.data);
       } catch {
         return;
       }
@@ -258,6 +475,10 @@ export class TickroomClient {
     }
     this.reconnectGraceMs = options.reconnectGraceMs ?? RECONNECT_GRACE_MS;
     this.random = options.random ?? Math.random;
+    this.encoding = options.encoding ?? "json";
+    if (!ENCODINGS.includes(this.encoding)) {
+      throw new TypeError(`options.encoding must be one of ${ENCODINGS.join(", ")}, not ${String(this.encoding)}`);
+    }
   }
 
   /** `url` with the token and `refusal=close` (refusals as a close code and reason, which any client can read). */
@@ -572,8 +793,10 @@ export class Match {
       let welcomed = false;
       let lastError = null;
       let reconnectMs = null;
+      const encoding = this.client.encoding;
       const link = new Link(this.client.WebSocket, this.client.authorized(found.url), {
-        open: () => link.send({ type: "hello", v: PROTOCOL_VERSION }),
+        open: () => link.send(encoding === "json" ? { type: "hello", v: PROTOCOL_VERSION }
+          : { type: "hello", v: PROTOCOL_VERSION, encoding }),
         message: (message) => {
           if (welcomed) {
             this._onMessage(message);
@@ -615,7 +838,7 @@ export class Match {
             resolve({ welcomed: false, fatal: true, error: refusal });
           }
         },
-      });
+      }, encoding === "json" ? null : new StateDecoder());
       const abort = this._abort.signal;
       if (abort.aborted) link.close(1000, "aborted", 500);
       else abort.addEventListener("abort", () => { if (!welcomed) link.close(1000, "aborted", 500); }, { once: true });

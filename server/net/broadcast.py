@@ -16,6 +16,7 @@ from server.net.connection import GameConnection
 
 _OPEN = State.OPEN
 _TEXT_FIN = 0x81
+_BINARY_FIN = 0x82
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -26,6 +27,16 @@ def text_frame(payload: bytes) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", _TEXT_FIN, 126, length) + payload
     return struct.pack("!BBQ", _TEXT_FIN, 127, length) + payload
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """A final, unmasked binary frame around `payload` (a `delta` encoding state, server/net/wire.py)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((_BINARY_FIN, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", _BINARY_FIN, 126, length) + payload
+    return struct.pack("!BBQ", _BINARY_FIN, 127, length) + payload
 
 
 def send_frames(connection: GameConnection, frames: bytes) -> bool:

@@ -65,6 +65,7 @@ class ErrorCode(enum.StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     HELLO_REQUIRED = "hello_required"
     UNSUPPORTED_VERSION = "unsupported_version"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
     RATE_LIMITED = "rate_limited"
     ROOM_FULL = "room_full"
     ROOM_IN_PROGRESS = "room_in_progress"
@@ -110,6 +111,7 @@ Version = Annotated[int, Meta(ge=0, le=1_000_000)]
 
 class Hello(Message, frozen=True, tag="hello"):
     v: Version
+    encoding: str = "json"  # how states come (server/net/wire.py); any other value is refused by the session
 
 
 class Chat(Message, frozen=True, tag="chat"):

@@ -22,6 +22,7 @@ from server.net.auth import Identity
 from server.net.broadcast import send_frames, text_frame
 from server.net.connection import GameConnection
 from server.net.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError, encode, error_message
+from server.net.wire import Encoding, StateFrames, WireView
 from server.ops.settings import Settings
 from server.rooms.catalog import HostedGame
 from server.rooms.lifecycle import RoomPhase, check_transition
@@ -70,6 +71,7 @@ class Seat:
     roster: dict[str, object] = field(default_factory=dict)
     joined_ms: int = 0  # wall clock, for the match's record in Postgres
     left_ms: int | None = None
+    view: WireView = field(default_factory=WireView)  # the state encoding asked for in `hello`
 
 
 class Room:
@@ -94,7 +96,8 @@ class Room:
         self._interval_ms = hosted.tick_ms or 0.0
         self._recorded_events = 0  # events the game asked to record (`Event.record`), numbered from 1
         self._epoch = 0  # how many times this match was restored: its recorded events carry it
-        self._last_state: bytes = b""  # event-driven: the latest state frame, for whoever joins next
+        self._last_state: StateFrames | None = None  # event-driven: the latest state, for whoever joins next
+        self._sent: dict[str, Any] | None = None  # the last state message sent: what a delta applies to
         self._need_state: list[Seat] = []  # event-driven: joined since the last step, not sent a state yet
         self.poke: Callable[[], None] = _nothing  # the runner's: step this (event-driven) room soon
         # The match's record in Postgres (persistence/writebehind.py): opened now, started, then its result.
@@ -129,7 +132,7 @@ class Room:
         self.stats = TickStats(now)
         self._seats: dict[str, Seat] = {}  # by player id, in join order
         self._connected: list[Seat] = []
-        self._spectators: list[GameConnection] = []
+        self._spectators: dict[GameConnection, WireView] = {}
         self._next_pid = 1
         self._pids: dict[str, int] = {}
         self.failed: str | None = None
@@ -200,11 +203,11 @@ class Room:
 
     def connections(self) -> list[GameConnection]:
         """Every connection of the room: its players', then its spectators'."""
-        return [seat.conn for seat in self._connected if seat.conn is not None] + self._spectators
+        return [seat.conn for seat in self._connected if seat.conn is not None] + list(self._spectators)
 
     # -- spectators ------------------------------------------------------------------------------------
 
-    def watch(self, conn: GameConnection, now: float) -> None:
+    def watch(self, conn: GameConnection, now: float, encoding: Encoding = Encoding.JSON) -> None:
         """A spectator: it gets the welcome, then what everyone in the room gets (never what one player alone
         gets), and sends nothing; it holds no seat and keeps no room alive."""
         if self.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
@@ -217,14 +220,16 @@ class Room:
             "spectator": True, "state": self.phase.value, "tick_ms": self.hosted.tick_ms,
             "countdown_ms": self._countdown_ms(now),
             "players": [s.roster for s in self._seats.values() if s.conn is not None]})
-        send_frames(conn, text_frame(welcome) + (self._last_state if self.event_driven else b""))
-        self._spectators.append(conn)
+        view = WireView(encoding)
+        last = self._last_state if self.event_driven else None
+        if send_frames(conn, text_frame(welcome) + (last.for_view(view) if last is not None else b"")):
+            view.synced = last is not None
+        self._spectators[conn] = view
 
     def unwatch(self, conn: GameConnection) -> None:
-        if conn in self._spectators:
-            self._spectators.remove(conn)
+        self._spectators.pop(conn, None)
 
-    def join(self, identity: Identity, conn: GameConnection, now: float) -> Seat:
+    def join(self, identity: Identity, conn: GameConnection, now: float, encoding: Encoding = Encoding.JSON) -> Seat:
         """Seat a player (or take a returning one back); raise `ProtocolError` when refused."""
         if self.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
             raise ProtocolError(ErrorCode.ROOM_CLOSED, f"room {self.room_id} is over", CloseCode.POLICY)
@@ -265,6 +270,7 @@ class Room:
         seat.conn = conn
         seat.slow_since = None
         seat.left_ms = None
+        seat.view = WireView(encoding)  # a keyframe first
         self._connected.append(seat)
         self._post({"type": "event", "kind": "join", **seat.roster})
         self._advance_phase(now)
@@ -613,19 +619,23 @@ class Room:
         if parts is None:
             self._flush(now)
             if self._need_state:
+                last = self._last_state
                 for seat in self._need_state:
-                    if seat.conn is not None and self._last_state:
-                        send_frames(seat.conn, self._last_state)
+                    if seat.conn is not None and last is not None and send_frames(seat.conn, last.for_view(seat.view)):
+                        seat.view.synced = True
                 self._need_state.clear()
             return
         self._need_state.clear()
         if self.event_driven:
-            state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms, "now": self.room_ms, **parts})
-            self._last_state = text_frame(state)
+            message = {"type": "state", "tick": self.tick_no, "t": game.clock_ms, "now": self.room_ms, **parts}
         else:
-            state = encode({"type": "state", "tick": self.tick_no, "t": game.clock_ms, **parts})
+            message = {"type": "state", "tick": self.tick_no, "t": game.clock_ms, **parts}
+        frames = StateFrames(message, self._sent)
+        self._sent = message
+        if self.event_driven:
+            self._last_state = frames
         self.stats.encodes += 1
-        self._flush(now, self._last_state if self.event_driven else text_frame(state))
+        self._flush(now, frames)
 
     def _take_events(self, events: list[Event]) -> None:
         """Frames for this step's events (each encoded once), the leaderboard told of points scored, and the
@@ -646,7 +656,7 @@ class Room:
                 self._record("match_event", seq=self._recorded_events, epoch=self._epoch, body=event.body)
         self._score()
 
-    def _flush(self, now: float, state: bytes = b"") -> None:
+    def _flush(self, now: float, frames: StateFrames | None = None) -> None:
         """Send this tick's events and state as one write per connection.
 
         A client with too many unsent bytes gets the events only (they are small and rare, and a
@@ -657,11 +667,10 @@ class Room:
         ordered = self._ordered
         if ordered is not None:
             self._ordered = None
-        if not events and not state and not ordered:
+        if not events and frames is None and not ordered:
             return
         event_data = events[0] if len(events) == 1 else b"".join(events)
-        data = event_data + state if event_data else state
-        messages = len(events) + (1 if state else 0)
+        messages = len(events) + (1 if frames is not None else 0)
         events.clear()
         limit = self.settings.slow_client_bytes
         stats = self.stats
@@ -670,13 +679,14 @@ class Room:
             if conn is None or conn.protocol.state is not _OPEN:
                 continue
             transport = conn.transport
-            own_events, own_data = event_data, data
+            own_events = event_data
             if ordered is not None:  # this step has events for single players: each gets the ones that are theirs
                 pid = seat.pid
                 own_events = b"".join(frame for to, frame in ordered if to is None or to == pid)
-                own_data = own_events + state
             if transport.get_write_buffer_size() > limit:
                 self.stats.skipped_sends += 1
+                if frames is not None:
+                    seat.view.synced = False  # it misses this state: a keyframe when it reads again
                 if seat.slow_since is None:
                     seat.slow_since = now
                 elif now - seat.slow_since > self.settings.slow_client_timeout_s:
@@ -687,24 +697,38 @@ class Room:
                     transport.write(own_events)
                 continue
             seat.slow_since = None
+            if frames is not None:
+                view = seat.view
+                state = frames.for_view(view)
+                view.synced = True
+                own_data = own_events + state if own_events else state
+            else:
+                own_data = own_events
             transport.write(own_data)
             stats.sent_messages += messages
             stats.sent_bytes += len(own_data)
         if self._spectators:
-            self._flush_spectators(event_data, data)
+            self._flush_spectators(event_data, frames)
 
-    def _flush_spectators(self, event_data: bytes, data: bytes) -> None:
+    def _flush_spectators(self, event_data: bytes, frames: StateFrames | None) -> None:
         """The room's broadcast to its spectators (a slow one gets the events only)."""
         limit = self.settings.slow_client_bytes
-        for conn in self._spectators:
+        for conn, view in self._spectators.items():
             if conn.protocol.state is not _OPEN:
                 continue
             transport = conn.transport
             if transport.get_write_buffer_size() > limit:
                 if event_data:
                     transport.write(event_data)
+                if frames is not None:
+                    view.synced = False
                 continue
-            transport.write(data)
+            if frames is None:
+                transport.write(event_data)
+                continue
+            state = frames.for_view(view)
+            view.synced = True
+            transport.write(event_data + state if event_data else state)
 
     def snapshot(self, wall_ms: int, *, record_positions: bool = False) -> bytes | None:
         """The running match as JSON for `room:ID:snapshot`: the seats in join order and the game's own

@@ -26,6 +26,7 @@ from server.net.protocol import (
     ProtocolError,
     encode,
 )
+from server.net.wire import Encoding
 from server.ops.settings import Settings
 from server.rooms.room import Room, Seat
 
@@ -135,9 +136,9 @@ class PlayerSession:
             elif isinstance(msg, Leave):
                 self.link.close(CloseCode.NORMAL, "left")
             elif isinstance(msg, Hello) and self._watching is None:
-                self._check_version(msg)
+                encoding = self._check_version(msg)
                 room = self.node.watchable_room(self.join.room_id)
-                room.watch(self.ws, self._clock())
+                room.watch(self.ws, self._clock(), encoding)
                 self._watching = room
             elif self._watching is None:
                 raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first", CloseCode.POLICY)
@@ -190,18 +191,25 @@ class PlayerSession:
             return
         if not isinstance(msg, Hello):
             raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first", CloseCode.POLICY)
-        self._check_version(msg)
+        encoding = self._check_version(msg)
         room = self.node.room_for(self.join)
-        self.seat = room.join(self.join.identity, self.ws, self._clock())
+        self.seat = room.join(self.join.identity, self.ws, self._clock(), encoding)
         self.room = room
         self.node.seated(room, self.seat, self.conn_id)
 
     @staticmethod
-    def _check_version(msg: Hello) -> None:
+    def _check_version(msg: Hello) -> Encoding:
+        """The hello's version checked, and the state encoding it asks for."""
         if msg.v != PROTOCOL_VERSION:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
                                 f"protocol version {msg.v} is not supported; this server speaks {PROTOCOL_VERSION}",
                                 CloseCode.POLICY)
+        try:
+            return Encoding(msg.encoding)
+        except ValueError:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING,
+                                f"encoding {msg.encoding[:32]!r} is not one of "
+                                f"{', '.join(encoding.value for encoding in Encoding)}", CloseCode.POLICY) from None
 
     def _in_room(self, msg: Message) -> None:
         room = self.room

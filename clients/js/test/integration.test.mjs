@@ -11,7 +11,8 @@ import { TICKROOM_JWT_SECRET, TICKROOM_URL, WebSocketImpl, mintToken, waitFor, w
 const skip = !TICKROOM_URL || !TICKROOM_JWT_SECRET ? "TICKROOM_URL and TICKROOM_JWT_SECRET are not set" : false;
 
 function newClient(options = {}) {
-  return new TickroomClient({ url: TICKROOM_URL, token: mintToken(options), WebSocket: WebSocketImpl });
+  return new TickroomClient({ url: TICKROOM_URL, token: mintToken(options), WebSocket: WebSocketImpl,
+    encoding: options.encoding });
 }
 
 const open = new Set();
@@ -88,6 +89,44 @@ describe("a Tickroom node", { skip, concurrency: 1 }, () => {
     assert.equal(dropped.room, room);
     assert.equal(dropped.connected, true);
     await waitFor(() => statesAfter >= 5, 5000, "states after coming back");
+    await leaveAll(matches);
+  });
+
+  test("delta clients get the same states as a JSON client, also after a dropped connection comes back", async () => {
+    const clients = [newClient(), newClient({ encoding: "delta" }), newClient({ encoding: "delta" })];
+    const matches = await within(Promise.all(clients.map((client) => client.join("arena"))), 20000, "joining");
+    for (const match of matches) open.add(match);
+    const seen = matches.map(() => new Map());
+    matches.forEach((match, index) => {
+      match.onState = (state) => seen[index].set(state.tick, state);
+    });
+    const [plain, packed, dropped] = matches;
+    plain.send({ type: "input", seq: 1, dx: 1, dy: 0 });
+    packed.send({ type: "input", seq: 1, dx: -1, dy: 0.5 });
+    packed.send({ type: "fire", seq: 2, angle: 1 });
+    await waitFor(() => seen.every((states) => states.size >= 40), 10000, "40 states each");
+    const compare = (index) => {
+      let common = 0;
+      for (const [tick, state] of seen[index]) {
+        const json = seen[0].get(tick);
+        if (json === undefined) continue;
+        assert.deepStrictEqual(state, json, `tick ${tick}`);
+        common += 1;
+      }
+      return common;
+    };
+    assert.ok(compare(1) >= 20 && compare(2) >= 20, "states of the same ticks compared");
+    let reconnected = false;
+    dropped.onReconnected = () => {
+      reconnected = true;
+      seen[2].clear(); // from here on: the states of the new connection, from its keyframe on
+    };
+    const socket = dropped.socket;
+    if (typeof socket.terminate === "function") socket.terminate();
+    else socket.close();
+    await waitFor(() => reconnected && seen[2].size >= 20, 15000, "reconnected and 20 states");
+    await waitFor(() => [...seen[2].keys()].filter((tick) => seen[0].has(tick)).length >= 10, 5000, "common ticks");
+    assert.ok(compare(2) >= 10);
     await leaveAll(matches);
   });
 

@@ -3,8 +3,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
+import { readFileSync } from "node:fs";
+
 import {
-  CLOSE_CODES, InputPredictor, REFUSALS, StateBuffer, TickroomClient, TickroomError, closeReason, errorFromClose,
+  CLOSE_CODES, Ext, InputPredictor, REFUSALS, StateBuffer, StateDecoder, TickroomClient, TickroomError, closeReason,
+  decodeMsgpack, errorFromClose,
 } from "../tickroom.js";
 
 function arenaState(tick, players, projectiles = []) {
@@ -156,5 +159,61 @@ describe("close codes and errors", () => {
     } finally {
       if (saved !== undefined) globalThis.WebSocket = saved;
     }
+  });
+});
+
+describe("the delta encoding", () => {
+  // Frames the server encodes and the JSON states they stand for (tests/test_wire.py keeps the file current).
+  const fixture = JSON.parse(readFileSync(new URL("./delta-fixture.json", import.meta.url), "utf8"));
+  const bytes = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
+
+  test("keyframes and deltas decode to the same states as JSON: an arena stretch and every shape", () => {
+    assert.ok(fixture.cases.length > 20);
+    for (const [index, { frames, states }] of fixture.cases.entries()) {
+      const decoder = new StateDecoder();
+      frames.forEach((frame, at) => {
+        const data = bytes(frame);
+        // As an ArrayBuffer (a WebSocket's binaryType "arraybuffer") for half of them, a Uint8Array for the rest.
+        const state = decoder.decode(at % 2 ? data.buffer : data);
+        assert.deepStrictEqual(state, states[at], `case ${index}, frame ${at}`);
+      });
+    }
+  });
+
+  test("the arena stretch is smaller as deltas than as JSON by four times or more", () => {
+    const { frames, states } = fixture.cases[0];
+    const deltaBytes = frames.slice(1).reduce((sum, frame) => sum + frame.length / 2, 0);
+    const jsonBytes = states.slice(1).reduce((sum, state) => sum + JSON.stringify(state).length, 0);
+    assert.ok(deltaBytes * 4 < jsonBytes, `${deltaBytes} bytes of deltas for ${jsonBytes} of JSON`);
+  });
+
+  test("a delta before any keyframe is refused", () => {
+    assert.throws(() => new StateDecoder().decode(bytes(fixture.cases[0].frames[1])), /before any keyframe/);
+  });
+
+  test("decodeMsgpack reads every MessagePack type a state may hold", () => {
+    const cases = [
+      ["c0", null], ["c2", false], ["c3", true], ["7f", 127], ["ff", -1], ["e0", -32], ["cc80", 128],
+      ["cd0100", 256], ["ce00010000", 65536], ["cf0000000100000000", 2 ** 32], ["d080", -128], ["d1ff00", -256],
+      ["d2ffff0000", -65536], ["d3ffffffff00000000", -(2 ** 32)], ["ca3fc00000", 1.5],
+      ["cb3ff8000000000000", 1.5], ["a3616263", "abc"], ["d903e282ac", "\u20ac"], ["da0001" + "61", "a"],
+      ["92c001", [null, 1]], ["dc000101", [1]], ["81a17801", { x: 1 }], ["de0001a17801", { x: 1 }],
+      ["c403010203", new Uint8Array([1, 2, 3])],
+    ];
+    for (const [hex, expected] of cases) assert.deepStrictEqual(decodeMsgpack(bytes(hex)), expected, hex);
+    const ext = decodeMsgpack(bytes("d401fd"));
+    assert.ok(ext instanceof Ext);
+    assert.equal(ext.type, 1);
+    assert.deepStrictEqual([...ext.data], [0xfd]);
+    assert.throws(() => decodeMsgpack(bytes("cd01")), /cut short/);
+    assert.throws(() => decodeMsgpack(bytes("c1")), /starts no MessagePack value/);
+    assert.throws(() => decodeMsgpack(bytes("0101")), /bytes left/);
+  });
+
+  test("a client asks for json (the default) or delta, nothing else", () => {
+    const WebSocket = class {};
+    assert.equal(new TickroomClient({ url: "ws://x", token: "t", WebSocket }).encoding, "json");
+    assert.equal(new TickroomClient({ url: "ws://x", token: "t", WebSocket, encoding: "delta" }).encoding, "delta");
+    assert.throws(() => new TickroomClient({ url: "ws://x", token: "t", WebSocket, encoding: "msgpack" }), TypeError);
   });
 });

@@ -23,7 +23,7 @@ function event(type, fields = {}) {
   return Object.assign(new Event(type), fields);
 }
 
-/** A small client WebSocket (RFC 6455, text frames, no extensions) with the WHATWG shape. */
+/** A small client WebSocket (RFC 6455, text and binary frames, no extensions) with the WHATWG shape. */
 export class MinimalWebSocket extends EventTarget {
   static CONNECTING = 0;
   static OPEN = 1;
@@ -107,10 +107,14 @@ export class MinimalWebSocket extends EventTarget {
   }
 
   _frame(fin, opcode, payload) {
-    if (opcode === 0x1 || opcode === 0x0) {
+    if (opcode === 0x1 || opcode === 0x2 || opcode === 0x0) {
+      if (opcode !== 0x0) this._binary = opcode === 0x2;
       this._fragments.push(payload);
       if (!fin) return;
-      const data = Buffer.concat(this._fragments).toString("utf8");
+      const whole = Buffer.concat(this._fragments);
+      // Binary frames arrive as an ArrayBuffer, as with `binaryType = "arraybuffer"`.
+      const data = this._binary ? whole.buffer.slice(whole.byteOffset, whole.byteOffset + whole.length)
+        : whole.toString("utf8");
       this._fragments = [];
       if (this.readyState === MinimalWebSocket.OPEN) this.dispatchEvent(event("message", { data }));
     } else if (opcode === 0x9) {
