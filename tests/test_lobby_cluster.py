@@ -22,7 +22,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from lobby.keys import LobbyKeys
 from tests.clusterkit import (
@@ -1260,7 +1260,7 @@ class Stormer:
             self.node = reply["node"]
             try:
                 game = await open_ws(reply["url"], self.token)
-            except OSError:
+            except (OSError, InvalidMessage):  # no TCP, or a host that died with the handshake in its backlog
                 self.unreachable += 1
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
