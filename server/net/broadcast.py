@@ -19,24 +19,24 @@ _TEXT_FIN = 0x81
 _BINARY_FIN = 0x82
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked text frame around UTF-8 JSON `payload` (RFC 6455 section 5.2)."""
+def _frame(first: int, payload: bytes) -> bytes:
+    """A final, unmasked frame around `payload` (RFC 6455 section 5.2); `first` is FIN and the opcode."""
     length = len(payload)
     if length < 126:
-        return bytes((_TEXT_FIN, length)) + payload
+        return bytes((first, length)) + payload
     if length < 65536:
-        return struct.pack("!BBH", _TEXT_FIN, 126, length) + payload
-    return struct.pack("!BBQ", _TEXT_FIN, 127, length) + payload
+        return struct.pack("!BBH", first, 126, length) + payload
+    return struct.pack("!BBQ", first, 127, length) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A text frame around UTF-8 JSON `payload`."""
+    return _frame(_TEXT_FIN, payload)
 
 
 def binary_frame(payload: bytes) -> bytes:
-    """A final, unmasked binary frame around `payload` (a `delta` encoding state, server/net/wire.py)."""
-    length = len(payload)
-    if length < 126:
-        return bytes((_BINARY_FIN, length)) + payload
-    if length < 65536:
-        return struct.pack("!BBH", _BINARY_FIN, 126, length) + payload
-    return struct.pack("!BBQ", _BINARY_FIN, 127, length) + payload
+    """A binary frame around `payload` (a `delta` encoding state, server/net/wire.py)."""
+    return _frame(_BINARY_FIN, payload)
 
 
 def send_frames(connection: GameConnection, frames: bytes) -> bool:
