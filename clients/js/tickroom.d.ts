@@ -216,6 +216,8 @@ export class TickroomClient {
   authorized(url: string): string;
 }
 
+/** A match's callbacks (`onState`, `onEnd`...) are its `MatchHandlers`, set as properties. */
+export interface Match extends MatchHandlers {}
 export class Match implements MatchHandlers {
   /** Your seat number `p` (null for a spectator). */
   readonly you: number | null;
@@ -240,14 +242,6 @@ export class Match implements MatchHandlers {
   readonly socket: WebSocketLike | null;
   /** Settles when the match is over for this player: it ended, you left, or it failed. */
   readonly finished: Promise<MatchOutcome>;
-
-  onState?: (state: StateMessage) => void;
-  onEvent?: (event: EventMessage) => void;
-  onEnd?: (end: MatchEnd) => void;
-  onError?: (error: TickroomError) => void;
-  onReconnecting?: (info: ReconnectingInfo) => void;
-  onReconnected?: (info: ReconnectedInfo) => void;
-  onMessage?: (message: ServerMessage) => void;
 
   /** Send a game message; false while there is no connection (reconnecting, over). */
   send(message: ClientMessage): boolean;
