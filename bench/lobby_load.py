@@ -47,7 +47,7 @@ async def serve_node(redis_url: str, countdown_s: float, prefix: str) -> None:
     from server.ops.settings import Settings
 
     settings = Settings.load(environ={}, redis_url=redis_url, port=0, database_url="postgresql://unused",
-                             node_id=f"bench-{prefix}", lobby_prefix=prefix, countdown_s=countdown_s,
+                             cpu_limit=1.0, node_id=f"bench-{prefix}", lobby_prefix=prefix, countdown_s=countdown_s,
                              log_level="WARNING")
     configure_logging(settings.log_level, "text")
     stop = asyncio.Event()

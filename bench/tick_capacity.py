@@ -171,6 +171,7 @@ def main() -> int:
         # Rooms joined by id (the bots skip the lobby: this measures rooms, not matchmaking).
         env = {**os.environ, **env_urls, "TICKROOM_WORKERS": "1", "TICKROOM_LOG_LEVEL": "WARNING",
                "TICKROOM_DIRECT_JOIN": "true",
+               "TICKROOM_CPU_LIMIT": "1",  # this measures how many rooms fit: the node must not refuse any
                "TICKROOM_SNAPSHOT_EVERY_S": str(args.snapshot_every)}
         server = subprocess.Popen(["taskset", "-c", args.server_core, TICKROOM, "serve", "--port", str(port)],
                                   env=env)

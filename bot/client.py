@@ -51,7 +51,8 @@ REJOIN_PAUSE_S = 0.05  # after match_end, so that the server has released the ol
 HELLO = b'{"type":"hello","v":1}'  # JSON states, the default
 LEAVE = b'{"type":"leave"}'
 # Lobby errors that mean "not now": the bot closes, backs off and joins the queue again.
-LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid"})
+LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid",
+                               "capacity"})
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
@@ -86,6 +87,7 @@ class Tally:
     disconnects: int = 0
     reconnects: int = 0  # a bot back in the room whose connection it lost (a node crashed, or shut down)
     matched: int = 0  # match_found messages from the lobby
+    capacity: int = 0  # joins refused `capacity` (every node full): tried again, not errors
     rooms: set[str] = field(default_factory=set)  # the rooms they named
     waits_ms: array[float] = field(default_factory=lambda: array("d"))  # join sent -> first match_found
     reported_exception: bool = False
@@ -300,7 +302,10 @@ class BotClient(WSListener):
                 self._expect_close()
         elif kind == "error":
             code = str(msg.get("code"))
-            self.tally.errors[code] += 1
+            if code == "capacity":  # every node is full: a normal answer under overload, tried again later
+                self.tally.capacity += 1
+            else:
+                self.tally.errors[code] += 1
             if code == "ticket_invalid":
                 self.ticket = None  # the next join goes without it
             if self.phase is Phase.QUEUED:

@@ -37,6 +37,7 @@ class ProcessResult:
     reconnects: int = 0  # bots back in the room whose connection they lost
     matches: set[str] = field(default_factory=set)  # ids of the rooms whose match_end a bot received
     matched: int = 0  # match_found messages received from the lobby
+    capacity: int = 0  # joins the lobby refused because every node was full (tried again later; not errors)
     rooms: set[str] = field(default_factory=set)  # ids of the rooms the lobby's match_found sent a bot to
     waits_ms: array[float] = field(default_factory=lambda: array("d"))  # each join->match_found wait, ms
     cpu_s: float = 0.0
@@ -116,6 +117,7 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
         "reconnects": sum(result.reconnects for result in results),
         "matches": len(matches),
         "matched": sum(result.matched for result in results),
+        "capacity_refusals": sum(result.capacity for result in results),
         "rooms": len(rooms),
         "wait_ms_p50": _rounded(percentile(waits, 50), 3),
         "wait_ms_p99": _rounded(percentile(waits, 99), 3),
@@ -144,7 +146,9 @@ def summary_text(summary: dict[str, Any], lobby: bool = False) -> str:
     ]
     if lobby:
         lines.append(f"lobby: matched {summary['matched']} time(s) into {summary['rooms']} room(s), "
-                     f"join->match_found wait p50 {ms(summary['wait_ms_p50'])}, p99 {ms(summary['wait_ms_p99'])}")
+                     f"join->match_found wait p50 {ms(summary['wait_ms_p50'])}, p99 {ms(summary['wait_ms_p99'])}"
+                     + (f", {summary['capacity_refusals']} join(s) refused for capacity (every node full)"
+                        if summary.get("capacity_refusals") else ""))
     if summary["error_codes"]:
         lines.append("errors by code: " + ", ".join(f"{code} {count}"
                                                     for code, count in summary["error_codes"].items()))

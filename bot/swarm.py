@@ -174,8 +174,8 @@ class Swarm:
         tally = self.tally
         result = ProcessResult(process=self.plan.process, bots=len(self.bots), acks_ms=tally.acks_ms,
                                errors=tally.errors, disconnects=tally.disconnects, reconnects=tally.reconnects,
-                               matches=tally.matches,
-                               matched=tally.matched, rooms=tally.rooms, waits_ms=tally.waits_ms,
+                               matches=tally.matches, matched=tally.matched, capacity=tally.capacity,
+                               rooms=tally.rooms, waits_ms=tally.waits_ms,
                                lag_ms=self.lag_ms, cpu_s=cpu_s, wall_s=wall_s)
         for bot in self.bots:
             rate = bot_rate(bot.states, bot.connected_s, bot.welcomed)

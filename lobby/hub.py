@@ -112,12 +112,14 @@ RoomKey = tuple[str, str]  # (mode, room id)
 
 
 class LobbyRefused(Exception):
-    """The lobby refuses this join; `code` is the protocol error code."""
+    """The lobby refuses this join; `code` is the protocol error code. `close`: the connection ends (else the
+    client may send `join` again on it)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, close: bool = True) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.close = close
 
 
 class LobbyHub:
@@ -300,6 +302,13 @@ class LobbyHub:
         if outcome.outcome == "busy":
             raise LobbyRefused("already_connected", "this player is already waiting in the lobby on another "
                                                     "connection")
+        if outcome.outcome == "seated" and not host and outcome.view is not None and not outcome.view.room_id:
+            # A new player, no room with a free seat, and no node takes a new room: every node is at its capacity.
+            # They are not left in line for an unknown time; the client tries again later.
+            left = await seating.leave(waiter.player_id, self.wall_ms(), conn_id=waiter.conn_id, scope="queue")
+            self._publish(waiter.mode, left)
+            raise LobbyRefused("capacity", "every node is at its capacity; send join again in a few seconds",
+                               close=False)
         self.waiters[waiter.conn_id] = waiter
         view = outcome.view
         if view is not None and view.room_id == new_room:

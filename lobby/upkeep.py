@@ -109,13 +109,23 @@ class Upkeep:
         # Called with each node this one swept (the app takes over the dead node's unwritten Postgres writes).
         self.on_drain: Callable[[float], None] | None = None  # an operator asked this node to drain (deadline)
         self.on_swept: Callable[[str], Awaitable[None]] | None = None
+        # Whether this node takes new rooms right now (its load may have changed since its last heartbeat).
+        self.accepting_now: Callable[[], bool] | None = None
+        self._beat_soon = asyncio.Event()
 
     def pick_host(self) -> str:
         """Where a new room goes: the least-loaded live node taking rooms, as of the last heartbeat ('' when
         none is; before the first heartbeat, this node)."""
         if not self.live:
             return self.node_id if self._local_state().accepting else ""
-        return next((node.node_id for node in self.live if node.accepting), "")
+        own = self.accepting_now
+        return next((node.node_id for node in self.live
+                     if (node.accepting if own is None or node.node_id != self.node_id else own())), "")
+
+    def beat_soon(self) -> None:
+        """Heart-beat now rather than at the next period: what the node says of itself changed (it became full,
+        or took rooms again)."""
+        self._beat_soon.set()
 
     def heart_beating(self, node_id: str) -> bool:
         """Is the node alive and its heartbeat recent (at most SUSPECT_AFTER_BEATS heartbeats old)? A node that
@@ -203,7 +213,12 @@ class Upkeep:
                 self._steady = 0
                 await backoff.wait("heartbeat", error)
                 continue
-            await asyncio.sleep(self.heartbeat_s)
+            try:
+                async with asyncio.timeout(self.heartbeat_s):
+                    await self._beat_soon.wait()
+            except TimeoutError:
+                pass
+            self._beat_soon.clear()
 
     async def _processes_gone(self, live: list[NodeInfo]) -> list[NodeInfo]:
         """Live nodes whose process is gone: no listener on their notice channel, and a missed heartbeat. Judged

@@ -170,6 +170,7 @@ class App:
         self._leaderboard_task: asyncio.Task[None] | None = None
         self.snapshotter: Snapshotter | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._load_task: asyncio.Task[None] | None = None
         self.recovery: PostgresRecovery | None = None
         self._recovery_task: asyncio.Task[None] | None = None
         self.metrics = NodeMetrics()
@@ -208,6 +209,9 @@ class App:
                                         if isinstance(waiter, LobbySession)],
                                self._tasks.create_task)
         hub.upkeep.on_drain = self._drain_requested
+        hub.upkeep.accepting_now = lambda: self.node is not None and self.node.takes_rooms
+        self.node.on_load_change = hub.upkeep.beat_soon  # the lobby hears at once that the node is full, or not
+        self._load_task = self._tasks.create_task(self.node.watch_load(), name="load-gauge")
         await self._server.serve()  # listening before the hub's first heartbeat sends anyone here
         log.info("node %s listening on %s (players are sent to %s)", self.settings.node_id, self.url,
                  self.public_url)
@@ -339,6 +343,8 @@ class App:
             self._hub_task.cancel()
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
+        if self._load_task is not None:
+            self._load_task.cancel()
         if self._leaderboard_task is not None:
             self._leaderboard_task.cancel()
 
@@ -383,7 +389,7 @@ class App:
                    for room in list(node.rooms.values()) for seat in room.seats()]
         live = self.hub.upkeep.live if self.hub is not None else []
         return {"node": {"id": self.settings.node_id, **self.drainer.describe(), "uptime_s": stats["uptime_s"],
-                         "connections": node.connections, "accepting": node.accepting,
+                         "connections": node.connections, "accepting": node.takes_rooms,
                          "url": self.public_url},
                 "nodes": [{"id": info.node_id, "url": info.url, "load": info.load, "accepting": info.accepting,
                            "state": info.state} for info in live],
@@ -409,6 +415,7 @@ class App:
                        write_retries=records.retries if records is not None else 0,
                        writes=records.written if records is not None else 0,
                        draining=self.drainer.state is not DrainState.SERVING,
+                       accepting=node.takes_rooms, cpu_share=node.load.cpu,
                        live_messages_out=sum(room.stats.sent_messages for room in rooms),
                        live_bytes_out=sum(room.stats.sent_bytes for room in rooms))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import logging
 import re
 import signal
@@ -56,6 +57,11 @@ async def serve(settings: Settings, games: dict[str, HostedGame], slot: WorkerSl
     async with AsyncExitStack() as stack:
         settings = await connect_services(settings, stack)
         app = await stack.enter_async_context(App(settings, games, persist=True, slot=slot))
+        # What start-up made (modules, functions, settings, pools) lives as long as the process: out of the
+        # collector's sight, so that a full collection scans only what rooms and sessions made (on a node with
+        # 180 rooms a full collection held every room's tick for 31 ms, enough to make 1 % of ticks late).
+        gc.collect()
+        gc.freeze()
         print(ready_line(settings, app.url), file=sys.stderr, flush=True)
         await stop.wait()
         log.info("signal received; shutting down")

@@ -120,7 +120,9 @@ class Cluster:
         args = ["serve", "--workers", "1", "--host", "127.0.0.1", "--port", str(node.port), "--node-id", node_id,
                 "--public-url", node.url, "--redis-url", self.redis_url, "--database-url", self.database_url,
                 "--lobby-prefix", self.prefix, "--countdown-s", "1", "--node-heartbeat-s", "0.2",
-                "--node-dead-after-s", "2", *self.extra_args]
+                "--node-dead-after-s", "2",
+                # Storms of joins on a loaded machine are not overload: no load limit unless a test sets one.
+                "--cpu-limit", "1", *self.extra_args]
         with node.log_path.open("wb") as log:
             node.process = await asyncio.create_subprocess_exec(
                 TICKROOM, *args, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,

@@ -30,7 +30,9 @@ def node_settings(**overrides: Any) -> Settings:
     # background while rooms run, as a node does through a Redis outage.
     values: dict[str, Any] = {"node_id": "test-node", "port": 0, "redis_url": "redis://127.0.0.1:1",
                               "database_url": "postgresql://unused", "direct_join": True,
-                              "stale_probe_s": 0.5}
+                              "stale_probe_s": 0.5,
+                              # Every in-process node shares the test's process, and its CPU time: no load limit.
+                              "cpu_limit": 1.0}
     values.update(overrides)
     return Settings.load(environ={}, **values)
 

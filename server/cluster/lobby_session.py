@@ -301,7 +301,10 @@ class LobbySession:
             self.link.refuse(ProtocolError(ErrorCode.LOBBY_UNAVAILABLE,
                                        "matchmaking is unavailable right now; send join again in a few seconds"))
         except LobbyRefused as refusal:
-            self.link.refuse(ProtocolError(ErrorCode(refusal.code), refusal.message, CloseCode.POLICY))
+            if not refusal.close and self.phase is LobbyPhase.JOINING:
+                self._to(LobbyPhase.CONNECTED)
+            self.link.refuse(ProtocolError(ErrorCode(refusal.code), refusal.message,
+                                           CloseCode.POLICY if refusal.close else None))
         except Exception:
             self.log.exception("lobby join of player %s failed", self.player_id)
             self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to seat you",

@@ -25,8 +25,10 @@ from server.ops.metrics import NodeMetrics
 from server.ops.settings import Settings
 from server.rooms.catalog import HostedGame
 from server.rooms.lifecycle import RoomPhase
+from server.rooms.loadgauge import LoadGauge, LoadLimits
 from server.rooms.room import Recorder, Room, Scorer, Seat
 from server.rooms.runner import RoomRunner
+from server.rooms.ticker import Ticker
 from server.rooms.tickstats import summarize_ms
 
 log = logging.getLogger("tickroom.node")
@@ -73,6 +75,11 @@ class Node:
         self.stored_rooms: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.metrics = NodeMetrics()  # the app shares its own (server/ops/metrics.py)
+        # Every fixed-tick room ticks from this one timer (server/rooms/ticker.py).
+        self.ticker = Ticker(asyncio.get_running_loop(), clock)
+        # Whether its CPU and ticks leave room for another room (sampled by `watch_load`).
+        self.load = LoadGauge(LoadLimits(cpu=settings.cpu_limit, lateness_s=settings.lateness_limit_ms / 1000))
+        self.on_load_change: Callable[[], None] | None = None  # `full` changed: the app tells the lobby at once
 
     @property
     def _time_limit_ms(self) -> int:
@@ -115,6 +122,26 @@ class Node:
                 released.set_result(None)
 
     @property
+    def takes_rooms(self) -> bool:
+        """Whether the lobby may place a new room here: not draining, below its room limit and its load limit."""
+        return self.accepting and not self.load.full and len(self.rooms) < self.settings.max_rooms
+
+    async def watch_load(self, every_s: float = 1.0) -> None:
+        """Sample the load gauge (server/rooms/loadgauge.py) every second; tell `on_load_change` when the node
+        starts or stops taking rooms for its load."""
+        while True:
+            await asyncio.sleep(every_s)
+            if self.load.sample():
+                if self.load.full:
+                    log.warning("node at its capacity (CPU %.0f %% of a core, %.1f %% of ticks late, %d rooms): it "
+                                "takes no new room", 100 * self.load.cpu, 100 * self.load.late_share, len(self.rooms))
+                else:
+                    log.info("node below its capacity again (CPU %.0f %%, %d rooms): it takes new rooms",
+                             100 * self.load.cpu, len(self.rooms))
+                if self.on_load_change is not None:
+                    self.on_load_change()
+
+    @property
     def connections(self) -> int:
         return len(self._players)
 
@@ -132,6 +159,9 @@ class Node:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node is not taking new rooms", CloseCode.POLICY)
         if len(self.rooms) >= self.settings.max_rooms:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node hosts as many rooms as it may", CloseCode.POLICY)
+        if self.load.full and join.roster is None:
+            raise ProtocolError(ErrorCode.SERVER_FULL, "this node is at its capacity and takes no new room",
+                                CloseCode.POLICY)
         hosted = self.modes[join.mode]
         game = hosted.make(random.Random(self._rng.getrandbits(64)), self._time_limit_ms)
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")
@@ -214,8 +244,8 @@ class Node:
 
     async def _run_room(self, room: Room) -> None:
         try:
-            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock, self._room_over,
-                             self.metrics).run()
+            await RoomRunner(room, logging.getLogger("tickroom.runner"), self.clock, self.ticker, self._room_over,
+                             self.metrics, self.load).run()
         except Exception:
             # The runner handles the game's failures itself; this is the last guard so that a bug in
             # one room never reaches the task group, which would cancel every other room.
@@ -300,8 +330,7 @@ class Node:
 
     def lobby_state(self) -> LocalState:
         """For the hub: this node's load, and the lobby players and rooms whose keys it keeps alive."""
-        state = LocalState(load=len(self.rooms), accepting=self.accepting and len(self.rooms) < self.settings.max_rooms,
-                           state=self.drain_state)
+        state = LocalState(load=len(self.rooms), accepting=self.takes_rooms, state=self.drain_state)
         for room in self.rooms.values():
             if room.roster is not None:
                 state.rooms.setdefault(room.mode, set()).add(room.room_id)

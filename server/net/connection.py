@@ -121,6 +121,7 @@ class GameConnection(asyncio.Protocol):
         self._early: list[tuple[Payload, bool]] = []
         self._fragments: list[Payload] = []
         self._fragments_binary = False
+        self._at_boundary = False  # known to be at a frame boundary (see `data_received`)
         # Keepalive and deadlines, read by the listener's sweep (see `Listener.sweep`).
         self.heard = True  # bytes arrived since the last sweep
         self.silent_since = 0.0
@@ -230,9 +231,14 @@ class GameConnection(asyncio.Protocol):
             self.transport.abort()
             return
         handler = self.on_message
-        if handler is None or protocol.state is not _OPEN or not at_frame_boundary(protocol):
+        if handler is None or protocol.state is not _OPEN:
             self._receive(data)
             return
+        if not self._at_boundary:  # asked of websockets' parser only after it was fed: the answer is not cheap
+            if not at_frame_boundary(protocol):
+                self._receive(data)
+                return
+            self._at_boundary = True
         pos = 0
         end = len(data)
         while end - pos >= 6:
@@ -252,6 +258,7 @@ class GameConnection(asyncio.Protocol):
             handler(payload, False)
         if pos < end:
             self._receive(data[pos:] if pos else data)
+        # else: every byte was whole frames taken here; websockets' parser, untouched, is still at a boundary
 
     def eof_received(self) -> bool:
         self.protocol.receive_eof()
@@ -270,6 +277,7 @@ class GameConnection(asyncio.Protocol):
     # -- bytes in, events out, bytes to send ---------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
+        self._at_boundary = False
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()

@@ -78,6 +78,7 @@ class ErrorCode(enum.StrEnum):
     # Lobby `error` messages (with unknown_mode, already_connected, lobby_unavailable and the generic ones).
     ALREADY_IN_MATCH = "already_in_match"
     ALREADY_JOINED = "already_joined"
+    CAPACITY = "capacity"
     SEAT_LOST = "seat_lost"
 
 

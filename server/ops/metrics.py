@@ -83,6 +83,8 @@ class Reading:
     write_retries: int
     writes: int
     draining: bool
+    accepting: bool = True  # takes new rooms (not draining, below its room and load limits)
+    cpu_share: float = 0.0  # of one core, over the last second (server/rooms/loadgauge.py)
     live_messages_out: int = 0  # what the rooms still running broadcast (the closed ones are in Traffic)
     live_bytes_out: int = 0
 
@@ -143,6 +145,10 @@ class NodeCollector:
         yield backend
         yield _counter("tickroom_reconnects", "Players back in a match they had dropped out of", {}, m.reconnects)
         yield GaugeMetricFamily("tickroom_draining", "1 while this node drains", value=int(reading.draining))
+        yield GaugeMetricFamily("tickroom_accepting_rooms", "1 while this node takes new rooms",
+                                value=int(reading.accepting))
+        yield GaugeMetricFamily("tickroom_cpu_share", "share of one core the node used over the last second",
+                                value=reading.cpu_share)
 
 
 def _counter(name: str, documentation: str, labels: dict[str, str], value: float) -> CounterMetricFamily:

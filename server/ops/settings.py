@@ -71,6 +71,12 @@ class Settings:
                                    low=0, high=60)
     max_rooms: int = _setting(5000, "TICKROOM_MAX_ROOMS", "rooms this node may host at once", low=1,
                               high=1_000_000)
+    cpu_limit: float = _setting(0.7, "TICKROOM_CPU_LIMIT",
+                                "share of one core this node may use and still take new rooms (the lobby places "
+                                "them elsewhere, or answers `capacity`); 1: no limit", low=0.05, high=1.0)
+    lateness_limit_ms: float = _setting(10.0, "TICKROOM_LATENESS_LIMIT_MS",
+                                        "the node takes no new room while more than one tick in a hundred (over a "
+                                        "second) starts this late; 0: no limit", low=0, high=10000)
     rate_per_s: float = _setting(60.0, "TICKROOM_RATE_PER_S", "client messages per second (refill)",
                                  low=1, high=100000)
     rate_burst: int = _setting(120, "TICKROOM_RATE_BURST", "client message burst allowance", low=1, high=100000)

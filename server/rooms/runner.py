@@ -1,9 +1,11 @@
-"""The room runner: one task per room. A fixed-tick room ticks at its period against absolute deadlines; an
-event-driven room sleeps until a message, a change or a timer it asked for wakes it (an idle one costs nothing).
+"""The room runner: one per room. A fixed-tick room ticks at its period against absolute deadlines, from the
+node's one ticker (server/rooms/ticker.py); an event-driven room's task sleeps until a message, a change or a
+timer it asked for wakes it (an idle one costs nothing).
 
 Deadlines advance by exactly one period per tick, so the rate does not drift; a tick that starts late is
-measured (lateness) and the following ticks run back to back to catch up. A room that falls hopelessly
-behind skips ahead instead of bursting. An exception in the room's game closes that room only.
+measured (lateness), and the room is due again at once until it has caught up, one tick per batch of the
+ticker. A room that falls hopelessly behind skips ahead instead. An exception in the room's game closes that
+room only.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from server.net.broadcast import send_frames
 from server.net.protocol import CloseCode
 from server.ops.metrics import NodeMetrics
 from server.rooms.lifecycle import RoomPhase
+from server.rooms.loadgauge import LoadGauge, LoadLimits
 from server.rooms.room import Room
+from server.rooms.ticker import Ticker
 
 # Beyond this many periods behind, stop catching up and start again from now.
 MAX_BEHIND_TICKS = 10
@@ -30,10 +35,24 @@ def _nothing() -> None:
     return None
 
 
+class Closing(NamedTuple):
+    """How a room's connections are closed: the close code and reason, after these frames."""
+
+    code: CloseCode
+    reason: str
+    last_frames: bytes | None = None
+
+
 class RoomRunner:
-    def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float],
-                 on_finished: Callable[[Room], None] | None = None, metrics: NodeMetrics | None = None) -> None:
+    def __init__(self, room: Room, logger: logging.Logger, clock: Callable[[], float], ticker: Ticker,
+                 on_finished: Callable[[Room], None] | None = None, metrics: NodeMetrics | None = None,
+                 load: LoadGauge | None = None) -> None:
         self.room = room
+        self.ticker = ticker
+        self.load = load or LoadGauge(LoadLimits())  # counts the ticks, and the late ones
+        self.deadline = 0.0  # a fixed-tick room's next tick (the ticker's)
+        self.ticking = False  # in the ticker
+        self._closing: asyncio.Future[Closing] | None = None
         self.metrics = metrics or NodeMetrics()
         # Called once when the match ends, before the room lingers (the lobby frees its players then).
         self.on_finished = on_finished
@@ -63,15 +82,16 @@ class RoomRunner:
                 started = clock()
                 finished = self._step(started)
                 if finished is None:
-                    await self._close_crashed()
+                    await self._close_all(*self._crashed())
                     return
                 try:
-                    if await self._over(finished):
-                        return
-                    due = room.next_wake()
+                    closing = self._ending(finished)
+                    due = None if closing is not None else room.next_wake()
                 except Exception:  # the game's timer (or the end of its match) failed: this room closes
                     self.log.exception("room %s failed after step %d; closing it", room.room_id, room.tick_no)
-                    await self._close_crashed()
+                    closing = self._crashed()
+                if closing is not None:
+                    await self._close_all(*closing)
                     return
                 if wake.is_set():
                     await asyncio.sleep(0)  # other rooms first; pokes that arrived meanwhile share one step
@@ -111,13 +131,9 @@ class RoomRunner:
             self.metrics.matches_started += 1
         return finished
 
-    async def _close_crashed(self) -> None:
-        await self._close_all(CloseCode.INTERNAL, "room crashed",
-                              self.room.crash_frames("the room's game failed; the room is closed"))
-
-    async def _over(self, finished: float) -> bool:
-        """After a step: close the room if its match is over and has lingered, or it was evicted, cancelled
-        or abandoned (True: the runner stops)."""
+    def _ending(self, finished: float) -> Closing | None:
+        """After a step: how the room closes if its match is over and has lingered, or it was evicted, cancelled
+        or abandoned (None: it goes on)."""
         room = self.room
         if room.phase is RoomPhase.FINISHED and room.finished_at is not None:
             if self.on_finished is not None:
@@ -128,51 +144,76 @@ class RoomRunner:
             lingered = finished - room.finished_at
             if lingered >= room.settings.end_linger_s and (room.result_saved or
                                                            lingered >= room.settings.end_linger_s + RESULT_WAIT_S):
-                await self._close_all(CloseCode.NORMAL, "match over")
-                return True
+                return Closing(CloseCode.NORMAL, "match over")
         elif room.evicted:
-            await self._close_all(CloseCode.GOING_AWAY, "room taken over", room.evicted_frames())
-            return True
+            return Closing(CloseCode.GOING_AWAY, "room taken over", room.evicted_frames())
         elif room.cancelled:
             self.log.info("room %s cancelled: too few matched players arrived", room.room_id)
-            await self._close_all(CloseCode.NORMAL, "match cancelled", room.cancel_frames())
-            return True
+            return Closing(CloseCode.NORMAL, "match cancelled", room.cancel_frames())
         elif room.abandoned(finished):
             self.log.info("room %s abandoned in phase %s; closing it", room.room_id, room.phase.value)
-            await self._close_all(CloseCode.NORMAL, "room closed")  # its spectators, if any
-            return True
-        return False
+            return Closing(CloseCode.NORMAL, "room closed")  # its spectators, if any
+        return None
+
+    def _crashed(self) -> Closing:
+        return Closing(CloseCode.INTERNAL, "room crashed",
+                       self.room.crash_frames("the room's game failed; the room is closed"))
 
     async def _run_ticks(self) -> None:
+        """In the node's ticker (server/rooms/ticker.py) until the room closes."""
+        ticker = self.ticker
+        self._closing = ticker.loop.create_future()
+        self.deadline = self.clock()
+        ticker.add(self)
+        try:
+            closing = await self._closing
+            await self._close_all(closing.code, closing.reason, closing.last_frames)
+        finally:
+            ticker.remove(self)
+            self.room.close()
+
+    def tick_due(self) -> None:
+        """The ticker's call: tick once, measured against the deadline; then the next deadline, or leave the
+        ticker with how the room closes."""
         room = self.room
-        stats = room.stats
         clock = self.clock
         interval = self.interval
-        deadline = clock()
-        lateness_histogram = self.metrics.tick_lateness
-        step = self._step
-        try:
-            while True:
-                started = clock()
-                stats.lateness.add(started - deadline)
-                # uvloop may wake a little early: a negative lateness would make the histogram's sum fall.
-                lateness_histogram.observe(started - deadline if started > deadline else 0.0)
-                finished = step(started)
-                if finished is None:
-                    await self._close_crashed()
-                    return
-                if (room.phase is RoomPhase.FINISHED or room.evicted or room.cancelled
-                        or room.abandoned(finished)) and await self._over(finished):
-                    return
-                deadline += interval
-                if finished - deadline > MAX_BEHIND_TICKS * interval:
-                    stats.late_resets += 1
-                    deadline = finished
-                delay = deadline - clock()
-                # Always yield, even when behind, so one room never starves the others.
-                await asyncio.sleep(delay if delay > 0 else 0)
-        finally:
-            room.close()
+        deadline = self.deadline
+        started = clock()
+        late = started - deadline
+        room.stats.lateness.add(late)
+        # uvloop may wake a little early: a negative lateness would make the histogram's sum fall.
+        self.metrics.tick_lateness.observe(late if late > 0 else 0.0)
+        load = self.load
+        load.ticks += 1
+        if late > load.late_after_s:
+            load.late += 1
+        finished = self._step(started)
+        if finished is None:
+            self._leave(self._crashed())
+            return
+        if room.phase is RoomPhase.FINISHED or room.evicted or room.cancelled or room.abandoned(finished):
+            try:
+                closing = self._ending(finished)
+            except Exception:  # the end of its match failed: this room closes, the others tick on
+                self.log.exception("room %s failed after tick %d; closing it", room.room_id, room.tick_no)
+                closing = self._crashed()
+            if closing is not None:
+                self._leave(closing)
+                return
+        deadline += interval
+        if finished - deadline > MAX_BEHIND_TICKS * interval:
+            room.stats.late_resets += 1
+            deadline = finished
+        self.deadline = deadline
+
+    def tick_failed(self) -> None:
+        self._leave(self._crashed())
+
+    def _leave(self, closing: Closing) -> None:
+        self.ticker.remove(self)
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(closing)
 
     async def _close_all(self, code: CloseCode, reason: str, last_frames: bytes | None = None) -> None:
         connections = self.room.connections()
