@@ -121,6 +121,12 @@ SHAPES: list[tuple[dict[str, Any], dict[str, Any]]] = [
     ({"a": [{"id": 5, "x": 1.5}]}, {"a": [{"id": 5, "x": 1.5, "hp": 3}]}),  # an element gains a field
     ({"a": [{"id": "k1", "v": 1}, {"id": "k2", "v": 2}]}, {"a": [{"id": "k2", "v": 3}]}),  # string ids
     ({"a": [{"id": 1, "v": 1}, {"id": 2, "v": 2}]}, {"a": [{"id": 1, "v": 1.25}, {"id": 2, "v": [1]}]}),
+    # New elements go as changes against the element before them: with other fields, in another order (whole),
+    # after every old one is gone (the first whole), an element that is not an object.
+    ({"a": [{"id": 1, "x": 1.5}]}, {"a": [{"id": 1, "x": 1.5}, {"id": 2, "y": 0.5, "z": "s"}]}),
+    ({"a": [{"id": 1, "x": 1.5, "y": 2}]}, {"a": [{"id": 1, "x": 1.5, "y": 2}, {"y": 2, "id": 2, "x": 1.5}]}),
+    ({"a": [{"id": 1, "x": 1.5}]}, {"a": [{"id": 2, "x": 2.5}, {"id": 3, "x": 3.5, "y": 1}, {"id": 4, "x": 0.01}]}),
+    ({"a": [{"id": 1, "x": 1.5}]}, {"a": [{"id": 1, "x": 1.5}, 7]}),
 ]
 
 

@@ -367,7 +367,9 @@ function applyList(old, changes) {
     else if (!isRemoved(change)) out.push(applyChange(item, change));
   }
   for (const [key, change] of changes) {
-    if (!known.has(String(key)) && !isRemoved(change)) out.push(whole(change));
+    if (known.has(String(key)) || isRemoved(change)) continue;
+    // A new element: a map is its changes against the element before it, when there is one.
+    out.push(change instanceof Map && out.length ? applyObject(out[out.length - 1], change) : whole(change));
   }
   return out;
 }

@@ -226,6 +226,7 @@ def _list_change(old: list[Any], new: list[Any]) -> Any:
     changes = {}
     order: list[Any] = []  # the ids of the old elements still there, in the new list's order
     appended = False
+    last: dict[str, Any] | None = None  # the element before this one in the new list
     for item in new:
         if type(item) is not dict or name not in item:
             return new
@@ -234,9 +235,16 @@ def _list_change(old: list[Any], new: list[Any]) -> Any:
             return new
         previous = before.get(ident)
         if previous is None:
-            changes[ident] = item
+            # A new element: its changes against the one before it (most fields alike, numbers near), or whole.
+            if last is None:
+                changes[ident] = item
+            else:
+                diff = _object_changes(last, item)
+                changes[ident] = _whole(item) if diff is None else diff
             appended = True
+            last = item
             continue
+        last = item
         if appended:  # an old element after a new one: the decoder appends new ones last
             return new
         order.append(ident)
@@ -393,7 +401,11 @@ def _apply_object(old: dict[str, Any], changes: dict[Any, Any]) -> dict[str, Any
 
 def _apply_list(old: list[Any], changes: dict[Any, Any]) -> list[Any]:
     if not old:
-        return [_new_element(change) for change in changes.values() if change is not _GONE]
+        fresh: list[Any] = []
+        for change in changes.values():
+            if change is not _GONE:
+                fresh.append(_new_element(fresh, change))
+        return fresh
     first = old[0]
     name: str | None = "id" if type(first) is dict and "id" in first else "p"
     try:  # as `list_key` says, in one pass when every element has the field of the first
@@ -417,9 +429,14 @@ def _apply_list(old: list[Any], changes: dict[Any, Any]) -> list[Any]:
         known = set(idents)
         for ident, change in changes.items():
             if change is not _GONE and ident not in known:
-                items.append(_new_element(change))
+                items.append(_new_element(items, change))
     return items
 
 
-def _new_element(change: Any) -> Any:
-    return change.value if type(change) is _Whole else change
+def _new_element(items: list[Any], change: Any) -> Any:
+    """A new element of a list: a map is its changes against the element before it, if there is one."""
+    if type(change) is _Whole:
+        return change.value
+    if type(change) is dict and items:
+        return _apply_object(items[-1], change)
+    return change
