@@ -65,18 +65,29 @@ def test_the_arena_delta_is_a_fraction_of_the_json_state() -> None:
     assert delta_bytes * 8 < json_bytes
 
 
-def test_a_moving_projectile_costs_a_few_bytes_and_a_player_acknowledging_an_input_one_more() -> None:
-    before = {"type": "state", "tick": 1234, "t": 18510,
-              "players": [{"p": 1, "x": 512.3, "y": 88.0, "hp": 100, "k": 2, "d": 1, "sc": 230, "seq": 871,
-                           "alive": True}],
-              "projectiles": [{"id": 17, "p": 1, "x": 530.1, "y": 90.2, "vx": 600.0, "vy": -73.5}]}
-    after = {**before, "tick": 1235, "t": 18525,
-             "players": [{**before["players"][0], "x": 512.6, "seq": 872}],  # type: ignore[dict-item]
-             "projectiles": [{**before["projectiles"][0], "x": 539.1, "y": 89.1}]}  # type: ignore[dict-item]
+def test_the_worked_example_of_the_protocol_doc_is_what_the_server_encodes() -> None:
+    one = {"p": 1, "x": 512.3, "y": 88.0, "hp": 100, "k": 2, "d": 1, "sc": 230, "seq": 871, "alive": True}
+    two = {"p": 2, "x": 300.0, "y": 410.5, "hp": 70, "k": 1, "d": 2, "sc": 120, "seq": 640, "alive": True}
+    before = {"type": "state", "tick": 1234, "t": 18510, "players": [one, two],
+              "projectiles": [{"id": 16, "p": 2, "x": 990.3, "y": 400.0, "vx": 600.0, "vy": 0.0},
+                              {"id": 17, "p": 1, "x": 530.1, "y": 90.2, "vx": 600.0, "vy": 0.0}]}
+    after = {"type": "state", "tick": 1235, "t": 18525, "players": [{**one, "x": 512.6, "seq": 872}, two],
+             "projectiles": [{"id": 17, "p": 1, "x": 539.1, "y": 90.2, "vx": 600.0, "vy": 0.0},
+                             {"id": 18, "p": 2, "x": 301.2, "y": 410.5, "vx": 600.0, "vy": 0.0}]}
     frame = delta(before, after)
-    # [1, 15, {3: {1: {1: 3, 7: 10}}, 4: {17: {2: 90, 3: -11}}}]
-    assert frame.hex() == "93010f82038101820103070a04811182025a03f5"
-    assert StateDecoder().decode(keyframe(before)) == before
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    block = doc.split("**Worked example** (the arena).", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    documented = []
+    for line in block.splitlines():
+        for token in line.split():
+            if len(token) != 2 or any(char not in "0123456789abcdef" for char in token):
+                break
+            documented.append(token)
+    assert frame.hex(" ") == " ".join(documented)
+    assert f"The delta is {len(frame)} bytes (the JSON state is {len(orjson.dumps(after))})" in doc
+    decoder = StateDecoder()
+    decoder.decode(keyframe(before))
+    assert orjson.dumps(decoder.decode(frame)) == orjson.dumps(after)
 
 
 SHAPES: list[tuple[dict[str, Any], dict[str, Any]]] = [

@@ -15,7 +15,7 @@
  * - `new TickroomClient({url, token, WebSocket?, reconnectGraceMs?, random?, encoding?})`: `url` is the node's
  *   base (`ws://HOST:PORT`); `WebSocket` a constructor with the WHATWG interface, needed where there is no global
  *   one (Node 20 without `--experimental-websocket`); `encoding` how states come: `"json"` (default) or
- *   `"delta"` (binary deltas, a quarter of the bytes or less; `onState` gets the same full states either way).
+ *   `"delta"` (binary deltas, a tenth of the bytes for the arena; `onState` gets the same full states either way).
  * - `StateDecoder` (`decode(bytes)` → the full state) and `decodeMsgpack(bytes)`: the `delta` encoding by hand.
  * - `client.join(mode, {onLobby, onCountdown, onState, onEvent, onEnd, onError, onReconnecting,
  *   onReconnected, ticket, signal})` → `Promise<Match>`: queues in `/lobby`, resolves once `match_found` came
