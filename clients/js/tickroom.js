@@ -15,7 +15,7 @@
  * - `new TickroomClient({url, token, WebSocket?, reconnectGraceMs?, random?, encoding?})`: `url` is the node's
  *   base (`ws://HOST:PORT`); `WebSocket` a constructor with the WHATWG interface, needed where there is no global
  *   one (Node 20 without `--experimental-websocket`); `encoding` how states come: `"json"` (default) or
- *   `"delta"` (binary deltas, a quarter of the bytes or less; `onState` gets the same full states either way).
+ *   `"delta"` (binary deltas, a tenth of the bytes for the arena; `onState` gets the same full states either way).
  * - `StateDecoder` (`decode(bytes)` → the full state) and `decodeMsgpack(bytes)`: the `delta` encoding by hand.
  * - `client.join(mode, {onLobby, onCountdown, onState, onEvent, onEnd, onError, onReconnecting,
  *   onReconnected, ticket, signal})` → `Promise<Match>`: queues in `/lobby`, resolves once `match_found` came
@@ -153,6 +153,17 @@ const UTF8 = new TextDecoder();
  * Numbers. Throws on truncated or unknown input.
  */
 export function decodeMsgpack(bytes, ordered = false) {
+  return decodeValue(bytes, ordered, false);
+}
+
+/** A float inside a delta (where an integer is a step in tenths): the value, as `decodeValue` gives it. */
+class Float {
+  constructor(value) {
+    this.value = value;
+  }
+}
+
+function decodeValue(bytes, ordered, floats) {
   const data = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
   const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
   let at = 0;
@@ -207,8 +218,8 @@ export function decodeMsgpack(bytes, ordered = false) {
       case 0xc7: return ext(data[need(1)]);
       case 0xc8: return ext(view.getUint16(need(2)));
       case 0xc9: return ext(view.getUint32(need(4)));
-      case 0xca: return view.getFloat32(need(4));
-      case 0xcb: return view.getFloat64(need(8));
+      case 0xca: return floats ? new Float(view.getFloat32(need(4))) : view.getFloat32(need(4));
+      case 0xcb: return floats ? new Float(view.getFloat64(need(8))) : view.getFloat64(need(8));
       case 0xcc: return data[need(1)];
       case 0xcd: return view.getUint16(need(2));
       case 0xce: return view.getUint32(need(4));
@@ -238,18 +249,36 @@ export function decodeMsgpack(bytes, ordered = false) {
 }
 
 const EXT_REMOVED = 0;
-const EXT_TENTHS = 1;
-const EXT_VALUE = 2;
+const EXT_VALUE = 1;
 
-/** A value decoded with `ordered` maps, as JSON would have given it (plain objects). */
+// An object's fields in the server's order, kept only where JavaScript lists them otherwise (names that read as
+// array indices come first in a JavaScript object): a delta names a field by its index in that order.
+const FIELDS = new WeakMap();
+const INDEX_NAME = /^(?:0|[1-9][0-9]*)$/;
+
+function fieldsOf(object) {
+  return FIELDS.get(object) ?? Object.keys(object);
+}
+
+function setField(object, name, value) {
+  if (name === "__proto__") Object.defineProperty(object, name, { value, enumerable: true, writable: true, configurable: true });
+  else object[name] = value;
+}
+
+/** A value decoded by `decodeValue` (ordered maps, wrapped floats), as JSON would have given it (plain objects). */
 function plain(value) {
+  if (value instanceof Float) return value.value;
   if (value instanceof Map) {
     const out = {};
+    const names = [];
+    let indexNames = false;
     for (const [key, item] of value) {
       const name = String(key);
-      if (name === "__proto__") Object.defineProperty(out, name, { value: plain(item), enumerable: true, writable: true, configurable: true });
-      else out[name] = plain(item);
+      setField(out, name, plain(item));
+      names.push(name);
+      if (INDEX_NAME.test(name)) indexNames = true;
     }
+    if (indexNames) FIELDS.set(out, names);
     return out;
   }
   if (Array.isArray(value)) return value.map(plain);
@@ -268,17 +297,23 @@ function listKey(items) {
   return null;
 }
 
-function applyChange(old, change) {
+/** A value sent whole: as it is, or inside ext type 1. */
+function whole(change) {
   if (change instanceof Ext) {
-    if (change.type === EXT_TENTHS) return (Math.round(old * 10) + new DataView(change.data.buffer, change.data.byteOffset).getInt8(0)) / 10;
-    if (change.type === EXT_VALUE) return decodeMsgpack(change.data);
+    if (change.type === EXT_VALUE) return plain(decodeValue(change.data, true, false));
     throw new RangeError(`unknown extension type ${change.type} in a delta`);
   }
+  return plain(change);
+}
+
+function applyChange(old, change) {
+  // An integer on the wire moves a number by that many tenths; a float is the new value.
+  if (typeof change === "number") return typeof old === "number" ? (Math.round(old * 10) + change) / 10 : change;
   if (change instanceof Map) {
     if (Array.isArray(old)) return applyList(old, change);
     if (isObject(old)) return applyObject(old, change);
   }
-  return plain(change);
+  return whole(change);
 }
 
 function isRemoved(change) {
@@ -287,30 +322,54 @@ function isRemoved(change) {
 
 function applyObject(old, changes) {
   const out = { ...old };
+  let fields = null; // old's fields in the server's order, listed when a change needs them
+  const removed = new Set();
+  const added = [];
   for (const [key, change] of changes) {
-    const name = String(key);
-    if (isRemoved(change)) delete out[name];
-    else if (Object.hasOwn(out, name)) out[name] = applyChange(out[name], change);
-    else out[name] = plain(change);
+    let name;
+    if (typeof key === "number") {
+      fields ??= fieldsOf(old);
+      if (!Number.isInteger(key) || key < 0 || key >= fields.length) {
+        throw new RangeError(`a change to field ${key} of an object with ${fields.length} fields`);
+      }
+      name = fields[key];
+    } else {
+      name = String(key);
+    }
+    if (isRemoved(change)) {
+      delete out[name];
+      removed.add(name);
+    } else if (Object.hasOwn(out, name)) {
+      setField(out, name, applyChange(out[name], change));
+    } else {
+      setField(out, name, whole(change));
+      added.push(name);
+    }
+  }
+  if (FIELDS.has(old) || added.some((name) => INDEX_NAME.test(name))) {
+    FIELDS.set(out, (fields ?? fieldsOf(old)).filter((name) => !removed.has(name)).concat(added));
   }
   return out;
 }
 
 function applyList(old, changes) {
   const name = old.length ? listKey(old) : null;
+  if (old.length && name === null) throw new RangeError("changes to a list whose elements have no ids");
   const byId = new Map();
   for (const [key, change] of changes) byId.set(String(key), change);
   const known = new Set();
   const out = [];
   for (const item of old) {
-    const id = name === null ? null : String(item[name]);
+    const id = String(item[name]);
     known.add(id);
     const change = byId.get(id);
     if (change === undefined) out.push(item);
-    else if (!isRemoved(change)) out.push(applyObject(item, change));
+    else if (!isRemoved(change)) out.push(applyChange(item, change));
   }
   for (const [key, change] of changes) {
-    if (!known.has(String(key)) && !isRemoved(change)) out.push(plain(change));
+    if (known.has(String(key)) || isRemoved(change)) continue;
+    // A new element: a map is its changes against the element before it, when there is one.
+    out.push(change instanceof Map && out.length ? applyObject(out[out.length - 1], change) : whole(change));
   }
   return out;
 }
@@ -326,7 +385,7 @@ export class StateDecoder {
   }
 
   decode(bytes) {
-    const value = decodeMsgpack(bytes, true);
+    const value = decodeValue(bytes, true, true);
     if (value instanceof Map) {
       this.state = plain(value);
       return this.state;
@@ -337,8 +396,8 @@ export class StateDecoder {
     if (this.state === null) throw new RangeError("a delta arrived before any keyframe");
     const previous = this.state;
     const state = applyObject(previous, value[2]);
-    state.tick = previous.tick + value[0];
-    state.t = previous.t + value[1];
+    state.tick = previous.tick + plain(value[0]);
+    state.t = previous.t + plain(value[1]);
     this.state = state;
     return state;
   }

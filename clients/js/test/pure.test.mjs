@@ -191,6 +191,17 @@ describe("the delta encoding", () => {
     assert.throws(() => new StateDecoder().decode(bytes(fixture.cases[0].frames[1])), /before any keyframe/);
   });
 
+  test("integers move numbers by tenths, floats replace them, and a field past the object's end is refused", () => {
+    const decoder = new StateDecoder();
+    // {"type": "state", "tick": 1, "t": 0, "a": 0.5, "b": 7}
+    decoder.decode(bytes("85a474797065a57374617465a47469636b01a17400a161cb3fe0000000000000a16207"));
+    // [1, 15, {3: 3, 4: 1.25}]: a = 0.5 + 3 tenths, b = 1.25
+    assert.deepStrictEqual(decoder.decode(bytes("93010f820303" + "04cb3ff4000000000000")),
+      { type: "state", tick: 2, t: 15, a: 0.8, b: 1.25 });
+    // [1, 15, {9: 1}]: the object has 5 fields
+    assert.throws(() => decoder.decode(bytes("93010f810901")), /field 9 of an object with 5 fields/);
+  });
+
   test("decodeMsgpack reads every MessagePack type a state may hold", () => {
     const cases = [
       ["c0", null], ["c2", false], ["c3", true], ["7f", 127], ["ff", -1], ["e0", -32], ["cc80", 128],
