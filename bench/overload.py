@@ -78,6 +78,7 @@ def run_once(env_urls: dict[str, str], *, limit: str | None, rooms: int, seconds
         "states_per_s_p50": summary["states_per_s_p50"],
         "states_per_s_min": summary["states_per_s_min"],
         "playing_bots": summary["connected"],
+        "bots_under_60": summary["bots_under_60_states_per_s"],
         "capacity_refusals": summary.get("capacity_refusals", 0),
         "errors": summary["errors"],
         "error_codes": summary["error_codes"],
@@ -94,6 +95,7 @@ COLUMNS = [("load_limit", "load limit"), ("offered_rooms", "rooms offered"), ("h
            ("server_cpu_pct", "server CPU %"), ("lateness_p50_ms", "lateness p50 ms"),
            ("lateness_p99_ms", "lateness p99 ms"), ("states_per_s_p50", "states/s p50"),
            ("states_per_s_min", "states/s min"), ("playing_bots", "bots that played"),
+           ("bots_under_60", "bots < 60 states/s"),
            ("capacity_refusals", "joins refused `capacity`"), ("errors", "errors"), ("bot_cpu_pct", "bot CPU %")]
 
 

@@ -136,8 +136,8 @@ class BotClient(WSListener):
 
     __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "hello",
                  "inputs", "join", "joined_at", "lost_room", "mode", "pending", "phase", "policy", "received_bytes",
-                 "refused", "rng", "room", "spec", "state_decoder", "states", "tally", "ticket", "transport", "url",
-                 "welcomed", "window_start", "you")
+                 "refused", "retry_after_s", "rng", "room", "spec", "state_decoder", "states", "tally", "ticket",
+                 "transport", "url", "welcomed", "window_start", "you")
 
     def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
                  rng: random.Random, policy: BotPolicy, clock: Callable[[], float] = time.monotonic,
@@ -162,6 +162,7 @@ class BotClient(WSListener):
         self.room = ""
         self.generation = 0
         self.refused = False
+        self.retry_after_s = 0.0  # the server's `retry_ms` of a refusal, for the next back-off
         # Lobby: when the current join was sent (None once matched), and the game it matched us to.
         self.joined_at: float | None = None
         self.game_url: str | None = None
@@ -304,6 +305,9 @@ class BotClient(WSListener):
             code = str(msg.get("code"))
             if code == "capacity":  # every node is full: a normal answer under overload, tried again later
                 self.tally.capacity += 1
+                retry_ms = msg.get("retry_ms")
+                if isinstance(retry_ms, int) and 0 < retry_ms <= 60_000:
+                    self.retry_after_s = retry_ms / 1000
             else:
                 self.tally.errors[code] += 1
             if code == "ticket_invalid":
@@ -435,8 +439,10 @@ class BotClient(WSListener):
         return True
 
     async def _back_off(self, backoff: float) -> float:
-        """Wait about `backoff` seconds (jittered); the next back-off, doubled up to BACKOFF_MAX_S."""
-        await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+        """Wait about `backoff` seconds, or longer when the server said when to come back (jittered); the next
+        back-off, doubled up to BACKOFF_MAX_S."""
+        wait, self.retry_after_s = max(backoff, self.retry_after_s), 0.0
+        await asyncio.sleep(wait * self.rng.uniform(0.5, 1.5))
         return min(BACKOFF_MAX_S, backoff * 2)
 
     async def _check_dropped(self, transport: WSTransport) -> None:

@@ -103,6 +103,8 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
         "states_per_s_p50": round(percentile(rates, 50) or 0.0, 2),
         "states_per_s_min": round(rates[0], 2) if rates else 0.0,
         "states_per_s_mean": round(sum(rates) / len(rates), 2) if rates else 0.0,
+        # Bots under 60 states/s (0 for those whose room never started: a match needs 3 players).
+        "bots_under_60_states_per_s": sum(1 for rate in rates if rate < 60.0),
         "bytes_per_s_p50": round(percentile(byte_rates, 50) or 0.0, 1),
         "bytes_per_s_max": round(byte_rates[-1], 1) if byte_rates else 0.0,
         "inputs_per_s_mean": round(sum(result.inputs for result in results) / connected_s, 2)

@@ -113,13 +113,14 @@ RoomKey = tuple[str, str]  # (mode, room id)
 
 class LobbyRefused(Exception):
     """The lobby refuses this join; `code` is the protocol error code. `close`: the connection ends (else the
-    client may send `join` again on it)."""
+    client may send `join` again on it, at the time the error says when `retry`)."""
 
-    def __init__(self, code: str, message: str, *, close: bool = True) -> None:
+    def __init__(self, code: str, message: str, *, close: bool = True, retry: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.close = close
+        self.retry = retry  # the client is told when to try again
 
 
 class LobbyHub:
@@ -308,7 +309,7 @@ class LobbyHub:
             left = await seating.leave(waiter.player_id, self.wall_ms(), conn_id=waiter.conn_id, scope="queue")
             self._publish(waiter.mode, left)
             raise LobbyRefused("capacity", "every node is at its capacity; send join again in a few seconds",
-                               close=False)
+                               close=False, retry=True)
         self.waiters[waiter.conn_id] = waiter
         view = outcome.view
         if view is not None and view.room_id == new_room:

@@ -244,8 +244,9 @@ def test_a_not_now_lobby_error_is_counted_and_the_bot_closes_to_back_off_and_joi
 
 def test_a_capacity_refusal_is_no_error_the_bot_counts_it_and_joins_again_after_a_back_off() -> None:
     bot, transport, _, tally = new_lobby_bot()
-    feed(bot, transport, {"type": "error", "code": "capacity", "message": "every node is full"})
+    feed(bot, transport, {"type": "error", "code": "capacity", "message": "every node is full", "retry_ms": 5000})
     assert tally.errors == Counter() and tally.capacity == 1 and bot.refused
+    assert bot.retry_after_s == 5.0  # the next back-off waits at least that long
     assert phase(bot) is Phase.LOBBY_LEAVING
     assert int(transport.closed_with.value) == 1000 and transport.disconnects == 1
     bot.on_ws_disconnected(cast(WSTransport, transport))

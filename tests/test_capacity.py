@@ -87,7 +87,7 @@ async def test_every_node_full_a_new_player_is_told_capacity_and_may_join_again_
         await wait_for(lambda: not any(info.accepting for info in hub.upkeep.live))
         ws = await join_lobby(app, new_token("late"))
         error = await recv_until(ws, is_type("error"))
-        assert error["code"] == "capacity"
+        assert error["code"] == "capacity" and error["retry_ms"] == 5000
         # Not left in line, and the connection stays: the client joins again once a node takes rooms.
         prefix = app.settings.lobby_prefix
         assert await hub.client.zcard(f"{prefix}:{{arena}}:queue") == 0

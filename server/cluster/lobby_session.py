@@ -23,6 +23,7 @@ from server.net.broadcast import send_frames, text_frame
 from server.net.connection import GameConnection
 from server.net.link import ClientLink, TokenBucket
 from server.net.protocol import (
+    CAPACITY_RETRY_MS,
     PROTOCOL_VERSION,
     CloseCode,
     ErrorCode,
@@ -304,7 +305,8 @@ class LobbySession:
             if not refusal.close and self.phase is LobbyPhase.JOINING:
                 self._to(LobbyPhase.CONNECTED)
             self.link.refuse(ProtocolError(ErrorCode(refusal.code), refusal.message,
-                                           CloseCode.POLICY if refusal.close else None))
+                                           CloseCode.POLICY if refusal.close else None,
+                                           retry_ms=CAPACITY_RETRY_MS if refusal.retry else None))
         except Exception:
             self.log.exception("lobby join of player %s failed", self.player_id)
             self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to seat you",

@@ -51,7 +51,7 @@ class ClientLink:
 
     def refuse(self, error: ProtocolError) -> None:
         self.ws.listener.traffic.errors[error.code.value] += 1
-        message = error_message(error.code, error.message)
+        message = error_message(error.code, error.message, error.retry_ms)
         if error.close is None:
             self.send(message)
         else:

@@ -93,11 +93,13 @@ class CloseCode(enum.IntEnum):
 class ProtocolError(Exception):
     """A client message was refused; the connection goes on unless `close` is set."""
 
-    def __init__(self, code: ErrorCode, message: str, close: CloseCode | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, close: CloseCode | None = None, *,
+                 retry_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.close = close
+        self.retry_ms = retry_ms  # said in the `error`: when to try again (`capacity`)
 
 
 # Client messages: typed schemas (msgspec Structs, `game.api.Message`), decoded and validated in one pass.
@@ -214,8 +216,15 @@ def encode(message: dict[str, Any]) -> bytes:
     return orjson.dumps(message)
 
 
-def error_message(code: ErrorCode, message: str) -> bytes:
+def error_message(code: ErrorCode, message: str, retry_ms: int | None = None) -> bytes:
+    if retry_ms is not None:
+        return encode({"type": "error", "code": code.value, "message": message, "retry_ms": retry_ms})
     return encode({"type": "error", "code": code.value, "message": message})
+
+
+# In a lobby `capacity` error: when to send `join` again. Refused players who came back at once would spend the
+# CPU of full nodes on refusals.
+CAPACITY_RETRY_MS = 5000
 
 
 RECONNECT_RETRY_MS = 1000  # in `reconnect`: when a client should try again (through the lobby)
