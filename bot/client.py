@@ -51,8 +51,7 @@ REJOIN_PAUSE_S = 0.05  # after match_end, so that the server has released the ol
 HELLO = b'{"type":"hello","v":1}'  # JSON states, the default
 LEAVE = b'{"type":"leave"}'
 # Lobby errors that mean "not now": the bot closes, backs off and joins the queue again.
-LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid",
-                               "capacity"})
+LOBBY_RETRY_CODES = frozenset({"lobby_unavailable", "already_connected", "already_in_match", "ticket_invalid"})
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
@@ -136,7 +135,7 @@ class BotClient(WSListener):
 
     __slots__ = ("clock", "connected_s", "disconnected", "game_url", "generation", "group", "headers", "hello",
                  "inputs", "join", "joined_at", "lost_room", "mode", "pending", "phase", "policy", "received_bytes",
-                 "refused", "retry_after_s", "rng", "room", "spec", "state_decoder", "states", "tally", "ticket",
+                 "refused", "rng", "room", "spec", "state_decoder", "states", "tally", "ticket",
                  "transport", "url", "welcomed", "window_start", "you")
 
     def __init__(self, spec: BotSpec, url: str, token: str, group: Group | None, tally: Tally,
@@ -162,7 +161,6 @@ class BotClient(WSListener):
         self.room = ""
         self.generation = 0
         self.refused = False
-        self.retry_after_s = 0.0  # the server's `retry_ms` of a refusal, for the next back-off
         # Lobby: when the current join was sent (None once matched), and the game it matched us to.
         self.joined_at: float | None = None
         self.game_url: str | None = None
@@ -306,10 +304,14 @@ class BotClient(WSListener):
             if code == "capacity":  # every node is full: a normal answer under overload, tried again later
                 self.tally.capacity += 1
                 retry_ms = msg.get("retry_ms")
-                if isinstance(retry_ms, int) and 0 < retry_ms <= 60_000:
-                    self.retry_after_s = retry_ms / 1000
-            else:
-                self.tally.errors[code] += 1
+                delay = retry_ms / 1000 if isinstance(retry_ms, int) and 0 < retry_ms <= 60_000 else BACKOFF_MAX_S
+                if self.phase is Phase.QUEUED:
+                    # Not in line, and the connection stays: join again on it later (cheaper for the full
+                    # nodes than a new connection).
+                    asyncio.get_running_loop().call_later(delay * self.rng.uniform(0.5, 1.5), self._join_again,
+                                                          transport)
+                return
+            self.tally.errors[code] += 1
             if code == "ticket_invalid":
                 self.ticket = None  # the next join goes without it
             if self.phase is Phase.QUEUED:
@@ -318,6 +320,10 @@ class BotClient(WSListener):
                     self.phase = Phase.LOBBY_LEAVING
                     transport.send_close(WSCloseCode.OK, b"retry later")
                     transport.disconnect()
+
+    def _join_again(self, transport: WSTransport) -> None:
+        if self.transport is transport and self.phase is Phase.QUEUED:
+            transport.send(_TEXT, self.join)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.phase is Phase.PLAYING:
@@ -439,10 +445,8 @@ class BotClient(WSListener):
         return True
 
     async def _back_off(self, backoff: float) -> float:
-        """Wait about `backoff` seconds, or longer when the server said when to come back (jittered); the next
-        back-off, doubled up to BACKOFF_MAX_S."""
-        wait, self.retry_after_s = max(backoff, self.retry_after_s), 0.0
-        await asyncio.sleep(wait * self.rng.uniform(0.5, 1.5))
+        """Wait about `backoff` seconds (jittered); the next back-off, doubled up to BACKOFF_MAX_S."""
+        await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
         return min(BACKOFF_MAX_S, backoff * 2)
 
     async def _check_dropped(self, transport: WSTransport) -> None:

@@ -21,6 +21,7 @@ from bot.client import BotClient, Phase, Tally
 from bot.plan import BotSettings, BotSettingsError, bot_spec, plan_processes
 from bot.stats import ProcessResult, Progress, ProgressBoard, summarize, summary_text
 from game.arena_bot import ArenaBot
+from tests.serverkit import wait_for
 
 BASE_URL = "ws://127.0.0.1:8000"
 JOIN = {"type": "join", "v": 1, "mode": "arena"}
@@ -242,15 +243,14 @@ def test_a_not_now_lobby_error_is_counted_and_the_bot_closes_to_back_off_and_joi
     assert tally.errors == Counter({code: 1}) and bot.game_url is None and phase(bot) is Phase.IDLE
 
 
-def test_a_capacity_refusal_is_no_error_the_bot_counts_it_and_joins_again_after_a_back_off() -> None:
+async def test_a_capacity_refusal_is_no_error_the_bot_keeps_the_connection_and_joins_again_after_retry_ms() -> None:
     bot, transport, _, tally = new_lobby_bot()
-    feed(bot, transport, {"type": "error", "code": "capacity", "message": "every node is full", "retry_ms": 5000})
-    assert tally.errors == Counter() and tally.capacity == 1 and bot.refused
-    assert bot.retry_after_s == 5.0  # the next back-off waits at least that long
-    assert phase(bot) is Phase.LOBBY_LEAVING
-    assert int(transport.closed_with.value) == 1000 and transport.disconnects == 1
-    bot.on_ws_disconnected(cast(WSTransport, transport))
-    assert tally.errors == Counter() and phase(bot) is Phase.IDLE
+    assert [m["type"] for m in transport.sent] == ["join"]
+    feed(bot, transport, {"type": "error", "code": "capacity", "message": "every node is full", "retry_ms": 40})
+    assert tally.errors == Counter() and tally.capacity == 1 and not bot.refused
+    assert phase(bot) is Phase.QUEUED and transport.closed_with is None and transport.disconnects == 0
+    await wait_for(lambda: len(transport.sent) == 2, timeout=2.0)
+    assert transport.sent[1]["type"] == "join" and phase(bot) is Phase.QUEUED
 
 
 def test_another_lobby_error_is_counted_and_leaves_closing_to_the_server() -> None:

@@ -28,7 +28,8 @@
  *   `finished`: a promise of `{reason: "ended"|"left"|"error", error?}`.
  * - Reconnecting follows the table "When to try again": after a drop (or a refused `/game`) back through
  *   `/lobby` with the match's ticket after 0.2 s, 0.5 s, then every 1 s; after `reconnect`, after `retry_ms`;
- *   `recovering` is waited through; `seat_lost`, `lobby_unavailable`, `already_connected` and
+ *   `recovering` is waited through; `seat_lost`, `lobby_unavailable`, `capacity` (after its `retry_ms`),
+ *   `already_connected` and
  *   `already_in_match` are retried as documented; ±50 % jitter. After the reconnect grace (30 s) it gives up
  *   with `onError(TickroomError("reconnect_failed"))`.
  * - `TickroomError`: `code` (the protocol's code), `message`, `closeCode`, `status`, `fatal`.
@@ -514,6 +515,7 @@ function nth(delays, index) {
 const LOBBY_AT_ONCE = new Set(["ticket_expired", "not_in_room", "room_not_found", "wrong_node", "ticket_wrong_room"]);
 /** Codes after which trying again later may work (a node or Redis that is down, a connection still closing). */
 const TRY_LATER = new Set(["lobby_unavailable", "node_draining"]);
+const CAPACITY_RETRY_MS = 5000; // a `capacity` error without `retry_ms`
 const BUSY = new Set(["already_connected", "already_in_match"]);
 
 // -- the client -----------------------------------------------------------------------------------------
@@ -653,6 +655,10 @@ export class TickroomClient {
               } else if (message.code === "lobby_unavailable") {
                 clearTimeout(retryTimer);
                 retryTimer = setTimeout(join, this.jitter(nth(LOBBY_UNAVAILABLE_DELAYS_MS, unavailable++)));
+              } else if (message.code === "capacity") {
+                // Every node is full: not in line; join again on this connection after the time it says.
+                clearTimeout(retryTimer);
+                retryTimer = setTimeout(join, this.jitter(Number(message.retry_ms) || CAPACITY_RETRY_MS));
               } else if (!BUSY.has(message.code)) {
                 fatal = new TickroomError(message.code, message.message);
                 link.close(1000, "refused", 500);

@@ -110,6 +110,33 @@ describe("reconnecting", () => {
     assert.equal(match.connected, true);
   });
 
+  test("a `capacity` refusal keeps the lobby connection and joins again on it after retry_ms", async () => {
+    const joins = [];
+    const { WebSocket, sockets } = scriptedWebSocket((socket) => {
+      socket.accept();
+      if (socket.url.pathname === "/lobby") {
+        socket.onClientMessage = () => {
+          joins.push(Date.now());
+          if (joins.length === 1) {
+            socket.push({ type: "error", code: "capacity", message: "every node is full", retry_ms: 200 });
+          } else {
+            matchFound(socket);
+          }
+        };
+      } else {
+        socket.onClientMessage = (message) => {
+          if (message.type === "hello") welcome(socket);
+        };
+      }
+    });
+    const client = new TickroomClient({ url: "ws://fake", token: "token", WebSocket, random: () => 0.5 });
+    const match = await client.join("arena");
+    assert.equal(joins.length, 2);
+    assert.ok(joins[1] - joins[0] >= 190, "waited retry_ms");
+    assert.equal(sockets.filter((socket) => socket.url.pathname === "/lobby").length, 1, "one lobby connection");
+    assert.equal(match.connected, true);
+  });
+
   test("gives up with reconnect_failed once the grace is over", async () => {
     let nodeGone = false;
     const { WebSocket } = scriptedWebSocket((socket) => {
