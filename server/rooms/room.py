@@ -117,8 +117,12 @@ class Room:
         self.cancelled = False
         self.evicted = False  # the lobby gave this room's players back while its node stalled
         self.released = False  # the lobby has been told the room is over
-        # Told which players had left the room when its result became durable (the lobby tells them later).
+        # Told which players had dropped out of the room before its match ended and were still away when its
+        # result became durable (the lobby tells them later). Those there at `match_end` had the result with it,
+        # and those who left by choice (`leave`) walked out of it.
         self.saved_while_away: Callable[[Room, list[str]], None] | None = None
+        self._away_at_end: list[str] = []
+        self._quit: set[str] = set()  # players who left the match by choice (`leave`)
         self._empty_since: float | None = None  # when the last connected player left
         self.game = game
         self.settings = settings
@@ -340,10 +344,17 @@ class Room:
             self.roster |= player_ids
             self.poke()
 
-    def dismiss(self, player_id: str) -> None:
+    def walked_out(self, player_id: str) -> None:
+        """The player left by choice (`leave`): not told later of the result of the match they walked out of."""
+        self._quit.add(player_id)
+
+    def dismiss(self, player_id: str, *, quit: bool = False) -> None:
         """The player gave their lobby seat up (left, or never came back in time): they may not come back. In a
         running match the game hears it too (`release_seat`): a match in which one player still holds a seat
-        ends with that player first, also a restored one."""
+        ends with that player first, also a restored one. `quit`: they left by choice (`leave`), and are not
+        told later of the result of the match they walked out of."""
+        if quit:
+            self.walked_out(player_id)
         if self.roster is not None:
             self.roster.discard(player_id)
         seat = self._seats.get(player_id)
@@ -465,6 +476,7 @@ class Room:
         self.end_reason = reason
         self.finished_at = now
         self._set_phase(RoomPhase.FINISHED, now)
+        self._away_at_end = [seat.player_id for seat in self._seats.values() if seat.conn is None]
         seats_by_pid = {seat.pid: seat for seat in self._seats.values()}
         ranking: list[dict[str, Any]] = []
         for entry in self.game.standings():
@@ -529,7 +541,9 @@ class Room:
         self.result_saved = True
         self._post({"type": "event", "kind": "result_saved", "match": self.match_id})
         self.poke()
-        away = [seat.player_id for seat in self._seats.values() if seat.conn is None]
+        # (A `leave` that ends the match, its last player's, is dismissed only after the step that ended it.)
+        away = [player_id for player_id in self._away_at_end
+                if player_id not in self._quit and not self.is_connected(player_id)]
         if away and self.saved_while_away is not None:
             try:
                 self.saved_while_away(self, away)
