@@ -37,7 +37,7 @@ from bench.residue import (
     settle,
     wait_durable,
 )
-from bench.tick_capacity import data_services, get_stats, machine
+from bench.tick_capacity import data_services, machine
 from lobby.census import take_census
 
 TOP_GROWTH = 15
@@ -93,7 +93,7 @@ async def soak(node: Node, bots: int, seconds: float, sample_every: float, flat_
             now = time.monotonic()
             if now >= next_sample:
                 elapsed = now - began
-                rooms = int(get_stats(node.port)["totals"]["rooms"])
+                rooms = int(await client.scard(f"{node.prefix}:{{arena}}:rooms"))  # as the lobby knows them
                 keys = int(await client.dbsize())
                 samples.append((elapsed, _rss_mib(node), rooms, keys))
                 print(f"{elapsed / 60:6.1f} min  RSS {samples[-1][1]:7.1f} MiB  rooms {rooms:4d}  Redis keys {keys}",
@@ -116,7 +116,7 @@ async def soak(node: Node, bots: int, seconds: float, sample_every: float, flat_
     finally:
         await client.aclose()
     print()
-    print("| minute | node RSS MiB | live rooms | Redis keys |")
+    print("| minute | node RSS MiB | lobby rooms | Redis keys |")
     print("|---:|---:|---:|---:|")
     for elapsed, rss, rooms, keys in samples:
         print(f"| {elapsed / 60:.1f} | {rss:.1f} | {rooms} | {keys} |")

@@ -123,6 +123,7 @@ class Room:
         self.saved_while_away: Callable[[Room, list[str]], None] | None = None
         self._away_at_end: list[str] = []
         self._quit: set[str] = set()  # players who left the match by choice (`leave`)
+        self._end_message: bytes | None = None  # the match's `match_end`, once it ended
         self._empty_since: float | None = None  # when the last connected player left
         self.game = game
         self.settings = settings
@@ -344,6 +345,13 @@ class Room:
             self.roster |= player_ids
             self.poke()
 
+    def ended_for(self, player_id: str) -> bytes | None:
+        """The `match_end` of this room's match for a player who held a seat in it and arrives after it ended (the
+        lobby sent them here just before it heard of the end); None for anyone else, or a match not over."""
+        if self._end_message is None or player_id not in self._seats:
+            return None
+        return self._end_message
+
     def walked_out(self, player_id: str) -> None:
         """The player left by choice (`leave`): not told later of the result of the match they walked out of."""
         self._quit.add(player_id)
@@ -485,8 +493,10 @@ class Room:
                 continue
             ranking.append({"p": entry.pid, "id": seat.player_id, "name": seat.name, "rank": entry.rank,
                             "score": entry.score, **entry.figures})
-        self._post({"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms,
-                    "ranking": ranking, "match": self.match_id})
+        end = {"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms, "ranking": ranking,
+               "match": self.match_id}
+        self._post(end)
+        self._end_message = encode(end)
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
         self._score()
         lines = {str(line["id"]): line for line in ranking}
