@@ -15,7 +15,7 @@ from lobby.keys import LobbyKeys
 from lobby.leaderboard import LeaderboardFeed
 from persistence.snapshots import Snapshot, SnapshotStore
 from server.rooms.snapshotter import Snapshotter
-from tests.serverkit import lobby_prefix, start_lobby_app
+from tests.serverkit import is_event, is_type, join_game, lobby_prefix, new_token, recv_until, start_lobby_app, wait_for
 from tests.test_bot_e2e import last_json_line, run_bot
 
 SETTLE_S = 20.0  # the residue goes within this of the results being durable (the bound is a minute)
@@ -108,3 +108,32 @@ async def test_the_snapshotter_deletes_a_finished_rooms_snapshot_after_its_write
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_snapshot_left_of_a_match_postgres_has_as_finished_is_not_restored(redis_url: str,
+                                                                                   migrated: str) -> None:
+    app = await start_lobby_app(redis_url, database_url=migrated, persist=True, direct_join=True, min_players=2,
+                                max_players=2, snapshot_every_s=1, end_linger_s=5)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert app.node is not None
+        key = LobbyKeys(app.settings.lobby_prefix, "arena").room_snapshot("done-room")
+        first, _ = await join_game(app, "done-room", token=new_token("ann"))
+        second, _ = await join_game(app, "done-room", token=new_token("bob"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (left_behind := await client.get(key)) is None:
+            assert loop.time() < deadline, "no snapshot within 5 s"
+            await recv_until(first, is_type("state"), timeout=1)
+        await second.send('{"type":"leave"}')
+        await recv_until(first, is_type("match_end"))
+        await recv_until(first, is_event("result_saved"))  # in Postgres (nothing spilled: Postgres is up)
+        await first.close()
+        await wait_for(lambda: "done-room" not in app.node.rooms, timeout=10)
+        # What a node that died after its result was committed, and before its snapshot was deleted, leaves.
+        await client.set(key, left_behind, ex=600)
+        await app.node.adopt_rooms("arena", ["done-room"])
+        assert "done-room" not in app.node.rooms
+    finally:
+        await client.aclose()
+        await app.__aexit__(None, None, None)
