@@ -83,10 +83,10 @@ class LeaderboardFeed:
         self.written = 0  # point updates written, for the tests
 
     def add(self, mode: str, match_id: str, player_id: str, points: int) -> None:
-        if points:
-            key = (mode, match_id, player_id)
-            self._pending[key] = self._pending.get(key, 0) + points
-            self._wake.set()
+        """Add the points (0 too: the player is listed on the board, as after a rebuild from Postgres)."""
+        key = (mode, match_id, player_id)
+        self._pending[key] = self._pending.get(key, 0) + points
+        self._wake.set()
 
     def forget(self, mode: str, match_id: str) -> None:
         """The match's result is in Postgres: what the leaderboard was told of it guards nothing any more (no

@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from game.arena import ArenaConfig, ArenaGame
 from lobby.keys import LobbyKeys
 from persistence.migrate import migrate_url
+from persistence.queries import leaderboard_totals
 from server.ops.embedded import LocalPostgres
 from tests.serverkit import (
     is_event,
@@ -115,6 +116,36 @@ async def test_the_leaderboard_moves_at_each_kill_during_the_match(redis_url: st
         assert await client.zscore(key, ann_id) == one_shot.score_per_hit + one_shot.score_per_kill
         for ws in (ann, bob):
             ws.transport.abort()
+    finally:
+        await client.aclose()
+        await app.__aexit__(None, None, None)
+
+
+async def test_the_live_leaderboard_lists_the_players_of_a_finished_match_as_its_rebuild_from_postgres_does(
+        redis_url: str, fresh_database: str) -> None:
+    await migrate_url(fresh_database)
+    app = await start_lobby_app(redis_url, database_url=fresh_database, direct_join=True, min_players=2,
+                                max_players=2, persist=True)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        ann, _ = await join_game(app, "no-kills", token=new_token("ann"))
+        bob, _ = await join_game(app, "no-kills", token=new_token("bob"))
+        await recv_until(ann, is_event("phase", state="running"))
+        await bob.send('{"type":"leave"}')  # nobody scored: the match ends with ann the last player
+        await recv_until(ann, is_type("match_end"))
+        await recv_until(ann, is_event("result_saved"))
+        conn = await asyncpg.connect(fresh_database)
+        try:
+            totals = await leaderboard_totals(conn, "arena")
+        finally:
+            await conn.close()
+        assert len(totals) == 2 and set(totals.values()) == {0}
+        key = LobbyKeys(app.settings.lobby_prefix, "arena").leaderboard
+        deadline = asyncio.get_running_loop().time() + 5
+        while {player: int(score) for player, score in await client.zrange(key, 0, -1, withscores=True)} != totals:
+            assert asyncio.get_running_loop().time() < deadline, "the live board does not list what Postgres has"
+            await asyncio.sleep(0.02)
+        await ann.close()
     finally:
         await client.aclose()
         await app.__aexit__(None, None, None)

@@ -498,7 +498,7 @@ class Room:
         self._post(end)
         self._end_message = encode(end)
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
-        self._score()
+        self._score(final=True)
         lines = {str(line["id"]): line for line in ranking}
         self.result_recorded = True
         durable = self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
@@ -516,15 +516,17 @@ class Room:
         self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
                      cancelled=True, players=self._result_lines({}))
 
-    def _score(self) -> None:
-        """Tell the leaderboard the points each player made since the last time (at each kill, and at the end)."""
+    def _score(self, *, final: bool = False) -> None:
+        """Tell the leaderboard the points each player made since the last time (at each kill, and at the end).
+        At the end every ranked player is told, 0 points too: the board lists each player of a finished match,
+        as its rebuild from Postgres (the totals of their result lines) does."""
         if self._scorer is None:
             return
         seats = {seat.pid: seat for seat in self._seats.values()}
         for entry in self.game.standings():
             points = entry.score - self._scored.get(entry.pid, 0)
             seat = seats.get(entry.pid)
-            if points and seat is not None:
+            if (points or final) and seat is not None:
                 self._scored[entry.pid] = entry.score
                 try:
                     self._scorer(self.mode, self.match_id, seat.player_id, points)
