@@ -9,13 +9,24 @@ import uuid
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
 
 from lobby.census import take_census
 from lobby.keys import LobbyKeys
 from lobby.leaderboard import LeaderboardFeed
 from persistence.snapshots import Snapshot, SnapshotStore
 from server.rooms.snapshotter import Snapshotter
-from tests.serverkit import is_event, is_type, join_game, lobby_prefix, new_token, recv_until, start_lobby_app, wait_for
+from tests.serverkit import (
+    is_event,
+    is_type,
+    join_game,
+    join_lobby,
+    lobby_prefix,
+    new_token,
+    recv_until,
+    start_lobby_app,
+    wait_for,
+)
 from tests.test_bot_e2e import last_json_line, run_bot
 
 SETTLE_S = 20.0  # the residue goes within this of the results being durable (the bound is a minute)
@@ -136,4 +147,27 @@ async def test_a_snapshot_left_of_a_match_postgres_has_as_finished_is_not_restor
         assert "done-room" not in app.node.rooms
     finally:
         await client.aclose()
+        await app.__aexit__(None, None, None)
+
+
+async def test_a_node_forgets_its_view_of_a_room_once_the_room_is_gone(redis_url: str) -> None:
+    app = await start_lobby_app(redis_url, countdown_s=0.2, match_time_s=1.0, end_linger_s=0.2)
+    try:
+        assert app.hub is not None
+        hub = app.hub
+        tokens = [new_token(f"v{i}") for i in range(3)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await recv_until(ws, is_type("match_found")) for ws in lobbies]
+        key = ("arena", founds[0]["room"])
+        games = []
+        for token, found in zip(tokens, founds, strict=True):
+            game = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"},
+                                 compression=None, open_timeout=5)
+            await game.send('{"type":"hello","v":1}')
+            games.append(game)
+        await recv_until(games[0], is_type("match_end"), timeout=10)
+        await wait_for(lambda: key not in hub._latest, timeout=10)
+        for ws in (*games, *lobbies):
+            await ws.close()
+    finally:
         await app.__aexit__(None, None, None)
