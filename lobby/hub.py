@@ -465,7 +465,10 @@ class LobbyHub:
             if members is not None:
                 members.discard(conn_id)
                 if not members:
+                    # No waiter of this node's is in the room any more: its newest view goes too, so that what
+                    # the node remembers of rooms follows its waiters, not every room it ever saw (LATEST_MAX).
                     del self._in_room[key]
+                    self._latest.pop(key, None)
                     self._countdowns.pop(key, None)
                     timer = self._timers.pop(key, None)
                     if timer is not None:
@@ -634,6 +637,8 @@ class LobbyHub:
         """Show a room's new state to every local waiter in it; waiters no longer in it look themselves up.
         A read older than one already delivered (reads and notices may cross) is ignored."""
         key = (mode, view.room_id)
+        if key not in self._in_room:
+            return  # nobody waits in it here: nothing to show, nor to remember (the node's rooms are elsewhere)
         if self._newest(mode, view) is not view:
             return
         members = view.player_ids
@@ -749,6 +754,7 @@ class LobbyHub:
                 if record is not None:
                     self._deliver_room(mode, view_of(record))
                 else:
+                    self._latest.pop((mode, room_id), None)  # the room is gone: nothing newer will come of it
                     for conn_id in list(self._in_room.get((mode, room_id), ())):
                         waiter = self.waiters.get(conn_id)
                         if waiter is not None:

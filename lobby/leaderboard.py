@@ -64,7 +64,9 @@ class Leaderboard:
         return Standing(int(better) + 1, player_id, int(score))
 
 
-TOLD_TTL_S = 86_400  # a match's "told" hash outlives any match and its recovery
+# A match's "told" hash is deleted once its result is in Postgres (`forget`); this TTL only bounds the hash of a
+# match whose end no node saw through (a node lost with the match and nothing to restore it from).
+TOLD_TTL_S = 86_400
 
 
 COALESCE_S = 0.2  # how long points wait for others to share their write
@@ -79,14 +81,22 @@ class LeaderboardFeed:
         self.client = client
         self.prefix = prefix
         self._pending: dict[tuple[str, str, str], int] = {}  # (mode, match, player) -> points
+        self._over: set[tuple[str, str]] = set()  # (mode, match): results in Postgres, their "told" to delete
         self._wake = asyncio.Event()
         self.written = 0  # point updates written, for the tests
 
     def add(self, mode: str, match_id: str, player_id: str, points: int) -> None:
-        if points:
-            key = (mode, match_id, player_id)
-            self._pending[key] = self._pending.get(key, 0) + points
-            self._wake.set()
+        """Add the points (0 too: the player is listed on the board, as after a rebuild from Postgres)."""
+        key = (mode, match_id, player_id)
+        self._pending[key] = self._pending.get(key, 0) + points
+        self._wake.set()
+
+    def forget(self, mode: str, match_id: str) -> None:
+        """The match's result is in Postgres: what the leaderboard was told of it guards nothing any more (no
+        restore brings back a match Postgres has as over). Deleted after any points of it still to write, so
+        that a late write never creates the hash again."""
+        self._over.add((mode, match_id))
+        self._wake.set()
 
     async def told(self, mode: str, match_ids: list[str]) -> dict[str, dict[str, int]]:
         """For each match, the points per player the leaderboard has been told of so far."""
@@ -107,6 +117,7 @@ class LeaderboardFeed:
             await asyncio.sleep(COALESCE_S)
             self._wake.clear()
             pending, self._pending = self._pending, {}
+            over, self._over = self._over, set()
             try:
                 async with self.client.pipeline(transaction=True) as pipe:  # the board and what it was told
                     for (mode, match_id, player_id), points in pending.items():
@@ -114,10 +125,13 @@ class LeaderboardFeed:
                         pipe.zincrby(keys.leaderboard, points, player_id)
                         pipe.hincrby(keys.match_told(match_id), player_id, points)
                         pipe.expire(keys.match_told(match_id), TOLD_TTL_S)
+                    for mode, match_id in over:
+                        pipe.delete(LobbyKeys(self.prefix, mode).match_told(match_id))
                     await pipe.execute()
             except Exception as error:  # an outage, or anything unexpected: keep the points, back off
                 for key, points in pending.items():  # keep them for the next write
                     self._pending[key] = self._pending.get(key, 0) + points
+                self._over |= over
                 self._wake.set()
                 await backoff.wait("the leaderboard feed", error)
                 continue

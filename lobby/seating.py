@@ -154,7 +154,7 @@ def _script(name: str) -> str:
 
 SAVED_TTL_S = 3600  # a player told nothing within the hour reads the result at GET /matches/ID instead
 
-SCRIPTS = ("join", "leave", "start", "attach", "detach", "finish", "expire", "sweep", "reclaim")
+SCRIPTS = ("join", "leave", "start", "attach", "detach", "finish", "settle", "expire", "sweep", "reclaim")
 
 
 class Seating:
@@ -218,9 +218,14 @@ class Seating:
         """A connection ended but the player keeps their place for a grace period: detached, or stale."""
         return await self._call("detach", now_ms, player_id, conn_id, "1" if keep_node else "0")
 
-    async def finish(self, room_id: str, now_ms: int, *, host: str = "") -> Outcome:
-        """End the room in the lobby; with `host`, only if that node still hosts it (else `elsewhere`)."""
-        return await self._call("finish", now_ms, room_id, host)
+    async def finish(self, room_id: str, now_ms: int, *, host: str = "", match_id: str = "") -> Outcome:
+        """End the room (its match `match_id`, when known) in the lobby; with `host`, only if that node still
+        hosts it (else `elsewhere`)."""
+        return await self._call("finish", now_ms, room_id, host, match_id)
+
+    async def settle(self, room_id: str, match_id: str, now_ms: int) -> Outcome:
+        """The match's result is in Postgres: its `over` mark and its `claim` go (settled)."""
+        return await self._call("settle", now_ms, room_id, match_id)
 
     async def expire(self, room_id: str, now_ms: int, *, host_alive: bool, new_room_ids: Sequence[str],
                      new_room_node: str) -> Outcome:

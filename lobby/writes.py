@@ -124,9 +124,18 @@ class GameReports:
         """A game connection ended after its match: nothing to write, only to forget."""
         self.conns.discard(conn_id)
 
-    def room_over(self, mode: str, room_id: str) -> None:
+    def room_over(self, mode: str, room_id: str, match_id: str = "") -> None:
         async def finish() -> None:
-            outcome = await self.seatings[mode].finish(room_id, self.wall_ms(), host=self.node_id)
+            outcome = await self.seatings[mode].finish(room_id, self.wall_ms(), host=self.node_id, match_id=match_id)
             self._publish(mode, outcome)
 
         self.writes.submit(f"finish {room_id}", finish)
+
+    def result_in_postgres(self, mode: str, room_id: str, match_id: str) -> None:
+        """The match's result (or cancellation) is committed: its guards in Redis go. Queued behind the room's
+        `finish` when this node submitted one, so that the `over` mark that finish sets is there to delete."""
+
+        async def settle() -> None:
+            await self.seatings[mode].settle(room_id, match_id, self.wall_ms())
+
+        self.writes.submit(f"settle {match_id}", settle)

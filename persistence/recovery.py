@@ -81,6 +81,21 @@ async def live_matches_elsewhere(conn: asyncpg.Connection, live_nodes: Collectio
     return [LiveMatch(**dict(row)) for row in rows]
 
 
+async def ended_matches(conn: asyncpg.Connection, match_ids: Collection[str]) -> set[str]:
+    """Which of these matches are over (finished or cancelled) in Postgres; ids that are not UUIDs are none."""
+    ids = []
+    for match_id in match_ids:
+        try:
+            ids.append(uuid.UUID(match_id))
+        except ValueError:
+            continue
+    if not ids:
+        return set()
+    rows = await conn.fetch("SELECT id FROM matches WHERE id = ANY($1::uuid[]) AND state IN ('finished', 'cancelled')",
+                            ids)
+    return {str(row["id"]) for row in rows}
+
+
 def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 

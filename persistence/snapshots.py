@@ -42,6 +42,15 @@ class SnapshotStore:
                 pipe.set(self.key(snapshot.mode, snapshot.room_id), snapshot.body, ex=self.ttl_s)
             await pipe.execute()
 
+    async def delete(self, rooms: Sequence[tuple[str, str]]) -> None:
+        """Delete the snapshots of these (mode, room id) in one round trip."""
+        if not rooms:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:  # one DEL each: modes have slots of their own
+            for mode, room_id in rooms:
+                pipe.delete(self.key(mode, room_id))
+            await pipe.execute()
+
     async def load(self, mode: str, room_id: str) -> dict[str, Any] | None:
         return self._parse(mode, room_id, await self.client.get(self.key(mode, room_id)))
 

@@ -302,6 +302,9 @@ class WriteBehind:
         self._spilling: asyncio.Task[None] | None = None
         self._on_redis = False  # the worker's round is waiting for Redis (else for Postgres)
         self.tally: Counter[str] | None = None  # failed rounds by backend ("postgres", "redis"), for metrics
+        # Told of the writes of each committed transaction (in Postgres now, not only in the spill), on this
+        # node's or a spill taken over: what the node cleans up once a match's result is in Postgres.
+        self.committed: Callable[[list[Write]], None] | None = None
 
     @property
     def depth(self) -> int:
@@ -428,7 +431,16 @@ class WriteBehind:
             refused = await self._one_by_one(conn, writes)
         else:
             self.written += len(writes)
+        self._tell_committed([write for index, write in enumerate(writes) if index not in refused])
         return refused
+
+    def _tell_committed(self, writes: list[Write]) -> None:
+        if self.committed is None or not writes:
+            return
+        try:
+            self.committed(writes)
+        except Exception:  # what follows a commit never undoes it, nor stops the writes behind it
+            log.exception("handling %d committed writes failed", len(writes))
 
     async def _one_by_one(self, conn: asyncpg.Connection, writes: list[Write]) -> set[int]:
         """Each write in a transaction of its own; the positions of those set aside."""

@@ -33,6 +33,7 @@ from lobby.outage import OUTAGE, LobbyUnavailable, lobby_client, stop_if_cancell
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from persistence.migrate import schema_version
+from persistence.recovery import ended_matches
 from persistence.snapshots import SnapshotStore
 from persistence.writebehind import WriteBehind, spill_key
 from server.cluster.drain import Drainer, DrainState
@@ -274,11 +275,27 @@ class App:
                                              node.restore_room, node.told, lambda: node.rooms.keys(), self.modes,
                                              accepting=lambda: node.accepting)
             node.stored_rooms = self.recovery.documents
+            records_http = self._records_http
+            node.ended_matches = lambda ids: records_http.with_conn(lambda conn: ended_matches(conn, ids))
+            self.records.committed = self._results_in_postgres
             self._recovery_task = self._tasks.create_task(self.recovery.run(), name="recovery")
             self.hub.upkeep.on_swept = self._take_over_writes
         self.snapshotter = Snapshotter(lambda: node.rooms.values(), snapshots, settings.snapshot_every_s,
                                        on_slot=self.metrics.snapshot_round.observe)
         self._snapshot_task = self._tasks.create_task(self.snapshotter.run(), name="snapshots")
+        node.drop_snapshot = self.snapshotter.forget
+
+    def _results_in_postgres(self, writes: list[dict[str, Any]]) -> None:
+        """Committed writes: for each match result (or cancellation) among them, Postgres now says the match is
+        over, and what guarded it in Redis goes: what the leaderboard was told of it, its `over` mark and claim."""
+        for write in writes:
+            if write.get("op") != "match_result":
+                continue
+            mode, room_id, match_id = str(write["mode"]), str(write["room"]), str(write["match"])
+            if self.leaderboard is not None:
+                self.leaderboard.forget(mode, match_id)
+            if self.node is not None:
+                self.node.result_in_postgres(mode, room_id, match_id)
 
     async def _take_over_writes(self, dead: str) -> None:
         """What a node that is gone had spilled to Redis and not yet written to Postgres, this node writes."""

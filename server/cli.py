@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from server.net.auth import mint_token
 from server.ops.eventloop import run as run_on_loop
@@ -55,6 +56,12 @@ async def serve(settings: Settings, games: dict[str, HostedGame], slot: WorkerSl
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
+        if settings.tracemalloc_dir:
+            from server.ops.memtrace import MemoryTracer
+
+            tracer = MemoryTracer(Path(settings.tracemalloc_dir))
+            tracer.install(loop)
+            stack.callback(tracer.close, loop)
         settings = await connect_services(settings, stack)
         app = await stack.enter_async_context(App(settings, games, persist=True, slot=slot))
         # What start-up made (modules, functions, settings, pools) lives as long as the process: out of the

@@ -249,6 +249,29 @@ async def test_a_player_who_dropped_out_of_a_match_rejoins_it_through_the_lobby(
         await ws.close()
 
 
+async def test_a_hello_that_crosses_the_end_of_the_match_gets_its_result_and_a_normal_close(redis_url: str) -> None:
+    app = await start_lobby_app(redis_url, countdown_s=0.2, match_time_s=1.0, end_linger_s=5.0)
+    try:
+        tokens = [new_token(f"p{i}") for i in range(3)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await matched(ws) for ws in lobbies]
+        games = [(await play(token, found))[0] for token, found in zip(tokens, founds, strict=True)]
+        await games[1].close()  # dropped: the seat stays theirs through the reconnect grace
+        end = await recv_until(games[0], is_type("match_end"), timeout=5)
+        # Back with the ticket of that match, as when the lobby sent them there before it heard of the end.
+        late = await connect(founds[1]["url"], additional_headers={"Authorization": f"Bearer {tokens[1]}"},
+                             compression=None, open_timeout=5)
+        await late.send('{"type":"hello","v":1}')
+        answer = await recv_json(late)
+        assert answer["type"] == "match_end" and answer["match"] == end["match"]
+        assert answer["ranking"] == end["ranking"]
+        assert await closed_with(late) == 1000
+        for ws in (games[0], games[2]):
+            await ws.close()
+    finally:
+        await app.__aexit__(None, None, None)
+
+
 async def test_bad_lobby_input_gets_documented_errors(node: App) -> None:
     ws = await open_lobby(node)
     await ws.send('{"type":"join","v":1,"mode":"chess"}')

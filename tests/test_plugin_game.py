@@ -266,10 +266,12 @@ async def test_two_players_matched_by_the_lobby_play_coinflip_to_a_win_recorded_
         assert [(r["seq"], orjson.loads(r["body"])["round"]) for r in events] == [
             (n, flip["round"]) for n, flip in enumerate(flips, start=1)]
 
-        # The per-mode leaderboard counts the win (and nothing else: a lead during the match is not one).
+        # The per-mode leaderboard counts the win (and nothing else: a lead during the match is not one); the
+        # loser is listed with 0, as a rebuild from Postgres lists every player of a finished match.
         deadline = time.monotonic() + 5
         while (board := await get_json(f"http://127.0.0.1:{app.port}/leaderboard?mode=coinflip"))[1]["players"] \
-                != [{"rank": 1, "id": winner["id"], "name": winner["name"], "score": 1}]:
+                != [{"rank": 1, "id": winner["id"], "name": winner["name"], "score": 1},
+                    {"rank": 2, "id": loser["id"], "name": loser["name"], "score": 0}]:
             assert time.monotonic() < deadline, f"the leaderboard is {board}"
             await asyncio.sleep(0.05)
         for ws in (ann, bob, *lobbies):

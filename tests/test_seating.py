@@ -494,15 +494,33 @@ async def test_a_finished_room_is_deleted_and_its_players_are_free_to_join_again
     lobby = seating(client)
     await fill(lobby, "r", [f"p{i}" for i in range(5)], T)
     await lobby.attach("p1", "r", T + 1, conn_id="game-p1", conn_node="node-a")
-    finished = await lobby.finish("r", T + 100)
+    finished = await lobby.finish("r", T + 100, match_id="m1")
     assert (finished.outcome, set(finished.notify)) == ("finished", {"node-a"})
     over = lobby.keys.room_over("r")  # what keeps recovery from Postgres from bringing it back
     left = await dump(lobby)
-    assert left.values == {over: "1"} and 3590 <= left.ttls[over] <= 3600
+    assert left.values == {over: "m1"} and 3590 <= left.ttls[over] <= 3600
 
     again = await join(lobby, "p1", T + 200, node="node-b", conn="new-lobby-conn", room="r2")
     assert (again.outcome, again.joined_ms, view_of(again).room_id) == ("seated", T + 200, "r2")
     assert (await lobby.finish("r", T + 300)).outcome == "missing"
+
+
+async def test_a_match_whose_result_is_in_postgres_leaves_no_mark_nor_claim(client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    await fill(lobby, "r", [f"p{i}" for i in range(5)], T)
+    await lobby.finish("r", T + 100, match_id="m1")
+    await client.set(lobby.keys.match_claim("m1"), "node-b", ex=3600)
+    assert (await lobby.settle("r", "m1", T + 200)).outcome == "settled"
+    assert (await dump(lobby)).values == {}
+    assert (await lobby.settle("r", "m1", T + 300)).outcome == "settled"  # idempotent
+
+
+async def test_settling_an_older_match_keeps_the_mark_a_later_match_of_the_room_set(client: aioredis.Redis) -> None:
+    lobby = seating(client)
+    await fill(lobby, "r", [f"p{i}" for i in range(5)], T)
+    await lobby.finish("r", T + 100, match_id="m2")
+    await lobby.settle("r", "m1", T + 200)
+    assert (await dump(lobby)).values == {lobby.keys.room_over("r"): "m2"}
 
 
 # -- expiry --------------------------------------------------------------------------------------------------

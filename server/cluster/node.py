@@ -37,6 +37,10 @@ log = logging.getLogger("tickroom.node")
 async def _nothing_told(mode: str, match_ids: list[str]) -> dict[str, dict[str, int]]:
     return {}
 
+
+def _keep_snapshot(mode: str, room_id: str) -> None:
+    return None
+
 # /stats: reuse an answer this young; summarize this many rooms between yields to the rooms; pool
 # every POOL_STRIDE-th sample of each room into the node-wide totals.
 STATS_MAX_AGE_S = 1.0
@@ -73,6 +77,10 @@ class Node:
         self.snapshots: SnapshotStore | None = None  # where recovery finds the rooms it restores
         # And where it finds those Redis has no snapshot of (mode, room ids -> room snapshots from Postgres).
         self.stored_rooms: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
+        # And which of given matches Postgres has as over (their results durable): never restored again.
+        self.ended_matches: Callable[[list[str]], Awaitable[set[str]]] | None = None
+        # The snapshotter's `forget`: a room whose match ended here takes its snapshot with it (mode, room id).
+        self.drop_snapshot: Callable[[str, str], None] = _keep_snapshot
         self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.metrics = NodeMetrics()  # the app shares its own (server/ops/metrics.py)
         # Every fixed-tick room ticks from this one timer (server/rooms/ticker.py).
@@ -216,6 +224,18 @@ class Node:
             except Exception as error:  # Postgres down: those rooms end, as without a snapshot
                 log.warning("rooms %s (%s) have no snapshot, and Postgres could not be read for them: %r",
                             missing, mode, error)
+        if documents and self.ended_matches is not None:
+            # A match whose result is in Postgres stays over, whatever snapshot is left of it: its node finished
+            # it and its lobby guards (the `over` mark, what the leaderboard was told) may be gone already.
+            try:
+                ended = await self.ended_matches([str(d.get("match")) for d in documents.values()])
+            except Exception as error:  # Postgres down: the snapshots are all there is to go by
+                log.warning("could not ask Postgres which of rooms %s (%s) are over: %r", sorted(documents), mode,
+                            error)
+                ended = set()
+            for room_id in [room_id for room_id, d in documents.items() if str(d.get("match")) in ended]:
+                log.info("room %s (%s): its match is over in Postgres; not restored", room_id, mode)
+                del documents[room_id]
         told = await self.told(mode, [str(d.get("match")) for d in documents.values()]) if documents else {}
         for room_id in todo:
             document = documents.get(room_id)
@@ -264,6 +284,8 @@ class Node:
             if room.started_ms is not None and not (room.released and room.end_reason is None):
                 metrics.matches_ended[room.end_reason or ("crashed" if room.failed is not None else "abandoned")] += 1
             self._room_over(room)
+            if room.result_recorded:  # its match ended here (not one that goes on elsewhere): no restore needs it
+                self.drop_snapshot(room.mode, room.room_id)
             log.info("room %s closed after %d ticks", room.room_id, room.tick_no)
 
     # -- lobby rooms: what the lobby must hear of their players ---------------------------------------
@@ -277,7 +299,17 @@ class Node:
         even while the room lingers to show the result."""
         if room.roster is not None and self.lobby is not None and not room.released:
             room.released = True
-            self.lobby.games.room_over(room.mode, room.room_id)
+            self.lobby.games.room_over(room.mode, room.room_id, room.match_id)
+
+    def result_in_postgres(self, mode: str, room_id: str, match_id: str) -> None:
+        """A match's result (or cancellation) is committed in Postgres, by this node or from a spill it took
+        over: the lobby's guards of the match go (lobby/lua/settle.lua)."""
+        if self.lobby is None or mode not in self.modes:
+            return
+        room = self.rooms.get(room_id)
+        if room is not None and room.match_id == match_id:
+            self._room_over(room)  # its `finish` first (if not queued yet): the settle write deletes its mark
+        self.lobby.games.result_in_postgres(mode, room_id, match_id)
 
     def seated(self, room: Room, seat: Seat, conn_id: str) -> None:
         if room.roster is None or self.lobby is None:
@@ -296,10 +328,12 @@ class Node:
         if room.roster is None or lobby is None:
             return
         if room.phase in (RoomPhase.FINISHED, RoomPhase.CLOSED):
+            if left:  # (a last player's `leave` may be what ended the match)
+                room.walked_out(seat.player_id)
             lobby.games.gone(conn_id)  # the match is over: the lobby freed its players already
             return
         if left:
-            room.dismiss(seat.player_id)
+            room.dismiss(seat.player_id, quit=True)
             lobby.games.left(room.mode, seat.player_id, conn_id)
             return
         lobby.games.detached(room.mode, seat.player_id, conn_id)

@@ -143,6 +143,9 @@ class Settings:
                                        low=0.05, high=60)
     node_dead_after_s: float = _setting(5.0, "TICKROOM_NODE_DEAD_AFTER_S",
                                         "a node silent this long is dead", low=0.2, high=600)
+    tracemalloc_dir: str = _setting("", "TICKROOM_TRACEMALLOC_DIR",
+                                    "development only: trace the node's allocations (tracemalloc) and write a "
+                                    "snapshot into this directory on each SIGUSR2 (bench/soak.py --tracemalloc)")
 
     @property
     def origins(self) -> frozenset[str]:
@@ -230,6 +233,9 @@ class Settings:
         if self.environment != "development" and len(self.jwt_secret) < 32:
             raise SettingsError(f"jwt_secret (TICKROOM_JWT_SECRET) must be at least 32 characters in production, "
                                 f"got {len(self.jwt_secret)}")
+        if self.tracemalloc_dir and self.environment != "development":
+            raise SettingsError("tracemalloc_dir (TICKROOM_TRACEMALLOC_DIR) is for development: tracing every "
+                                "allocation slows a node down; unset it in production")
         if self.log_format not in ("json", "text"):
             raise SettingsError(f"log_format (TICKROOM_LOG_FORMAT) must be json or text, got {self.log_format!r}")
 

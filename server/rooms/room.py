@@ -117,8 +117,13 @@ class Room:
         self.cancelled = False
         self.evicted = False  # the lobby gave this room's players back while its node stalled
         self.released = False  # the lobby has been told the room is over
-        # Told which players had left the room when its result became durable (the lobby tells them later).
+        # Told which players had dropped out of the room before its match ended and were still away when its
+        # result became durable (the lobby tells them later). Those there at `match_end` had the result with it,
+        # and those who left by choice (`leave`) walked out of it.
         self.saved_while_away: Callable[[Room, list[str]], None] | None = None
+        self._away_at_end: list[str] = []
+        self._quit: set[str] = set()  # players who left the match by choice (`leave`)
+        self._end_message: bytes | None = None  # the match's `match_end`, once it ended
         self._empty_since: float | None = None  # when the last connected player left
         self.game = game
         self.settings = settings
@@ -340,10 +345,24 @@ class Room:
             self.roster |= player_ids
             self.poke()
 
-    def dismiss(self, player_id: str) -> None:
+    def ended_for(self, player_id: str) -> bytes | None:
+        """The `match_end` of this room's match for a player who held a seat in it and arrives after it ended (the
+        lobby sent them here just before it heard of the end); None for anyone else, or a match not over."""
+        if self._end_message is None or player_id not in self._seats:
+            return None
+        return self._end_message
+
+    def walked_out(self, player_id: str) -> None:
+        """The player left by choice (`leave`): not told later of the result of the match they walked out of."""
+        self._quit.add(player_id)
+
+    def dismiss(self, player_id: str, *, quit: bool = False) -> None:
         """The player gave their lobby seat up (left, or never came back in time): they may not come back. In a
         running match the game hears it too (`release_seat`): a match in which one player still holds a seat
-        ends with that player first, also a restored one."""
+        ends with that player first, also a restored one. `quit`: they left by choice (`leave`), and are not
+        told later of the result of the match they walked out of."""
+        if quit:
+            self.walked_out(player_id)
         if self.roster is not None:
             self.roster.discard(player_id)
         seat = self._seats.get(player_id)
@@ -465,6 +484,7 @@ class Room:
         self.end_reason = reason
         self.finished_at = now
         self._set_phase(RoomPhase.FINISHED, now)
+        self._away_at_end = [seat.player_id for seat in self._seats.values() if seat.conn is None]
         seats_by_pid = {seat.pid: seat for seat in self._seats.values()}
         ranking: list[dict[str, Any]] = []
         for entry in self.game.standings():
@@ -473,10 +493,12 @@ class Room:
                 continue
             ranking.append({"p": entry.pid, "id": seat.player_id, "name": seat.name, "rank": entry.rank,
                             "score": entry.score, **entry.figures})
-        self._post({"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms,
-                    "ranking": ranking, "match": self.match_id})
+        end = {"type": "match_end", "reason": reason, "duration_ms": self.game.clock_ms, "ranking": ranking,
+               "match": self.match_id}
+        self._post(end)
+        self._end_message = encode(end)
         self.log.info("room %s finished (%s) after %d ms", self.room_id, reason, self.game.clock_ms)
-        self._score()
+        self._score(final=True)
         lines = {str(line["id"]): line for line in ranking}
         self.result_recorded = True
         durable = self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
@@ -494,15 +516,17 @@ class Room:
         self._record("match_result", started_ms=self.started_ms, ended_ms=self._wall_ms(), reason=reason,
                      cancelled=True, players=self._result_lines({}))
 
-    def _score(self) -> None:
-        """Tell the leaderboard the points each player made since the last time (at each kill, and at the end)."""
+    def _score(self, *, final: bool = False) -> None:
+        """Tell the leaderboard the points each player made since the last time (at each kill, and at the end).
+        At the end every ranked player is told, 0 points too: the board lists each player of a finished match,
+        as its rebuild from Postgres (the totals of their result lines) does."""
         if self._scorer is None:
             return
         seats = {seat.pid: seat for seat in self._seats.values()}
         for entry in self.game.standings():
             points = entry.score - self._scored.get(entry.pid, 0)
             seat = seats.get(entry.pid)
-            if points and seat is not None:
+            if (points or final) and seat is not None:
                 self._scored[entry.pid] = entry.score
                 try:
                     self._scorer(self.mode, self.match_id, seat.player_id, points)
@@ -529,7 +553,9 @@ class Room:
         self.result_saved = True
         self._post({"type": "event", "kind": "result_saved", "match": self.match_id})
         self.poke()
-        away = [seat.player_id for seat in self._seats.values() if seat.conn is None]
+        # (A `leave` that ends the match, its last player's, is dismissed only after the step that ended it.)
+        away = [player_id for player_id in self._away_at_end
+                if player_id not in self._quit and not self.is_connected(player_id)]
         if away and self.saved_while_away is not None:
             try:
                 self.saved_while_away(self, away)

@@ -193,6 +193,12 @@ class PlayerSession:
             raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello first", CloseCode.POLICY)
         encoding = self._check_version(msg)
         room = self.node.room_for(self.join)
+        ended = room.ended_for(self.join.identity.player_id)
+        if ended is not None:
+            # Their hello crossed the end of their match (the lobby had not heard of it yet): not an error, the
+            # match's result and a normal close; the lobby, asked again, knows the match is over.
+            self.link.close(CloseCode.NORMAL, "match over", last=ended)
+            return
         self.seat = room.join(self.join.identity, self.ws, self._clock(), encoding)
         self.room = room
         self.node.seated(room, self.seat, self.conn_id)

@@ -5,6 +5,7 @@ spread evenly instead of landing on one tick every 30 s. At each slot the rooms 
 (a few tens of µs each: the game's state as JSON) and written in one pipelined round trip by this task;
 no room ever awaits Redis. A Redis outage skips snapshots (logged once); the next round writes them again.
 Every `POSITIONS_EVERY`th round a room's players' positions also go to Postgres, through the write-behind queue.
+A room whose match ended is `forget`-ten: its snapshot is deleted by this task, after any write of it in flight.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class Snapshotter:
         self.positions_every = positions_every
         self._round = 0  # full intervals done
         self._failing = False
+        self._gone: list[tuple[str, str]] = []  # (mode, room id) of rooms whose snapshot is to be deleted
+
+    def forget(self, mode: str, room_id: str) -> None:
+        """The room's match ended: its snapshot goes at the next slot, after the write of it that may be in
+        flight (a deletion of its own could overtake that write and leave the snapshot behind)."""
+        self._gone.append((mode, room_id))
 
     def due(self, slot: int) -> list[Snapshot]:
         """The snapshots of the running rooms whose turn `slot` is (every `positions_every`th round, their
@@ -85,9 +92,12 @@ class Snapshotter:
             slot = (slot + 1) % self.slots
             if slot == 0:
                 self._round += 1
+            gone, self._gone = self._gone, []
             try:
                 await self.store.save(snapshots)
+                await self.store.delete(gone)
             except OUTAGE as error:
+                self._gone = gone + self._gone
                 stop_if_cancelled()
                 if not self._failing:
                     log.warning("room snapshots are not reaching Redis (%s); retrying each round", error)
@@ -95,6 +105,7 @@ class Snapshotter:
                 continue
             except Exception:
                 stop_if_cancelled()
+                self._gone = gone + self._gone
                 log.exception("writing %d room snapshots failed", len(snapshots))
                 continue
             stop_if_cancelled()  # redis-py may have swallowed a cancellation in the save
