@@ -58,18 +58,16 @@ async def test_rooms_tick_at_their_period_the_latest_first() -> None:
     ticker.close()
 
 
-async def test_a_room_that_fell_behind_catches_up_one_tick_per_batch() -> None:
+async def test_a_room_that_fell_behind_catches_up_at_once_within_the_batch_budget() -> None:
     loop = asyncio.get_running_loop()
     ticker = Ticker(loop, time.monotonic)
     log: list[str] = []
-    batches: list[int] = []
     now = time.monotonic()
-    behind = FakeRoom("behind", now - 0.060, 0.015, log, work=lambda: batches.append(ticker.batches))
+    behind = FakeRoom("behind", now - 0.060, 0.015, log)  # four periods behind
     ticker.add(behind)
     await wait_for(lambda: len(log) >= 5)
-    # Four periods behind: caught up in the next few loop turns, one tick in each (never a burst in one batch).
-    assert time.monotonic() - now < 0.015
-    assert batches[:5] == sorted(set(batches[:5])), batches
+    assert time.monotonic() - now < 0.015  # caught up long before its next period
+    assert behind.deadline > now
     ticker.close()
 
 

@@ -3,8 +3,8 @@ earliest. When it fires, every room due by then ticks, the latest first, in one 
 
 A task per room costs a task step, a sleep future and a timer handle per tick; at 66 Hz and a hundred rooms
 that is most of what is not the game or the kernel (docs/benchmarks.md). A batch that runs past its time
-budget hands the rest back to the loop (its I/O goes first), and a room that has fallen behind never ticks twice
-in one batch: an overloaded node loses ticks evenly instead of bursting to catch up.
+budget hands the rest back to the loop (its I/O goes first); a room that has fallen behind catches up within that
+budget, and the rest of its backlog waits for the next batches.
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ class Ticker:
                 continue
             try:
                 room.tick_due()
+                # Still behind (a stall): catch up now, within the batch's budget, rather than a tick a loop turn.
+                while room.ticking and room.deadline <= horizon and clock() <= stop_at:
+                    room.tick_due()
             except Exception:  # one room's failure never stops the others' ticks
                 log.exception("a room's tick failed; closing it")
                 self.remove(room)
