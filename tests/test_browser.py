@@ -24,6 +24,7 @@ from server.app import App
 from tests.serverkit import new_token, start_app, start_lobby_app
 
 playwright_api = pytest.importorskip("playwright.async_api")
+pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
