@@ -24,6 +24,8 @@ class ProcessResult:
     process: int
     bots: int
     rates: array[float] = field(default_factory=lambda: array("d"))  # states/s of each measured bot
+    # The same, of the bots that got into a room (under overload, the others were refused `capacity` throughout).
+    placed_rates: array[float] = field(default_factory=lambda: array("d"))
     # Bytes/s each measured bot received while in a room (every frame, with its WebSocket header).
     byte_rates: array[float] = field(default_factory=lambda: array("d"))
     acks_ms: array[float] = field(default_factory=lambda: array("d"))  # every input->ack latency, ms
@@ -80,6 +82,7 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
     """One JSON-ready summary over every process's samples; `extra_cpu_s` is the parent's own CPU time."""
     results = list(results)
     rates = _merged(result.rates for result in results)
+    placed_rates = _merged(result.placed_rates for result in results)
     byte_rates = _merged(result.byte_rates for result in results)
     acks = _merged(result.acks_ms for result in results)
     lags = _merged(result.lag_ms for result in results)
@@ -105,6 +108,9 @@ def summarize(results: Iterable[ProcessResult], *, bots: int, duration_s: float,
         "states_per_s_mean": round(sum(rates) / len(rates), 2) if rates else 0.0,
         # Bots under 60 states/s (0 for those whose room never started: a match needs 3 players).
         "bots_under_60_states_per_s": sum(1 for rate in rates if rate < 60.0),
+        # Over the bots that got into a room: what the rooms a full node accepted gave their players.
+        "states_per_s_min_placed": round(placed_rates[0], 2) if placed_rates else 0.0,
+        "placed_under_60_states_per_s": sum(1 for rate in placed_rates if rate < 60.0),
         "bytes_per_s_p50": round(percentile(byte_rates, 50) or 0.0, 1),
         "bytes_per_s_max": round(byte_rates[-1], 1) if byte_rates else 0.0,
         "inputs_per_s_mean": round(sum(result.inputs for result in results) / connected_s, 2)

@@ -181,6 +181,8 @@ class Swarm:
             rate = bot_rate(bot.states, bot.connected_s, bot.welcomed)
             if rate is not None:
                 result.rates.append(rate)
+                if bot.welcomed:
+                    result.placed_rates.append(rate)
                 result.byte_rates.append(bot.received_bytes / bot.connected_s if bot.connected_s > 0 else 0.0)
             result.connected += bot.welcomed
             result.connected_s += bot.connected_s

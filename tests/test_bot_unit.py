@@ -206,6 +206,16 @@ def test_the_summary_merges_every_process_samples() -> None:
     assert orjson.loads(orjson.dumps(summary)) == summary
 
 
+def test_the_summary_tells_the_rates_of_bots_that_got_into_a_room_from_those_refused_throughout() -> None:
+    # Under overload, one bot played at 64 states/s and one was refused `capacity` until the end (rate 0).
+    result = ProcessResult(process=0, bots=3, rates=array("d", [64.0, 0.0, 66.0]),
+                           placed_rates=array("d", [64.0, 66.0]), connected=2, connected_s=20.0, capacity=7)
+    summary = summarize([result], bots=3, duration_s=10.0, wall_s=10.0)
+    assert (summary["states_per_s_min"], summary["bots_under_60_states_per_s"]) == (0.0, 1)
+    assert (summary["states_per_s_min_placed"], summary["placed_under_60_states_per_s"]) == (64.0, 0)
+    assert summary["capacity_refusals"] == 7
+
+
 def test_a_summary_without_samples_says_zero_rates_and_no_latency() -> None:
     summary = summarize([ProcessResult(process=0, bots=5)], bots=5, duration_s=3.0, wall_s=3.0)
     assert (summary["states_per_s_p50"], summary["states_per_s_min"]) == (0.0, 0.0)
