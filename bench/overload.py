@@ -34,16 +34,43 @@ STATES_LIMIT = 60.0
 LATE_BOUND_S = 0.025  # the histogram's bucket under the limit: under 1 % of ticks past it means p99 < 30 ms
 
 
-def lateness_buckets(port: int) -> dict[float, float]:
-    """The node's tick-lateness histogram (cumulative counts by upper bound, seconds) from /metrics."""
+def node_metrics(port: int) -> tuple[int, dict[float, float]]:
+    """From the node's /metrics (cheap, unlike /stats, which sorts every room's samples): its rooms, and its
+    tick-lateness histogram (cumulative counts by upper bound, seconds), with its full garbage collections so far
+    under -1 and the seconds all of its collections took under -2."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
+    rooms = 0
     buckets = {}
+    gc_count = gc_sum = 0.0
     for line in text.splitlines():
+        if line.startswith("tickroom_gc_pause_seconds_count{"):
+            gc_count += float(line.rsplit(" ", 1)[1]) if 'generation="2"' in line else 0.0
+        elif line.startswith("tickroom_gc_pause_seconds_sum{"):
+            gc_sum += float(line.rsplit(" ", 1)[1])
         if line.startswith("tickroom_tick_lateness_seconds_bucket{"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
-    return buckets
+        elif line.startswith("tickroom_rooms{"):
+            rooms += int(float(line.rsplit(" ", 1)[1]))
+    buckets[-1.0] = gc_count  # full collections so far
+    buckets[-2.0] = gc_sum  # seconds in every collection so far
+    return rooms, buckets
+
+
+def pin_data_services(env_urls: dict[str, str], cores: str) -> list[int]:
+    """Pin the Redis and Postgres serving the run (and every process they started) to the bots' cores, so that
+    the node's core is the node's alone, as in production where they run on machines of their own."""
+    ports = {int(url.rsplit(":", 1)[1].split("/", 1)[0]) for url in env_urls.values()}
+    cpus = [int(core) for core in cores.split(",")]
+    pinned = []
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port in ports and connection.pid:
+            server = psutil.Process(connection.pid)
+            for process in (server, *server.children(recursive=True)):
+                process.cpu_affinity(cpus)
+                pinned.append(process.pid)
+    return pinned
 
 
 class Timeline:
@@ -70,8 +97,8 @@ class Timeline:
         while not self._stop.is_set():
             try:
                 cpu = self.process.cpu_times()
-                rooms = get_stats(self.port)["totals"]["rooms"]
-                self.samples.append((time.monotonic(), cpu.user + cpu.system, rooms, lateness_buckets(self.port)))
+                rooms, buckets = node_metrics(self.port)
+                self.samples.append((time.monotonic(), cpu.user + cpu.system, rooms, buckets))
             except (OSError, KeyError, psutil.Error):
                 pass
             self._stop.wait(self.every_s)
@@ -93,23 +120,26 @@ class Timeline:
 
     def table(self, started: float, step_s: float = 5.0) -> list[str]:
         """Every `step_s`: rooms, the node's CPU and the share of late ticks."""
-        lines = ["| s | rooms | server CPU % | ticks | late > 25 ms % | late > 50 ms % |", "|---|---|---|---|---|---|"]
+        lines = ["| s | rooms | server CPU % | ticks | late > 25 ms % | late > 50 ms % | late > 100 ms % | full GCs"
+                 " | GC ms |", "|---|---|---|---|---|---|---|---|---|"]
         index = 0
         while index + 1 < len(self.samples):
             t0, cpu0, _, _ = self.samples[index]
             end = index + 1
-            while end + 1 < len(self.samples) and self.samples[end][0] - t0 < step_s:
+            while end + 1 < len(self.samples) and self.samples[end][0] - t0 < step_s * 0.95:
                 end += 1
-            t1, cpu1, rooms, _ = self.samples[end]
+            t1, cpu1, rooms, last = self.samples[end]
+            first = self.samples[index][3]
             late = self.window(t0, t1)
             lines.append(f"| {t0 - started:.0f} | {rooms} | {100 * (cpu1 - cpu0) / (t1 - t0):.0f} | {late['ticks']:.0f}"
-                         f" | {late['late_25ms_pct']} | {late['late_50ms_pct']} |")
+                         f" | {late['late_25ms_pct']} | {late['late_50ms_pct']} | {late['late_100ms_pct']}"
+                         f" | {last[-1.0] - first[-1.0]:.0f} | {1000 * (last[-2.0] - first[-2.0]):.1f} |")
             index = end
         return lines
 
 
 def run_once(env_urls: dict[str, str], *, limit: str | None, rooms: int, seconds: float, ramp: float,
-             server_core: str, bot_cores: str, verbose: bool = False) -> dict[str, Any]:
+             server_core: str, bot_cores: str, timeline_s: float = 0.0) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, **env_urls, "TICKROOM_WORKERS": "1", "TICKROOM_LOG_LEVEL": "WARNING",
            "TICKROOM_COUNTDOWN_S": "2", "TICKROOM_MATCH_TIME_S": str(int(ramp + seconds + 120)),
@@ -147,8 +177,8 @@ def run_once(env_urls: dict[str, str], *, limit: str | None, rooms: int, seconds
         server.wait(timeout=60)
     steady = timeline.window(t0, t1)
     whole = timeline.window(started, t1)
-    if verbose:
-        print("\n".join(timeline.table(started)), flush=True)
+    if timeline_s:
+        print("\n".join(timeline.table(started, timeline_s)), flush=True)
     totals = stats["totals"]
     running = [room for room in stats["rooms"].values() if room.get("state") == "running"]
     return {
@@ -199,7 +229,8 @@ def main() -> int:
     parser.add_argument("--runs", default="off,on", help="load limit off (every room accepted) and/or on")
     parser.add_argument("--server-core", default="0")
     parser.add_argument("--bot-cores", default="1")
-    parser.add_argument("--timeline", action="store_true", help="print each run's rooms, CPU and late ticks every 5 s")
+    parser.add_argument("--timeline", type=float, default=0.0, metavar="S",
+                        help="print each run's rooms, CPU and late ticks every S seconds")
     args = parser.parse_args()
     if shutil.which("taskset") is None:
         print("taskset is required (util-linux)", file=sys.stderr)
@@ -208,10 +239,12 @@ def main() -> int:
     rooms = round(args.capacity * args.load)
     rows = []
     with data_services() as env_urls:
+        pinned = pin_data_services(env_urls, args.bot_cores)
+        print(f"Redis and Postgres ({len(pinned)} processes) pinned to core(s) {args.bot_cores}", flush=True)
         for run in args.runs.split(","):
             row = run_once(env_urls, limit="1" if run == "off" else None, rooms=rooms, seconds=args.seconds,
                            ramp=args.ramp, server_core=args.server_core, bot_cores=args.bot_cores,
-                           verbose=args.timeline)
+                           timeline_s=args.timeline)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()

@@ -111,6 +111,7 @@ class Upkeep:
         self.on_swept: Callable[[str], Awaitable[None]] | None = None
         # Whether this node takes new rooms right now (its load may have changed since its last heartbeat).
         self.accepting_now: Callable[[], bool] | None = None
+        self.placed_here: Callable[[], None] | None = None  # a new room placed on this node (its load gauge)
         self._beat_soon = asyncio.Event()
 
     def pick_host(self) -> str:
@@ -149,6 +150,8 @@ class Upkeep:
         self.live = sorted((dataclasses.replace(node, load=node.load + 1) if node.node_id == node_id else node
                             for node in self.live), key=lambda node: (node.load, node.node_id))
         self._spawn(self.registry.count_room(node_id), "count-room")
+        if node_id == self.node_id and self.placed_here is not None:
+            self.placed_here()
 
     async def stop_heartbeat(self) -> None:
         """No heartbeat after this returns (one in flight is waited for): the node can deregister for good."""

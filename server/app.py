@@ -190,6 +190,8 @@ class App:
 
     async def __aenter__(self) -> App:
         self._tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self.metrics.gc_pauses.install()
+        self._stack.callback(self.metrics.gc_pauses.remove)
         self.node = Node(self.settings, self.modes, self._tasks)
         self.node.metrics = self.metrics
         self._server = Listener(self._process_request, self._handle, max_size=MAX_FRAME_BYTES, timeouts=Timeouts(),
@@ -211,6 +213,7 @@ class App:
                                self._tasks.create_task)
         hub.upkeep.on_drain = self._drain_requested
         hub.upkeep.accepting_now = lambda: self.node is not None and self.node.takes_rooms
+        hub.upkeep.placed_here = self.node.room_placed
         self.node.on_load_change = hub.upkeep.beat_soon  # the lobby hears at once that the node is full, or not
         self._load_task = self._tasks.create_task(self.node.watch_load(), name="load-gauge")
         await self._server.serve()  # listening before the hub's first heartbeat sends anyone here

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from server.rooms.loadgauge import MIN_TICKS, LoadGauge, LoadLimits
+from server.rooms.loadgauge import ALLOWANCE_MAX, MIN_TICKS, RESUME_SAMPLES, LoadGauge, LoadLimits
 from tests.serverkit import (
     is_type,
     join_game,
@@ -33,21 +33,55 @@ def gauge(limits: LoadLimits) -> tuple[LoadGauge, FakeTimes]:
     return LoadGauge(limits, cpu_time=lambda: times.cpu, clock=lambda: times.wall), times
 
 
-def second(load: LoadGauge, times: FakeTimes, cpu_share: float, ticks: int = 0, late: int = 0) -> bool:
+def second(load: LoadGauge, times: FakeTimes, cpu_share: float, ticks: int = 0, late: int = 0, *,
+           running: int = 0, starting: int = 0) -> bool:
     times.run(1.0, cpu_share)
     load.ticks += ticks
     load.late += late
-    return load.sample()
+    return load.sample(running, starting)
 
 
-def test_the_node_turns_full_at_its_cpu_limit_and_takes_rooms_again_only_with_headroom() -> None:
+def test_the_node_turns_full_at_its_cpu_limit_and_takes_rooms_again_only_after_calm_seconds_with_headroom() -> None:
     load, times = gauge(LoadLimits(cpu=0.8))
     assert not second(load, times, 0.5) and not load.full
-    assert second(load, times, 0.82) and load.full
+    assert second(load, times, 0.82) and load.full and load.overloaded
     assert round(load.cpu, 6) == 0.82 and load.turned_full == 1
     assert not second(load, times, 0.78) and load.full  # below the limit, within the headroom: still full
-    assert second(load, times, 0.70) and not load.full
-    assert not second(load, times, 0.79) and not load.full
+    # Below the limit less the headroom: the smoothed CPU must come down too, and stay down RESUME_SAMPLES seconds.
+    changes = [second(load, times, 0.5) for _ in range(RESUME_SAMPLES + 3)]
+    assert changes.count(True) == 1 and not load.full
+    assert changes.index(True) >= RESUME_SAMPLES - 1
+    # One quiet second inside a noisy load is not calm enough.
+    assert second(load, times, 0.85) and load.full
+    assert not second(load, times, 0.5) and load.full
+    assert not second(load, times, 0.85) and load.full
+    assert not second(load, times, 0.5) and load.full
+
+
+def test_below_its_limit_the_node_takes_only_the_rooms_its_cost_per_room_says_still_fit() -> None:
+    load, times = gauge(LoadLimits(cpu=0.8))
+    for _ in range(5):  # settle the smoothed figure at 0.5 of a core for 50 running rooms: 1 % a room
+        second(load, times, 0.5, running=50)
+    # (0.8 - 0.05 - 0.5) / 0.01 = 25 rooms fit; capped at ALLOWANCE_MAX a second.
+    assert load.allowance == ALLOWANCE_MAX and not load.full
+    assert not second(load, times, 0.6, running=50) and not load.full
+    # Smoothed 0.54 and the last second 0.6: judged on 0.6, so (0.75 - 0.6) / 0.012 = 12 rooms, less 4 starting.
+    second(load, times, 0.6, running=50, starting=4)
+    assert load.allowance == 8
+    placed = [load.room_placed() for _ in range(8)]
+    assert placed == [False] * 7 + [True] and load.full and not load.overloaded
+    assert not load.room_placed() and load.full and load.allowance == 0
+    # The next second measures those rooms: with room to spare, the node takes rooms again.
+    assert second(load, times, 0.55, running=58) and not load.full and load.allowance > 0
+
+
+def test_a_nearly_empty_node_takes_rooms_without_an_estimate_and_a_node_near_its_limit_takes_none() -> None:
+    load, times = gauge(LoadLimits(cpu=0.8))
+    second(load, times, 0.05, running=2)
+    assert load.allowance == ALLOWANCE_MAX
+    for _ in range(5):
+        second(load, times, 0.76, running=76)
+    assert load.allowance == 0 and load.full and not load.overloaded
 
 
 def test_late_ticks_make_a_busy_node_full_but_not_an_idle_one() -> None:
@@ -57,16 +91,18 @@ def test_late_ticks_make_a_busy_node_full_but_not_an_idle_one() -> None:
     # The node works hard and more than 1 % of its ticks are late: full.
     assert second(load, times, 0.6, ticks=1000, late=20) and load.full
     assert load.late_share == 0.02
-    # Still some late ticks: stays full; none: takes rooms again.
+    # Still some late ticks: stays full; none for RESUME_SAMPLES seconds: takes rooms again.
     assert not second(load, times, 0.6, ticks=1000, late=5) and load.full
-    assert second(load, times, 0.6, ticks=1000, late=0) and not load.full
+    changes = [second(load, times, 0.6, ticks=1000, late=0) for _ in range(RESUME_SAMPLES)]
+    assert changes == [False] * (RESUME_SAMPLES - 1) + [True] and not load.full
 
 
 def test_too_few_ticks_say_nothing_and_a_limit_of_one_core_is_no_limit() -> None:
     load, times = gauge(LoadLimits(cpu=0.8))
     assert not second(load, times, 0.7, ticks=MIN_TICKS - 1, late=MIN_TICKS - 1) and not load.full
     unlimited, times = gauge(LoadLimits(cpu=1.0))
-    assert not second(unlimited, times, 1.0, ticks=1000, late=1000) and not unlimited.full
+    assert not second(unlimited, times, 1.0, ticks=1000, late=1000, running=100) and not unlimited.full
+    assert not any(unlimited.room_placed() for _ in range(100)) and not unlimited.full
 
 
 def test_a_lateness_limit_of_zero_counts_no_tick_late() -> None:

@@ -4,6 +4,7 @@ and its drain call, JSON log lines that name the connection and the player, and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import urllib.error
@@ -123,6 +124,12 @@ async def test_metrics_count_a_match_its_messages_ticks_and_errors(node: App) ->
     assert found[("tickroom_tick_duration_seconds_count", ())] > 100
     assert found[("tickroom_tick_lateness_seconds_count", ())] == found[("tickroom_tick_duration_seconds_count", ())]
     assert found[("tickroom_players_connected", ())] == 2
+    gc.collect()  # a full collection while the node watches: counted under generation 2
+    status, _, body = await get(node, "/metrics")
+    after = samples(body)
+    full = ("tickroom_gc_pause_seconds_count", (("generation", "2"),))
+    assert after[full] >= found.get(full, 0) + 1
+    assert after[("tickroom_gc_pause_seconds_sum", (("generation", "2"),))] > 0
     assert found[("tickroom_rooms", (("state", "finished"),))] == 1
     assert ("tickroom_lobby_queue_length", (("mode", "arena"),)) in found
     assert found[("tickroom_write_queue_depth", ())] >= 0

@@ -139,15 +139,30 @@ class Node:
         starts or stops taking rooms for its load."""
         while True:
             await asyncio.sleep(every_s)
-            if self.load.sample():
-                if self.load.full:
+            running = sum(1 for room in self.rooms.values() if room.phase is RoomPhase.RUNNING)
+            starting = sum(1 for room in self.rooms.values()
+                           if room.phase in (RoomPhase.WAITING, RoomPhase.COUNTDOWN))
+            overloaded = self.load.overloaded
+            changed = self.load.sample(running, starting)
+            if self.load.overloaded != overloaded:
+                if self.load.overloaded:
                     log.warning("node at its capacity (CPU %.0f %% of a core, %.1f %% of ticks late, %d rooms): it "
                                 "takes no new room", 100 * self.load.cpu, 100 * self.load.late_share, len(self.rooms))
                 else:
                     log.info("node below its capacity again (CPU %.0f %%, %d rooms): it takes new rooms",
                              100 * self.load.cpu, len(self.rooms))
-                if self.on_load_change is not None:
-                    self.on_load_change()
+            if changed:
+                self._load_changed()
+
+    def room_placed(self) -> None:
+        """A new room was placed here (by this node's lobby, or a development room): it spends the load gauge's
+        allowance, and the lobby hears at once when none is left."""
+        if self.load.room_placed():
+            self._load_changed()
+
+    def _load_changed(self) -> None:
+        if self.on_load_change is not None:
+            self.on_load_change()
 
     @property
     def connections(self) -> int:
@@ -170,6 +185,8 @@ class Node:
         if self.load.full and join.roster is None:
             raise ProtocolError(ErrorCode.SERVER_FULL, "this node is at its capacity and takes no new room",
                                 CloseCode.POLICY)
+        if join.roster is None:
+            self.room_placed()  # a lobby room was counted when the lobby placed it
         hosted = self.modes[join.mode]
         game = hosted.make(random.Random(self._rng.getrandbits(64)), self._time_limit_ms)
         room_log = logging.getLogger(f"tickroom.room.{join.mode}")

@@ -8,6 +8,8 @@ app has its own registry: no global state.
 from __future__ import annotations
 
 import bisect
+import gc
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ ROOM_STATES = ("waiting", "countdown", "running", "finished")
 # Seconds: tick work and lateness live around the 15 ms period; waits and snapshot rounds are longer.
 TICK_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.010, 0.015, 0.025, 0.050, 0.100, 0.250, 1.0)
 WAIT_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+GC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250)
 ROUND_BUCKETS = (0.001, 0.005, 0.010, 0.025, 0.050, 0.100, 0.250, 0.5, 1, 2.5)
 
 
@@ -36,13 +39,51 @@ class FastHistogram:
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self._sum += value
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+    def _buckets(self) -> list[tuple[str, float]]:
         buckets: list[tuple[str, float]] = []
         total = 0
         for bound, count in zip((*(repr(float(b)) for b in self._bounds), "+Inf"), self._counts, strict=True):
             total += count
             buckets.append((bound, total))
-        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self._sum)
+        return buckets
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        return HistogramMetricFamily(name, documentation, buckets=self._buckets(), sum_value=self._sum)
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        family.add_metric(labels, self._buckets(), self._sum)
+
+
+class GcPauses:
+    """How long each run of Python's cyclic garbage collector held the process (and so every room's tick), by
+    generation: a full (generation 2) collection scans every tracked object the rooms and sessions made."""
+
+    __slots__ = ("_started", "by_generation")
+
+    def __init__(self) -> None:
+        self.by_generation = tuple(FastHistogram(GC_BUCKETS) for _ in range(3))
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.by_generation[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily("tickroom_gc_pause_seconds", "How long each garbage collection held the "
+                                       "process, by generation (2: a full collection)", labels=["generation"])
+        for generation, histogram in enumerate(self.by_generation):
+            histogram.add_to(family, [str(generation)])
+        return family
 
 
 @dataclass(slots=True)
@@ -65,6 +106,7 @@ class NodeMetrics:
     tick_lateness: FastHistogram = field(default_factory=lambda: FastHistogram(TICK_BUCKETS))
     lobby_wait: FastHistogram = field(default_factory=lambda: FastHistogram(WAIT_BUCKETS))
     snapshot_round: FastHistogram = field(default_factory=lambda: FastHistogram(ROUND_BUCKETS))
+    gc_pauses: GcPauses = field(default_factory=GcPauses)
     matches_started: int = 0
     matches_ended: Counter[str] = field(default_factory=Counter)  # by reason
     reconnects: int = 0
@@ -134,6 +176,7 @@ class NodeCollector:
         yield ended
         yield m.snapshot_round.family("tickroom_snapshot_round_seconds",
                                       "One round of room snapshots written to Redis")
+        yield m.gc_pauses.family()
         yield GaugeMetricFamily("tickroom_write_queue_depth", "Postgres writes waiting in memory",
                                 value=reading.write_queue_depth)
         yield _counter("tickroom_write_queue_retries", "Postgres write rounds retried", {}, reading.write_retries)
