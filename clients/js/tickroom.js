@@ -827,6 +827,10 @@ export class Match {
       for (;;) {
         const outcome = await this._open(found);
         if (outcome.welcomed) return;
+        if (outcome.ended) {
+          this._end({ reason: "ended" }); // over before this player got in: `result` holds its match_end
+          return;
+        }
         if (outcome.fatal || this.spectator) throw outcome.error;
         const delay = this._retryDelay(outcome, backoff);
         if (Date.now() + delay >= deadline) throw outcome.error;
@@ -856,6 +860,7 @@ export class Match {
   _open(found) {
     return new Promise((resolve) => {
       let welcomed = false;
+      let ended = false;
       let lastError = null;
       let reconnectMs = null;
       const encoding = this.client.encoding;
@@ -876,11 +881,21 @@ export class Match {
             lastError = message;
           } else if (message.type === "reconnect") {
             reconnectMs = Number(message.retry_ms) || 1000;
+          } else if (message.type === "match_end") {
+            // The match ended while this player was away: the server answers the hello with its `match_end`
+            // and closes 1000. The match is over, not lost.
+            ended = true;
+            this.result = message;
+            this._emit("onEnd", message);
           }
         },
         close: (closed) => {
           if (welcomed) {
             this._onClose(closed);
+            return;
+          }
+          if (ended) {
+            resolve({ welcomed: false, ended: true });
             return;
           }
           const abort = this._abort.signal;
@@ -1009,6 +1024,10 @@ export class Match {
         this.ticket = found.ticket;
         this.matchFound = found;
         const outcome = await this._open(found);
+        if (outcome.ended) {
+          this._end({ reason: "ended" }); // it ended while we were away: `result` and onEnd have its match_end
+          return;
+        }
         if (outcome.welcomed) {
           this.reconnecting = false;
           this._emit("onReconnected", { welcome: this.welcome, downtimeMs: Date.now() - lostAt, attempts });

@@ -137,6 +137,56 @@ describe("reconnecting", () => {
     assert.equal(match.connected, true);
   });
 
+  test("a match that ended while the player was away ends with its match_end, not as lost", async () => {
+    const { WebSocket, sockets } = scriptedWebSocket((socket) => {
+      socket.accept();
+      if (socket.url.pathname === "/lobby") {
+        socket.onClientMessage = () => matchFound(socket, "ticket-1");
+      } else if (sockets.filter((s) => s.url.pathname === "/game").length === 1) {
+        socket.onClientMessage = (message) => {
+          if (message.type === "hello") welcome(socket);
+        };
+      } else {
+        // Back after the end: the server answers the hello with the match's match_end and closes 1000.
+        socket.onClientMessage = (message) => {
+          if (message.type !== "hello") return;
+          socket.push({ type: "match_end", reason: "time", duration_ms: 60000, match: "m-1", results: [] });
+          socket.drop(1000);
+        };
+      }
+    });
+    const client = new TickroomClient({ url: "ws://fake", token: "token", WebSocket, random: () => 0.5 });
+    const match = await client.join("arena");
+    const ends = [];
+    match.onEnd = (message) => ends.push(message.match);
+    sockets[1].drop(1006);
+    const outcome = await match.finished;
+    assert.deepEqual(outcome, { reason: "ended" });
+    assert.deepEqual(ends, ["m-1"]);
+    assert.equal(match.result.reason, "time");
+    assert.equal(match.reconnecting, false);
+  });
+
+  test("a match over before the first hello resolves join with a finished match holding its result", async () => {
+    const { WebSocket } = scriptedWebSocket((socket) => {
+      socket.accept();
+      if (socket.url.pathname === "/lobby") {
+        socket.onClientMessage = () => matchFound(socket, "ticket-1");
+      } else {
+        socket.onClientMessage = (message) => {
+          if (message.type !== "hello") return;
+          socket.push({ type: "match_end", reason: "kills", duration_ms: 5000, match: "m-2", results: [] });
+          socket.drop(1000);
+        };
+      }
+    });
+    const client = new TickroomClient({ url: "ws://fake", token: "token", WebSocket, random: () => 0.5 });
+    const match = await client.join("arena");
+    assert.deepEqual(await match.finished, { reason: "ended" });
+    assert.equal(match.result.match, "m-2");
+    assert.equal(match.connected, false);
+  });
+
   test("gives up with reconnect_failed once the grace is over", async () => {
     let nodeGone = false;
     const { WebSocket } = scriptedWebSocket((socket) => {
