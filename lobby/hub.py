@@ -160,6 +160,9 @@ class LobbyHub:
         self.writes = WriteQueue()
         self.tally: Counter[str] | None = None
         self.games = GameReports(self.writes, self.seatings, self._publish, self.wall_ms, config.node_id)
+        # Whether a room's last match is over in Postgres (a node that keeps records sets it): a player back with
+        # the ticket of a match the lobby no longer knows need not wait for its recovery.
+        self.room_ended: Callable[[str], Awaitable[bool]] | None = None
         self.upkeep = Upkeep(config.node_id, config.url, self.registry, self.seatings, self._state, self._publish,
                              self._spawn, self.writes.submit, evict or (lambda mode, kept: None), self.wall_ms,
                              heartbeat_s=config.heartbeat_s,

@@ -96,6 +96,14 @@ async def ended_matches(conn: asyncpg.Connection, match_ids: Collection[str]) ->
     return {str(row["id"]) for row in rows}
 
 
+async def room_ended(conn: asyncpg.Connection, room_id: str) -> bool:
+    """Whether the room's last match is over in Postgres (its result durable) and no match of it is live."""
+    row = await conn.fetchrow("SELECT bool_or(state IN ('waiting', 'running')) AS live, "
+                              "bool_or(state IN ('finished', 'cancelled')) AS over FROM matches WHERE room_id = $1",
+                              room_id)
+    return row is not None and bool(row["over"]) and not row["live"]
+
+
 def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 

@@ -33,7 +33,7 @@ from lobby.outage import OUTAGE, LobbyUnavailable, lobby_client, stop_if_cancell
 from lobby.seating import SeatingRules
 from lobby.tickets import TicketError, verify_ticket
 from persistence.migrate import schema_version
-from persistence.recovery import ended_matches
+from persistence.recovery import ended_matches, room_ended
 from persistence.snapshots import SnapshotStore
 from persistence.writebehind import WriteBehind, spill_key
 from server.cluster.drain import Drainer, DrainState
@@ -280,6 +280,7 @@ class App:
             node.stored_rooms = self.recovery.documents
             records_http = self._records_http
             node.ended_matches = lambda ids: records_http.with_conn(lambda conn: ended_matches(conn, ids))
+            self.hub.room_ended = lambda room: records_http.with_conn(lambda conn: room_ended(conn, room))
             self.records.committed = self._results_in_postgres
             self._recovery_task = self._tasks.create_task(self.recovery.run(), name="recovery")
             self.hub.upkeep.on_swept = self._take_over_writes

@@ -24,6 +24,7 @@ from tests.serverkit import (
     join_game,
     join_lobby,
     new_token,
+    open_lobby,
     recv_json,
     recv_until,
     start_lobby_app,
@@ -245,6 +246,47 @@ async def test_players_who_dropped_out_before_the_match_ended_are_told_its_saved
         told = await recv_json(lobby)
         assert told == {"type": "event", "kind": "result_saved", "match": end["match"]}
         assert not await client.exists(keys.player_saved(ids[1]))  # told once
+        await lobby.close()
+    finally:
+        await client.aclose()
+        await app.__aexit__(None, None, None)
+
+
+async def test_a_player_back_with_the_ticket_of_a_match_that_ended_meanwhile_joins_afresh_without_waiting(
+        redis_url: str, migrated: str) -> None:
+    """Once the result is durable the lobby forgets the match (its `over` mark goes): a player who dropped out
+    and comes back with that match's ticket is not held `recovering` for a recovery that will never come."""
+    app = await start_lobby_app(redis_url, database_url=migrated, persist=True, countdown_s=0.3,
+                                end_linger_s=0.2, reconnect_grace_s=0.5, node_dead_after_s=4.0)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        tokens = [new_token(f"b{n}", player_id=player_id) for n, player_id in enumerate(ids)]
+        lobbies = [await join_lobby(app, token) for token in tokens]
+        founds = [await recv_until(ws, is_type("match_found")) for ws in lobbies]
+        games = []
+        for token, found in zip(tokens, founds, strict=True):
+            game = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"},
+                                 compression=None, open_timeout=5, max_queue=None)
+            await game.send('{"type":"hello","v":1}')
+            games.append(game)
+        await recv_until(games[0], is_event("phase", state="running"))
+        await games[1].close()  # dropped out, and stays away past the grace
+        await games[2].send('{"type":"leave"}')
+        end = await recv_until(games[0], is_type("match_end"), timeout=10)
+        await games[0].close()
+        keys = LobbyKeys(app.settings.lobby_prefix, "arena")
+        room = founds[1]["room"]
+        deadline = asyncio.get_running_loop().time() + 20
+        while await client.exists(keys.room_over(room)) or not await client.exists(keys.player_saved(ids[1])):
+            assert asyncio.get_running_loop().time() < deadline, "the result did not become durable"
+            await asyncio.sleep(0.05)
+        lobby = await open_lobby(app, tokens[1])
+        await lobby.send(orjson.dumps({"type": "join", "v": 1, "mode": "arena", "ticket": founds[1]["ticket"]}).decode())
+        assert await recv_json(lobby) == {"type": "event", "kind": "result_saved", "match": end["match"]}
+        # At once, a new join's status: recovery would have been waited for (MISSING_SCANS + 1) x 4 s + 5 s.
+        status = await recv_until(lobby, is_type("lobby"), timeout=3)
+        assert status["status"] != "recovering"
         await lobby.close()
     finally:
         await client.aclose()

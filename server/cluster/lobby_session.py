@@ -12,6 +12,8 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 
+import asyncpg
+
 from game.api import Message
 from lobby.hub import LobbyHub, LobbyRefused
 from lobby.outage import LobbyUnavailable
@@ -282,12 +284,30 @@ class LobbySession:
         while self.phase is LobbyPhase.JOINING and self._clock() < deadline:
             if not await self.hub.lost_to_recovery(self.mode, self.player_id, room_id):
                 return
+            if not told and await self._ended_for_good(room_id):
+                # Its match is over and its result durable (its guards in Redis went with it): nothing will come
+                # back. The join goes on as a new one, and hands over the results saved for the player.
+                self.log.info("player %s is back for room %s, whose match is over: joining afresh", self.player_id,
+                              room_id)
+                return
             if not told:
                 told = True
                 self._say_recovering(room_id)
                 self.log.info("player %s is back for room %s, which the lobby lost: waiting for its recovery",
                               self.player_id, room_id)
             await asyncio.sleep(settings.node_heartbeat_s)
+
+    async def _ended_for_good(self, room_id: str) -> bool:
+        """Whether Postgres has the room's match as over (False when it cannot say: then recovery is waited for)."""
+        room_ended = self.hub.room_ended
+        if room_ended is None:
+            return False
+        try:
+            return await room_ended(room_id)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            self.log.warning("could not ask Postgres whether room %s is over (%s); waiting for its recovery",
+                             room_id, error)
+            return False
 
     async def _join(self, lost_room: str | None = None) -> None:
         try:
