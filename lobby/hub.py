@@ -261,7 +261,7 @@ class LobbyHub:
         async def join_once(takeover: str = "") -> Outcome:
             outcome = await seating.join(waiter.player_id, waiter.name, self.wall_ms(), conn_id=waiter.conn_id,
                                          conn_node=self.node_id, new_room_id=new_room, new_room_node=host,
-                                         takeover=takeover)
+                                         takeover=takeover, refuse_full=True)
             if outcome.saved:  # each join hands over (and deletes) the results saved since the last one
                 waiter.results_saved(outcome.saved)
             return outcome
@@ -306,6 +306,11 @@ class LobbyHub:
         if outcome.outcome == "busy":
             raise LobbyRefused("already_connected", "this player is already waiting in the lobby on another "
                                                     "connection")
+        if outcome.outcome == "full":
+            # A new player, no room with a free seat, and no node takes a new room: every node is at its capacity.
+            # The script wrote nothing (one round trip per refusal: a full node refuses crowds cheaply).
+            raise LobbyRefused("capacity", "every node is at its capacity; send join again in a few seconds",
+                               close=False, retry=True)
         if outcome.outcome == "seated" and not host and outcome.view is not None and not outcome.view.room_id:
             # A new player, no room with a free seat, and no node takes a new room: every node is at its capacity.
             # They are not left in line for an unknown time; the client tries again later.

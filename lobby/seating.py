@@ -185,11 +185,14 @@ class Seating:
             script.sha = await self.client.script_load(script.script)
 
     async def join(self, player_id: str, name: str, now_ms: int, *, conn_id: str, conn_node: str,
-                   new_room_id: str = "", new_room_node: str = "", takeover: str = "") -> Outcome:
+                   new_room_id: str = "", new_room_node: str = "", takeover: str = "",
+                   refuse_full: bool = False) -> Outcome:
         """Seat a player who joins through a lobby connection (or give them back their seat). Outcomes:
-        seated, rejoined, requeued (seated again after losing their room), busy (connected elsewhere)."""
+        seated, rejoined, requeued (seated again after losing their room), busy (connected elsewhere), and with
+        `refuse_full` full (a player the lobby did not know, no `new_room_node` and no open room with a free
+        seat: nothing written; without it that player waits in the queue alone)."""
         return await self._call("join", now_ms, player_id, name, conn_id, conn_node, new_room_id, new_room_node,
-                                takeover)
+                                takeover, "1" if refuse_full else "0")
 
     async def note_saved(self, match_id: str, player_ids: Iterable[str]) -> None:
         """The match's result is durable, and these players were gone from its room by then: their next `join`

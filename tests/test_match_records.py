@@ -282,7 +282,8 @@ async def test_a_player_back_with_the_ticket_of_a_match_that_ended_meanwhile_joi
             assert asyncio.get_running_loop().time() < deadline, "the result did not become durable"
             await asyncio.sleep(0.05)
         lobby = await open_lobby(app, tokens[1])
-        await lobby.send(orjson.dumps({"type": "join", "v": 1, "mode": "arena", "ticket": founds[1]["ticket"]}).decode())
+        join = {"type": "join", "v": 1, "mode": "arena", "ticket": founds[1]["ticket"]}
+        await lobby.send(orjson.dumps(join).decode())
         assert await recv_json(lobby) == {"type": "event", "kind": "result_saved", "match": end["match"]}
         # At once, a new join's status: recovery would have been waited for (MISSING_SCANS + 1) x 4 s + 5 s.
         status = await recv_until(lobby, is_type("lobby"), timeout=3)

@@ -256,6 +256,28 @@ async def test_with_no_room_to_join_and_none_offered_a_player_waits_in_the_queue
     assert (await record_of(lobby, "r1")).player_ids == ["p1", "p3"]
 
 
+async def test_with_every_node_full_a_new_player_is_refused_with_nothing_written_but_a_free_seat_still_seats(
+        client: aioredis.Redis) -> None:
+    lobby = seating(client)
+
+    async def full_join(player: str, now_ms: int) -> Outcome:
+        return await lobby.join(player, name_of(player), now_ms, conn_id=lobby_conn(player), conn_node="node-a",
+                                new_room_id="", new_room_node="", refuse_full=True)
+
+    await lobby.note_saved("m-1", ["p1"])
+    refused = await full_join("p1", T)
+    assert (refused.outcome, refused.view, refused.saved, refused.notify) == ("full", None, ("m-1",), ())
+    assert await lobby.player("p1") == {} and await queue(lobby) == []
+    assert not await client.exists(lobby.keys.player_saved("p1"))  # handed over with the refusal
+    # A player the lobby knows (waiting in the queue) is not refused: they keep their place.
+    await join(lobby, "q1", T + 1)
+    assert (await full_join("q1", T + 2)).outcome == "requeued"
+    # An open room with a free seat takes a new player even while no node takes new rooms.
+    await fill(lobby, "r1", ["a", "b"], T + 3)
+    seated = await full_join("p1", T + 4)
+    assert (seated.outcome, view_of(seated).room_id) == ("seated", "r1")
+
+
 # -- countdown ---------------------------------------------------------------------------------------------
 
 
