@@ -127,6 +127,11 @@ async def test_every_node_full_a_new_player_is_told_capacity_and_may_join_again_
         # Not left in line, and the connection stays: the client joins again once a node takes rooms.
         prefix = app.settings.lobby_prefix
         assert await hub.client.zcard(f"{prefix}:{{arena}}:queue") == 0
+        # Each further refusal on the connection asks it to wait twice as long (up to 30 s).
+        for expected in (10_000, 20_000, 30_000, 30_000):
+            await ws.send(orjson.dumps({"type": "join", "v": 1, "mode": "arena"}).decode())
+            again = await recv_until(ws, is_type("error"))
+            assert (again["code"], again["retry_ms"]) == ("capacity", expected)
         node.load.full = False
         node.on_load_change()
         await wait_for(lambda: any(info.accepting for info in hub.upkeep.live))

@@ -25,7 +25,6 @@ from server.net.broadcast import send_frames, text_frame
 from server.net.connection import GameConnection
 from server.net.link import ClientLink, TokenBucket
 from server.net.protocol import (
-    CAPACITY_RETRY_MS,
     PROTOCOL_VERSION,
     CloseCode,
     ErrorCode,
@@ -33,6 +32,7 @@ from server.net.protocol import (
     Leave,
     Ping,
     ProtocolError,
+    capacity_retry_ms,
     encode,
     error_message,
     parse_lobby_message,
@@ -101,6 +101,7 @@ class LobbySession:
         self._members: dict[str, str] = {}
         self._left = False  # the client sent `leave`: give the place up at once
         self._tried = False  # a join was sent to Redis at least once
+        self._capacity_refusals = 0  # `capacity` errors sent on this connection (each says to wait longer)
         self._recovering: str | None = None  # the room this connection was told `recovering` for
 
     # -- the Waiter interface ------------------------------------------------------------------------
@@ -324,9 +325,12 @@ class LobbySession:
         except LobbyRefused as refusal:
             if not refusal.close and self.phase is LobbyPhase.JOINING:
                 self._to(LobbyPhase.CONNECTED)
+            retry_ms = None
+            if refusal.retry:
+                self._capacity_refusals += 1
+                retry_ms = capacity_retry_ms(self._capacity_refusals)
             self.link.refuse(ProtocolError(ErrorCode(refusal.code), refusal.message,
-                                           CloseCode.POLICY if refusal.close else None,
-                                           retry_ms=CAPACITY_RETRY_MS if refusal.retry else None))
+                                           CloseCode.POLICY if refusal.close else None, retry_ms=retry_ms))
         except Exception:
             self.log.exception("lobby join of player %s failed", self.player_id)
             self.link.refuse(ProtocolError(ErrorCode.INTERNAL_ERROR, "the server failed to seat you",

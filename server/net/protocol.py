@@ -222,9 +222,16 @@ def error_message(code: ErrorCode, message: str, retry_ms: int | None = None) ->
     return encode({"type": "error", "code": code.value, "message": message})
 
 
-# In a lobby `capacity` error: when to send `join` again. Refused players who came back at once would spend the
-# CPU of full nodes on refusals.
+# In a lobby `capacity` error: when to send `join` again, doubled with each further refusal on the same connection
+# up to CAPACITY_RETRY_MAX_MS. Refused players who came back at once, or kept coming back as often while every node
+# stays full, would spend the CPU of full nodes on refusals.
 CAPACITY_RETRY_MS = 5000
+CAPACITY_RETRY_MAX_MS = 30_000
+
+
+def capacity_retry_ms(refusals: int) -> int:
+    """`retry_ms` of a connection's `refusals`-th `capacity` error (1 for the first)."""
+    return min(CAPACITY_RETRY_MAX_MS, CAPACITY_RETRY_MS << min(max(refusals - 1, 0), 8))
 
 
 RECONNECT_RETRY_MS = 1000  # in `reconnect`: when a client should try again (through the lobby)
