@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import orjson
 
-from server.rooms.loadgauge import ALLOWANCE_MAX, MIN_TICKS, RESUME_SAMPLES, LoadGauge, LoadLimits
+from server.rooms.loadgauge import (
+    ALLOWANCE_MAX,
+    MIN_TICKS,
+    PRIOR_ROOM_CPU,
+    RESUME_SAMPLES,
+    LoadGauge,
+    LoadLimits,
+)
 from tests.serverkit import (
     is_type,
     join_game,
@@ -62,8 +69,8 @@ def test_below_its_limit_the_node_takes_only_the_rooms_its_cost_per_room_says_st
     load, times = gauge(LoadLimits(cpu=0.8))
     for _ in range(5):  # settle the smoothed figure at 0.5 of a core for 50 running rooms: 1 % a room
         second(load, times, 0.5, running=50)
-    # (0.8 - 0.05 - 0.5) / 0.01 = 25 rooms fit; capped at ALLOWANCE_MAX a second.
-    assert load.allowance == ALLOWANCE_MAX and not load.full
+    # (0.8 - 0.05 - 0.5) / 0.01 = 25 rooms fit.
+    assert load.allowance == 25 and not load.full
     assert not second(load, times, 0.6, running=50) and not load.full
     # Smoothed 0.54 and the last second 0.6: judged on 0.6, so (0.75 - 0.6) / 0.012 = 12 rooms, less 4 starting.
     second(load, times, 0.6, running=50, starting=4)
@@ -75,10 +82,13 @@ def test_below_its_limit_the_node_takes_only_the_rooms_its_cost_per_room_says_st
     assert second(load, times, 0.55, running=58) and not load.full and load.allowance > 0
 
 
-def test_a_nearly_empty_node_takes_rooms_without_an_estimate_and_a_node_near_its_limit_takes_none() -> None:
+def test_a_nearly_empty_node_counts_rooms_at_a_prior_cost_and_a_node_near_its_limit_takes_none() -> None:
     load, times = gauge(LoadLimits(cpu=0.8))
     second(load, times, 0.05, running=2)
-    assert load.allowance == ALLOWANCE_MAX
+    assert load.allowance == ALLOWANCE_MAX  # (0.75 - 0.05) / PRIOR_ROOM_CPU = 70 fit: at most ALLOWANCE_MAX a second
+    # Rooms placed but not running yet (their matches all start later) count against what fits.
+    second(load, times, 0.05, running=2, starting=60)
+    assert abs(load.allowance - ((0.8 - 0.05 - 0.05) / PRIOR_ROOM_CPU - 60)) <= 1  # 10, give or take the rounding
     for _ in range(5):
         second(load, times, 0.76, running=76)
     assert load.allowance == 0 and load.full and not load.overloaded

@@ -9,9 +9,10 @@ Three rules keep it from overshooting, each measured with `bench.overload`:
   and ends only after `RESUME_SAMPLES` calm seconds in a row, with headroom (hysteresis): one quiet second in a
   noisy load must not open the doors to every player waiting.
 - **An allowance of rooms**: below its limit the node takes only as many new rooms as its measured cost per
-  running room says still fit under the limit less the headroom, minus the rooms it has that are not running yet
-  (they cost little until their match starts). Each room placed here spends one; with none left the node is
-  full until the next sample measures what those rooms cost.
+  running room (PRIOR_ROOM_CPU until a few run) says still fit under the limit less the headroom, minus the rooms
+  it has that are not running yet (they cost little until their match starts, then all at once), at most
+  ALLOWANCE_MAX a second. Each room placed here spends one; with none left the node is full until the next
+  sample measures what those rooms cost.
 - The CPU it judges is the larger of the last second's and a smoothed figure (a few seconds' memory), so that a
   burst is seen at once and a dip is not trusted.
 """
@@ -34,10 +35,11 @@ MIN_TICKS = 50
 LATE_NEEDS_CPU = 0.6  # of the CPU limit
 # The smoothed CPU: each sample moves it this share of the way to the last second's figure.
 SMOOTHING = 0.4
-# Below this many running rooms the cost of one is not measured (the node's own work would dominate): the
-# allowance is then ALLOWANCE_MAX rooms a second.
+# Below this many running rooms the cost of one is not measured (the node's own work would dominate): a room is
+# then taken to cost PRIOR_ROOM_CPU (a busy arena room costs 0.4-0.6 % of a core here, docs/benchmarks.md).
 ESTIMATE_FROM_ROOMS = 5
-ALLOWANCE_MAX = 16
+PRIOR_ROOM_CPU = 0.01
+ALLOWANCE_MAX = 32  # rooms a second, whatever the estimate says
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +100,9 @@ class LoadGauge:
             self._calm = 0
         if self.overloaded:
             self.allowance = 0
-        elif running < ESTIMATE_FROM_ROOMS:
-            self.allowance = ALLOWANCE_MAX
         else:
-            per_room = cpu / running  # the node's own work counted in: an estimate on the safe side
+            # The node's own work counted in the cost of a room: an estimate on the safe side.
+            per_room = cpu / running if running >= ESTIMATE_FROM_ROOMS else PRIOR_ROOM_CPU
             fits = math.floor((limits.cpu - CPU_HEADROOM - cpu) / per_room) - starting
             self.allowance = max(0, min(ALLOWANCE_MAX, fits))
         return self._judge()
