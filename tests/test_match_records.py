@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from typing import Any
 
 import asyncpg
 import orjson
@@ -210,6 +211,21 @@ async def test_results_of_matches_that_end_while_postgres_is_down_arrive_exactly
         await app.__aexit__(None, None, None)
 
 
+async def into_a_running_match(app: Any, tokens: list[str]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The players of `tokens` join the lobby, are matched together, and play: their match_found and game
+    connections, once the match runs."""
+    lobbies = [await join_lobby(app, token) for token in tokens]
+    founds = [await recv_until(ws, is_type("match_found")) for ws in lobbies]
+    games = []
+    for token, found in zip(tokens, founds, strict=True):
+        game = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"},
+                             compression=None, open_timeout=5, max_queue=None)
+        await game.send('{"type":"hello","v":1}')
+        games.append(game)
+    await recv_until(games[0], is_event("phase", state="running"))
+    return founds, games
+
+
 async def test_players_who_dropped_out_before_the_match_ended_are_told_its_saved_result_at_their_next_join(
         redis_url: str, private_postgres: LocalPostgres) -> None:
     await migrate_url(private_postgres.url)
@@ -219,15 +235,7 @@ async def test_players_who_dropped_out_before_the_match_ended_are_told_its_saved
     try:
         ids = [str(uuid.uuid4()) for _ in range(3)]
         tokens = [new_token(f"r{n}", player_id=player_id) for n, player_id in enumerate(ids)]
-        lobbies = [await join_lobby(app, token) for token in tokens]
-        founds = [await recv_until(ws, is_type("match_found")) for ws in lobbies]
-        games = []
-        for token, found in zip(tokens, founds, strict=True):
-            game = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"},
-                                 compression=None, open_timeout=5, max_queue=None)
-            await game.send('{"type":"hello","v":1}')
-            games.append(game)
-        await recv_until(games[0], is_event("phase", state="running"))
+        _, games = await into_a_running_match(app, tokens)
         private_postgres.stop()
         await games[1].close()  # dropped: their seat goes when the reconnect grace runs out
         await games[2].send('{"type":"leave"}')  # walked out of the match
@@ -262,15 +270,7 @@ async def test_a_player_back_with_the_ticket_of_a_match_that_ended_meanwhile_joi
     try:
         ids = [str(uuid.uuid4()) for _ in range(3)]
         tokens = [new_token(f"b{n}", player_id=player_id) for n, player_id in enumerate(ids)]
-        lobbies = [await join_lobby(app, token) for token in tokens]
-        founds = [await recv_until(ws, is_type("match_found")) for ws in lobbies]
-        games = []
-        for token, found in zip(tokens, founds, strict=True):
-            game = await connect(found["url"], additional_headers={"Authorization": f"Bearer {token}"},
-                                 compression=None, open_timeout=5, max_queue=None)
-            await game.send('{"type":"hello","v":1}')
-            games.append(game)
-        await recv_until(games[0], is_event("phase", state="running"))
+        founds, games = await into_a_running_match(app, tokens)
         await games[1].close()  # dropped out, and stays away past the grace
         await games[2].send('{"type":"leave"}')
         end = await recv_until(games[0], is_type("match_end"), timeout=10)
