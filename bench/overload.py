@@ -75,13 +75,17 @@ def pin_data_services(env_urls: dict[str, str], cores: str) -> list[int]:
 
 class Timeline:
     """Samples the node each second: CPU, rooms and the tick-lateness histogram, so that a run shows when its
-    rooms were late (the ramp, a stall, the whole time) and the steady part is judged on all of its ticks."""
+    rooms were late (the ramp, a stall, the whole time) and the steady part is judged on all of its ticks. Also
+    what else took the node's core: the kernel's interrupt work (the loopback traffic's softirqs are charged to
+    the core that sends, not to the node's CPU time) and time the hypervisor gave to other machines (steal)."""
 
-    def __init__(self, port: int, process: psutil.Process, every_s: float = 1.0) -> None:
+    def __init__(self, port: int, process: psutil.Process, core: int | None, every_s: float = 1.0) -> None:
         self.port = port
         self.process = process
+        self.core = core
         self.every_s = every_s
-        self.samples: list[tuple[float, float, int, dict[float, float]]] = []  # (t, cpu s, rooms, buckets)
+        # (t, node cpu s, rooms, buckets, the core's interrupt + softirq s, the core's steal s)
+        self.samples: list[tuple[float, float, int, dict[float, float], float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -97,8 +101,12 @@ class Timeline:
         while not self._stop.is_set():
             try:
                 cpu = self.process.cpu_times()
+                irq = steal = 0.0
+                if self.core is not None:  # the node pinned to a core of its own
+                    core = psutil.cpu_times(percpu=True)[self.core]
+                    irq, steal = core.irq + core.softirq, core.steal
                 rooms, buckets = node_metrics(self.port)
-                self.samples.append((time.monotonic(), cpu.user + cpu.system, rooms, buckets))
+                self.samples.append((time.monotonic(), cpu.user + cpu.system, rooms, buckets, irq, steal))
             except (OSError, KeyError, psutil.Error):
                 pass
             self._stop.wait(self.every_s)
@@ -118,22 +126,32 @@ class Timeline:
         return {"ticks": ticks, "late_30ms_pct": late_pct(LATE_BOUND_S), "late_50ms_pct": late_pct(0.05),
                 "late_100ms_pct": late_pct(0.1)}
 
+    def core_pct(self, start: float, end: float) -> tuple[float, float]:
+        """The node's core over [start, end]: the share it spent in interrupts and softirqs, and stolen (%)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return 0.0, 0.0
+        first, last = inside[0], inside[-1]
+        elapsed = last[0] - first[0]
+        return round(100 * (last[4] - first[4]) / elapsed, 1), round(100 * (last[5] - first[5]) / elapsed, 1)
+
     def table(self, started: float, step_s: float = 5.0) -> list[str]:
-        """Every `step_s`: rooms, the node's CPU and the share of late ticks."""
-        lines = ["| s | rooms | server CPU % | ticks | late > 30 ms % | late > 50 ms % | late > 100 ms % | full GCs"
-                 " | GC ms |", "|---|---|---|---|---|---|---|---|---|"]
+        """Every `step_s`: rooms, the node's CPU, its core's softirq and steal, and the share of late ticks."""
+        lines = ["| s | rooms | server CPU % | core softirq % | core steal % | ticks | late > 30 ms % | late > 50 ms %"
+                 " | late > 100 ms % | full GCs | GC ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         index = 0
         while index + 1 < len(self.samples):
-            t0, cpu0, _, _ = self.samples[index]
+            t0, cpu0, _, first, irq0, steal0 = self.samples[index]
             end = index + 1
             while end + 1 < len(self.samples) and self.samples[end][0] - t0 < step_s * 0.95:
                 end += 1
-            t1, cpu1, rooms, last = self.samples[end]
-            first = self.samples[index][3]
+            t1, cpu1, rooms, last, irq1, steal1 = self.samples[end]
             late = self.window(t0, t1)
-            lines.append(f"| {t0 - started:.0f} | {rooms} | {100 * (cpu1 - cpu0) / (t1 - t0):.0f} | {late['ticks']:.0f}"
-                         f" | {late['late_30ms_pct']} | {late['late_50ms_pct']} | {late['late_100ms_pct']}"
-                         f" | {last[-1.0] - first[-1.0]:.0f} | {1000 * (last[-2.0] - first[-2.0]):.1f} |")
+            lines.append(f"| {t0 - started:.0f} | {rooms} | {100 * (cpu1 - cpu0) / (t1 - t0):.0f}"
+                         f" | {100 * (irq1 - irq0) / (t1 - t0):.0f} | {100 * (steal1 - steal0) / (t1 - t0):.0f}"
+                         f" | {late['ticks']:.0f} | {late['late_30ms_pct']} | {late['late_50ms_pct']}"
+                         f" | {late['late_100ms_pct']} | {last[-1.0] - first[-1.0]:.0f}"
+                         f" | {1000 * (last[-2.0] - first[-2.0]):.1f} |")
             index = end
         return lines
 
@@ -157,7 +175,7 @@ def run_once(env_urls: dict[str, str], *, limit: str | None, rooms: int, seconds
                    "--bots", str(bots), "--duration", str(ramp + seconds + 5), "--ramp", str(ramp), "--json",
                    "--quiet"]
         started = time.monotonic()
-        with Timeline(port, process) as timeline:
+        with Timeline(port, process, int(server_core.split(",")[0])) as timeline:
             bot = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             # Steady part: after the ramp and the last countdowns, until shortly before the bots stop.
             time.sleep(ramp + 5.0)
@@ -179,6 +197,7 @@ def run_once(env_urls: dict[str, str], *, limit: str | None, rooms: int, seconds
     whole = timeline.window(started, t1)
     if timeline_s:
         print("\n".join(timeline.table(started, timeline_s)), flush=True)
+    softirq_pct, steal_pct = timeline.core_pct(t0, t1)
     totals = stats["totals"]
     running = [room for room in stats["rooms"].values() if room.get("state") == "running"]
     return {
@@ -187,6 +206,8 @@ def run_once(env_urls: dict[str, str], *, limit: str | None, rooms: int, seconds
         "hosted_rooms": totals["rooms"],
         "running_rooms": len(running),
         "server_cpu_pct": round(100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / elapsed, 1),
+        "core_softirq_pct": softirq_pct,
+        "core_steal_pct": steal_pct,
         "late_30ms_pct_steady": steady["late_30ms_pct"],
         "late_30ms_pct_whole": whole["late_30ms_pct"],
         "late_50ms_pct_steady": steady["late_50ms_pct"],
@@ -213,7 +234,8 @@ def passes(row: dict[str, Any]) -> bool:
 
 
 COLUMNS = [("load_limit", "load limit"), ("offered_rooms", "rooms offered"), ("hosted_rooms", "rooms hosted"),
-           ("server_cpu_pct", "server CPU %"), ("late_30ms_pct_steady", "ticks > 30 ms % (steady)"),
+           ("server_cpu_pct", "server CPU %"), ("core_softirq_pct", "its core's softirq %"),
+           ("late_30ms_pct_steady", "ticks > 30 ms % (steady)"),
            ("late_30ms_pct_whole", "ticks > 30 ms % (ramp too)"), ("lateness_p99_ms", "lateness p99 ms (last 15 s)"),
            ("states_per_s_p50", "states/s p50"), ("playing_bots", "bots that played"),
            ("placed_states_per_s_min", "states/s min of bots in a room"), ("placed_under_60", "of them < 60/s"),
