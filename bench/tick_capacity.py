@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ from typing import Any
 
 import psutil
 
+from server.ops.embedded import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TICKROOM = str(Path(sys.executable).with_name("tickroom"))
 LATENESS_LIMIT_MS = 5.0
 STATES_LIMIT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def machine() -> str:

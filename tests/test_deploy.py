@@ -17,7 +17,6 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from server.ops.embedded import free_port
 from server.ops.settings import Settings
 from server.ops.workers import plan_workers
 
@@ -367,13 +367,6 @@ def test_the_nginx_check_fails_a_broken_config(tmp_path: Path) -> None:
 
 
 # -- nginx routing, through a real nginx to stand-in nodes -----------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 @asynccontextmanager
 async def stand_in_node(name: str, ready: bool = True) -> AsyncIterator[int]:

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from server.ops import binaries
+from server.ops import binaries, embedded
 from server.ops.embedded import (
     BinaryKind,
     BinaryNotFoundError,
@@ -30,6 +30,7 @@ from server.ops.embedded import (
     _descendants,
     find_postgres,
     find_redis_server,
+    free_port,
     postgres_candidates,
     redis_candidates,
 )
@@ -297,3 +298,19 @@ def test_descendants_are_found_through_proc_however_deep() -> None:
     finally:
         os.killpg(shell.pid, signal.SIGKILL)
         shell.wait()
+
+
+def test_free_port_is_below_the_ephemeral_range_and_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Outgoing connections take their local ports from the ephemeral range: a server's port picked there can be
+    # taken between the probe and the bind.
+    low = embedded._ephemeral_low()
+    for _ in range(20):
+        port = free_port()
+        assert low - embedded.EPHEMERAL_MARGIN <= port < low
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))
+    # An ephemeral range that leaves no room below it: the kernel's choice, still a free port.
+    monkeypatch.setattr(embedded, "_ephemeral_low", lambda: 1500)
+    port = free_port()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))

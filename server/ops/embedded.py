@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -61,11 +62,37 @@ class ServerStartError(EmbeddedServerError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the server may still lose it to a race; start() retries)."""
+    """A TCP port that was free a moment ago (the server may still lose it to a race; start() retries).
+
+    Picked below the kernel's ephemeral range when there is room: every outgoing connection takes its local
+    port from that range, so a port the kernel hands out for port 0 can be taken by some client's connection
+    between this probe and the server's bind (seen in the test suite, with hundreds of bots connecting)."""
+    low = _ephemeral_low()
+    if low - EPHEMERAL_MARGIN > 1024:
+        rng = random.Random()
+        for _ in range(50):
+            port = rng.randrange(low - EPHEMERAL_MARGIN, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+        any_port: int = probe.getsockname()[1]
+        return any_port
+
+
+EPHEMERAL_MARGIN = 12000  # free_port picks among this many ports just below the ephemeral range
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _log_tail(log_path: Path, lines: int = 30) -> str:
