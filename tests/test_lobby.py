@@ -29,6 +29,7 @@ from tests.serverkit import (
     recv_json,
     recv_until,
     start_lobby_app,
+    wait_for,
 )
 
 Message = dict[str, Any]
@@ -375,6 +376,42 @@ async def test_a_player_matched_through_one_node_plays_on_the_node_that_hosts_th
         await game.close()
     finally:
         await front.__aexit__(None, None, None)
+        await host.__aexit__(None, None, None)
+
+
+async def test_new_rooms_go_to_another_node_while_the_preferred_one_is_full_and_come_back_once_it_is_not(
+        redis_url: str) -> None:
+    prefix = lobby_prefix()
+    # "a-host" would take every new room (least loaded, ties broken by id) but for its load.
+    host = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="a-host")
+    other = await start_lobby_app(redis_url, lobby_prefix=prefix, node_id="z-other")
+    try:
+        assert host.node is not None and host.node.on_load_change is not None and other.hub is not None
+        await asyncio.sleep(0.5)  # both heart-beat and see each other
+        host.node.load.full = True
+        host.node.on_load_change()
+        await wait_for(lambda: [(info.node_id, info.accepting) for info in other.hub.upkeep.live]
+                       == [("a-host", False), ("z-other", True)])
+        # Players who come through the full node's own lobby too: their room is on the other node.
+        tokens = [new_token() for _ in range(3)]
+        lobbies = [await join_lobby(app, token) for app, token in zip((host, other, host), tokens, strict=True)]
+        founds = [await matched(ws) for ws in lobbies]
+        assert {found["node"] for found in founds} == {"z-other"}
+        game, welcome = await play(tokens[0], founds[0])
+        assert welcome["type"] == "welcome" and other.node is not None and founds[0]["room"] in other.node.rooms
+        assert not host.node.rooms
+        await game.close()  # now: a client that reads nothing stops reading at its queue's end, close frame too
+        # Not full any more: the next room is the preferred node's again.
+        host.node.load.full = False
+        host.node.on_load_change()
+        await wait_for(lambda: all(info.accepting for info in other.hub.upkeep.live))
+        later = [new_token() for _ in range(3)]
+        more = [await join_lobby(other, token) for token in later]
+        assert {(await matched(ws))["node"] for ws in more} == {"a-host"}
+        for ws in (*lobbies, *more):
+            await ws.close()
+    finally:
+        await other.__aexit__(None, None, None)
         await host.__aexit__(None, None, None)
 
 
