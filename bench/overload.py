@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -242,6 +243,15 @@ COLUMNS = [("load_limit", "load limit"), ("offered_rooms", "rooms offered"), ("h
            ("capacity_refusals", "joins refused `capacity`"), ("errors", "errors"), ("bot_cpu_pct", "bot CPU %")]
 
 
+def results_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]],
+                  within: Callable[[dict[str, Any]], bool]) -> str:
+    """The runs as a Markdown table, each judged in its last column."""
+    lines = ["| " + " | ".join(title for _, title in columns) + " | within limits |", "|" + "---|" * (len(columns) + 1)]
+    lines += ["| " + " | ".join(str(row[key]) for key, _ in columns) + f" | {'yes' if within(row) else 'no'} |"
+              for row in rows]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capacity", type=int, required=True, help="rooms the node holds (bench.tick_capacity)")
@@ -270,10 +280,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
-    print("| " + " | ".join(title for _, title in COLUMNS) + " | within limits |")
-    print("|" + "---|" * (len(COLUMNS) + 1))
-    for row in rows:
-        print("| " + " | ".join(str(row[key]) for key, _ in COLUMNS) + f" | {'yes' if passes(row) else 'no'} |")
+    print(results_table(rows, COLUMNS, passes))
     return 0
 
 

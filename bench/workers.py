@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from bench.overload import LATE_BOUND_S, STATES_LIMIT, Timeline
+from bench.overload import LATE_BOUND_S, STATES_LIMIT, Timeline, results_table
 from bench.tick_capacity import TICKROOM, data_services, free_port, machine, wait_ready
 
 
@@ -143,10 +143,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
-    print("| " + " | ".join(title for _, title in COLUMNS) + " | within limits |")
-    print("|" + "---|" * (len(COLUMNS) + 1))
-    for row in rows:
-        print("| " + " | ".join(str(row[key]) for key, _ in COLUMNS) + f" | {'yes' if passes(row) else 'no'} |")
+    print(results_table(rows, COLUMNS, passes))
     return 0
 
 
