@@ -91,6 +91,8 @@ def run_once(env_urls: dict[str, str], *, workers: int, rooms: int, seconds: flo
     per_worker = []
     for timeline in timelines:
         inside = [sample for sample in timeline.samples if t0 <= sample[0] <= t1]
+        if len(inside) < 2:
+            raise RuntimeError(f"worker on port {timeline.port}: its /metrics did not answer during the run")
         late = timeline.window(t0, t1)
         cpu = 100 * (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
         per_worker.append({"rooms": inside[-1][2], "cpu_pct": round(cpu, 1), "late_30ms_pct": late["late_30ms_pct"]})
