@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,22 +27,8 @@ from typing import Any
 import psutil
 
 from bench.overload import LATE_BOUND_S, STATES_LIMIT, Timeline, results_table
-from bench.tick_capacity import TICKROOM, data_services, free_port, machine, wait_ready
-
-
-def free_ports(count: int) -> int:
-    """A port with the `count` after it free too: the shared port, then each worker's own."""
-    for _ in range(100):
-        base = free_port()
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count + 1):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no run of free ports")
+from bench.tick_capacity import TICKROOM, data_services, machine, wait_ready
+from server.ops.embedded import free_ports
 
 
 def listener(port: int) -> psutil.Process:
@@ -55,7 +40,7 @@ def listener(port: int) -> psutil.Process:
 
 def run_once(env_urls: dict[str, str], *, workers: int, rooms: int, seconds: float, ramp: float,
              bot_cores: str | None) -> dict[str, Any]:
-    port = free_ports(workers)
+    port = free_ports(workers + 1)  # the shared port, then each worker's own
     env = {**os.environ, **env_urls, "TICKROOM_WORKERS": str(workers), "TICKROOM_LOG_LEVEL": "WARNING",
            "TICKROOM_COUNTDOWN_S": "2", "TICKROOM_MATCH_TIME_S": str(int(ramp + seconds + 120)),
            "TICKROOM_LOBBY_PREFIX": f"workers-{port}", "TICKROOM_WORKER_PORT": str(port + 1)}

@@ -309,6 +309,11 @@ def test_free_port_is_below_the_ephemeral_range_and_free(monkeypatch: pytest.Mon
         assert low - embedded.EPHEMERAL_MARGIN <= port < low
         with socket.socket() as server:
             server.bind(("127.0.0.1", port))
+    first = embedded.free_ports(3)
+    assert low - embedded.EPHEMERAL_MARGIN <= first and first + 2 < low
+    with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+        for sock, port in ((a, first), (b, first + 1), (c, first + 2)):
+            sock.bind(("127.0.0.1", port))
     # An ephemeral range that leaves no room below it: the kernel's choice, still a free port.
     monkeypatch.setattr(embedded, "_ephemeral_low", lambda: 1500)
     port = free_port()

@@ -12,9 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +27,7 @@ from websockets.exceptions import InvalidStatus
 
 from lobby.keys import LobbyKeys
 from server.app import origin_allowed
+from server.ops.embedded import free_ports
 from server.ops.settings import Settings, SettingsError
 from server.ops.supervisor import Supervisor
 from server.ops.workers import RestartPolicy, plan_workers, worker_count
@@ -121,7 +120,7 @@ def test_a_page_of_the_shared_port_may_open_a_game_on_a_sibling_workers_port() -
 
 async def test_a_supervisor_leaves_a_crash_looping_worker_dead_and_stops_when_none_is_left(
         redis_url: str, fresh_database: str, caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings.load({}, redis_url=redis_url, database_url=fresh_database, port=free_ports_in_a_row(3),
+    settings = Settings.load({}, redis_url=redis_url, database_url=fresh_database, port=free_ports(3),
                              node_id="loop", workers=2)
     supervisor = Supervisor(settings, plan_workers(settings, 2),
                             command=lambda slot: [sys.executable, "-c", "raise SystemExit(3)"],
@@ -136,23 +135,6 @@ async def test_a_supervisor_leaves_a_crash_looping_worker_dead_and_stops_when_no
 
 
 # -- real supervisors ---------------------------------------------------------------------------------------------
-
-def free_ports_in_a_row(count: int) -> int:
-    """The first of `count` consecutive TCP ports free a moment ago, below the kernel's ephemeral range (where
-    the suite's own servers and every client connection take theirs)."""
-    rng = random.Random()
-    for _ in range(200):
-        first = rng.randrange(20000, 32000 - count)
-        try:
-            with contextlib.ExitStack() as held:
-                for port in range(first, first + count):
-                    probe = held.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {count} free ports in a row")
-
 
 @dataclasses.dataclass
 class Serve:
@@ -192,7 +174,7 @@ class Serve:
 async def serving(tmp_path: Path, redis_url: str, database_url: str, prefix: str, *args: str) -> AsyncIterator[Serve]:
     """`tickroom serve` with the test's lobby prefix and short timers, its output in a log file; whatever happens,
     nothing it started is left running (its log's tail is printed when the test fails)."""
-    port = free_ports_in_a_row(3)
+    port = free_ports(3)
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(

